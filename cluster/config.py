@@ -1,0 +1,393 @@
+"""The cluster's configuration: one TOML file, typed once, shared by every component.
+
+`cluster/defaults.toml` is both the documentation and the source of every default;
+a user file (``YUPOO_CONFIG`` or ``--config``) is deep-merged over it. The merged
+tree is turned into frozen dataclasses with unknown keys and wrong types rejected,
+so a typo fails at start-up instead of silently doing nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.toml")
+ENV_VAR = "YUPOO_CONFIG"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    node_id: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def bind(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    public_url: str = ""
+    data_dir: str = "var"
+    admin_token: str = ""
+    url_key: str = ""
+
+
+@dataclass(frozen=True)
+class LocalStoreConfig:
+    root: str = ""
+
+
+@dataclass(frozen=True)
+class S3StoreConfig:
+    endpoint: str = "127.0.0.1:8333"
+    access_key: str = ""
+    secret_key: str = ""
+    bucket: str = "yupoo"
+    secure: bool = False
+    region: str = "us-east-1"
+    part_size: int = 16 * 1024 * 1024
+    retries: int = 4
+    retry_backoff: float = 0.2
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    backend: str = "local"
+    local: LocalStoreConfig = field(default_factory=LocalStoreConfig)
+    s3: S3StoreConfig = field(default_factory=S3StoreConfig)
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 100_000_000
+    spool_threshold: int = 1024 * 1024
+    max_title_chars: int = 200
+    decode_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class IdsSection:
+    epoch_ms: int = 1704067200000
+    node_id: int = 1
+
+
+CROP_MODES = ("none", "attention", "centre")
+OUTPUT_FORMATS = ("jpeg", "webp", "png", "avif")
+
+
+@dataclass(frozen=True)
+class SizeProfile:
+    name: str
+    width: int
+    height: int
+    crop: str = "none"
+    sharpen_sigma: float = 0.5
+    sharpen_amount: float = 1.0
+    quality: int = 85
+    format: str = "jpeg"
+    variants: tuple[str, ...] = ()
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """Every format this profile may be served in, default first."""
+        return (self.format, *[f for f in self.variants if f != self.format])
+
+
+@dataclass(frozen=True)
+class YpfsSection:
+    workers: int = 2
+    timeout: int = 60
+    render_after_upload: bool = True
+    render_retries: int = 3
+    nodes: tuple[NodeConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class MagickdSection:
+    workers: int = 0
+    queue_size: int = 8
+    render_timeout: float = 30.0
+    failure_ttl: float = 300.0
+    vips_concurrency: int = 1
+    vips_cache_max_mem: int = 50 * 1024 * 1024
+    client_timeout: float = 60.0
+    client_retries: int = 2
+    nodes: tuple[NodeConfig, ...] = ()
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class YpwsSection:
+    workers: int = 2
+    cache_bytes: int = 256 * 1024 * 1024
+    cache_dir: str = ""
+    max_age: int = 31536000
+    original_max_age: int = 86400
+    hotlink_protection: bool = True
+    hotlink_allow: tuple[str, ...] = ()
+    hotlink_action: str = "403"
+    signed_url_max_ttl: int = 604800
+    nodes: tuple[NodeConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class HashproxySection:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 2
+    balance_factor: float = 1.25
+    health_interval: float = 1.0
+    health_timeout: float = 1.0
+    fail_threshold: int = 2
+    rampup_seconds: float = 10.0
+    connect_timeout: float = 2.0
+    read_timeout: float = 60.0
+    client_timeout: float = 30.0
+    max_request_line: int = 8190
+    max_header_bytes: int = 65536
+
+
+@dataclass(frozen=True)
+class Config:
+    cluster: ClusterSection
+    storage: StorageSection
+    limits: LimitsSection
+    ids: IdsSection
+    sizes: tuple[SizeProfile, ...]
+    ypfs: YpfsSection
+    magickd: MagickdSection
+    ypws: YpwsSection
+    hashproxy: HashproxySection
+    source: str = ""  # path of the user file, "" when running on defaults only
+
+    # -- derived values ------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.cluster.data_dir).resolve()
+
+    @property
+    def public_url(self) -> str:
+        return (self.cluster.public_url or f"http://{self.hashproxy.host}:{self.hashproxy.port}").rstrip("/")
+
+    @property
+    def local_root(self) -> Path:
+        return Path(self.storage.local.root).resolve() if self.storage.local.root else self.data_dir / "store"
+
+    def size(self, name: str) -> SizeProfile | None:
+        for profile in self.sizes:
+            if profile.name == name:
+                return profile
+        return None
+
+    def node(self, role: str, name: str) -> NodeConfig:
+        for node in getattr(self, role).nodes:
+            if node.name == name:
+                return node
+        raise ConfigError(f"no {role} node named {name!r}")
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+# -- loading ---------------------------------------------------------------------------
+
+
+def _merge(base: dict, over: dict, path: str = "") -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = _merge(base[key], value, f"{path}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table")
+        return _build(tp, value, where)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list")
+        return tuple(_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool, float):
+        if type(value) is not tp:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {', '.join(unknown)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.storage.backend not in ("local", "s3"):
+        raise ConfigError("storage.backend: must be 'local' or 's3'")
+    if cfg.storage.s3.part_size < 5 * 1024 * 1024:
+        raise ConfigError("storage.s3.part_size: S3 needs parts of at least 5 MiB")
+    seen: set[str] = set()
+    for p in cfg.sizes:
+        if p.name in seen or p.name == "original":
+            raise ConfigError(f"sizes: duplicate or reserved size name {p.name!r}")
+        seen.add(p.name)
+        if p.crop not in CROP_MODES:
+            raise ConfigError(f"sizes.{p.name}.crop: one of {CROP_MODES}")
+        for fmt in p.formats:
+            if fmt not in OUTPUT_FORMATS:
+                raise ConfigError(f"sizes.{p.name}: unknown format {fmt!r}")
+        if not (0 < p.width <= 8192 and 0 < p.height <= 8192 and 1 <= p.quality <= 100):
+            raise ConfigError(f"sizes.{p.name}: width/height 1..8192 and quality 1..100")
+    for role in ("ypfs", "magickd", "ypws"):
+        nodes = getattr(cfg, role).nodes
+        if not nodes:
+            raise ConfigError(f"{role}.nodes: at least one node is needed")
+        if len({n.name for n in nodes}) != len(nodes):
+            raise ConfigError(f"{role}.nodes: node names must be unique")
+    for n in cfg.ypfs.nodes:
+        if not 0 <= n.node_id <= 255:
+            raise ConfigError(f"ypfs.nodes.{n.name}.node_id: 0..255")
+    if len({n.node_id for n in cfg.ypfs.nodes}) != len(cfg.ypfs.nodes):
+        raise ConfigError("ypfs.nodes: node_id must be unique per node (photo ids depend on it)")
+    if cfg.ypws.hotlink_action not in ("403", "placeholder"):
+        raise ConfigError("ypws.hotlink_action: '403' or 'placeholder'")
+    if cfg.limits.max_upload_bytes <= 0 or cfg.limits.max_pixels <= 0:
+        raise ConfigError("limits: max_upload_bytes and max_pixels must be positive")
+
+
+def load_dict(path: str | os.PathLike | None = None) -> dict:
+    """The merged raw tree: defaults, then the user file if any."""
+    with open(DEFAULTS_PATH, "rb") as fh:
+        tree = tomllib.load(fh)
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                user = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        tree = _merge(tree, user)
+    return tree
+
+
+def from_dict(tree: dict, source: str = "") -> Config:
+    cfg = _build(Config, {**tree, "source": source}, "")
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike | None = None, *, with_secrets: bool = True) -> Config:
+    """Load the config from ``path``, else ``$YUPOO_CONFIG``, else defaults only.
+
+    With ``with_secrets`` (the default) empty secrets are filled from
+    ``{data_dir}/secrets.toml``, generating it on first use, so every process of one
+    cluster agrees on them without any of them being configured.
+    """
+    path = path or os.environ.get(ENV_VAR) or None
+    cfg = from_dict(load_dict(path), str(path or ""))
+    return ensure_secrets(cfg) if with_secrets else cfg
+
+
+def ensure_secrets(cfg: Config) -> Config:
+    if cfg.cluster.admin_token and cfg.cluster.url_key:
+        return cfg
+    path = cfg.data_dir / "secrets.toml"
+    stored: dict = {}
+    if path.exists():
+        with open(path, "rb") as fh:
+            stored = tomllib.load(fh)
+    if not (stored.get("admin_token") and stored.get("url_key")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stored = {"admin_token": secrets.token_urlsafe(24), "url_key": secrets.token_urlsafe(32)}
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("".join(f'{k} = "{v}"\n' for k, v in stored.items()))
+        try:
+            os.link(tmp, path)  # first writer wins when several processes race
+        except FileExistsError:
+            with open(path, "rb") as fh:
+                stored = tomllib.load(fh)
+        finally:
+            tmp.unlink(missing_ok=True)
+    section = dataclasses.replace(
+        cfg.cluster,
+        admin_token=cfg.cluster.admin_token or stored["admin_token"],
+        url_key=cfg.cluster.url_key or stored["url_key"],
+    )
+    return cfg.replace(cluster=section)
+
+
+def dump_toml(tree: dict) -> str:
+    """Serialise a raw config tree (as built by tests and the runner) back to TOML."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    lines: list[str] = []
+
+    def table(prefix: str, data: dict) -> None:
+        simple = {k: v for k, v in data.items() if not isinstance(v, dict) and not _is_table_list(v)}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        lines.extend(f"{k} = {scalar(v)}" for k, v in simple.items())
+        for k, v in data.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}" if prefix else k, v)
+            elif _is_table_list(v):
+                for item in v:
+                    lines.append(f"[[{prefix}.{k}]]" if prefix else f"[[{k}]]")
+                    lines.extend(f"{ik} = {scalar(iv)}" for ik, iv in item.items())
+
+    table("", tree)
+    return "\n".join(lines) + "\n"
+
+
+def _is_table_list(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)

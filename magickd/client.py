@@ -1,0 +1,100 @@
+"""Calling the render pool: used by ypfs (after upload), ypws (missing size) and the admin commands.
+
+Wire contract (the service in magickd/app.py implements it):
+
+    POST /render   {"user": ..., "photo": ..., "secret": ...,
+                    "sizes": ["small", ...] | null (all), "formats": ["webp"] | null (each default)}
+      200  {"renditions": [{"size", "format", "version", "key", "width", "height", "bytes"}]}
+      404  original or record missing        422  original undecodable / over limits
+      429  queue full (Retry-After)          503  node unhealthy
+      every error body: {"error": code, "message": text}
+
+Node choice: the nodes are ordered per photo by rendezvous hashing (xxhash), so
+every caller sends a given photo to the same node first, where concurrent
+requests for it coalesce into one render; on a connect error, timeout, 429 or
+5xx the next node in that order is tried.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import urllib3
+import xxhash
+
+from cluster.config import Config, NodeConfig
+from storage.keys import PhotoRef
+
+
+class RenderError(Exception):
+    """magickd answered with a definite failure (4xx other than 429)."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class RenderUnavailable(Exception):
+    """No magickd node could take the request (all down, busy or failing)."""
+
+
+@dataclass(frozen=True)
+class Rendition:
+    size: str
+    format: str
+    version: str
+    key: str
+    width: int
+    height: int
+    bytes: int
+
+
+def node_order(nodes: Sequence[NodeConfig], photo_id: str) -> list[NodeConfig]:
+    """Rendezvous (highest random weight) order of the nodes for one photo."""
+    return sorted(nodes, key=lambda n: xxhash.xxh64_intdigest(f"{n.name}/{photo_id}"), reverse=True)
+
+
+class RenderClient:
+    def __init__(self, cfg: Config, pool: urllib3.PoolManager | None = None, timeout: float | None = None):
+        self.nodes = cfg.magickd.nodes
+        self.retries = cfg.magickd.client_retries
+        self.timeout = timeout if timeout is not None else cfg.magickd.client_timeout
+        self.pool = pool or urllib3.PoolManager(maxsize=8, retries=False)
+
+    def render(
+        self, ref: PhotoRef, sizes: Sequence[str] | None = None, formats: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> list[Rendition]:
+        body = json.dumps({
+            "user": ref.user, "photo": ref.photo_id, "secret": ref.secret,
+            "sizes": list(sizes) if sizes is not None else None,
+            "formats": list(formats) if formats is not None else None,
+        }).encode()
+        failures: list[str] = []
+        for node in node_order(self.nodes, ref.photo_id)[: self.retries + 1]:
+            try:
+                resp = self.pool.request(
+                    "POST", f"{node.url}/render", body=body, headers={"Content-Type": "application/json"},
+                    timeout=urllib3.Timeout(connect=2.0, read=timeout or self.timeout),
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                failures.append(f"{node.name}: {exc.__class__.__name__}")
+                continue
+            payload = _json(resp.data)
+            if resp.status == 200:
+                return [Rendition(**r) for r in payload.get("renditions", [])]
+            if resp.status == 429 or resp.status >= 500:
+                failures.append(f"{node.name}: {resp.status} {payload.get('error', '')}")
+                continue
+            raise RenderError(resp.status, payload.get("error", "error"), payload.get("message", ""))
+        raise RenderUnavailable("no magickd node could render: " + "; ".join(failures))
+
+
+def _json(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+        return value if isinstance(value, dict) else {}
+    except ValueError:
+        return {}

@@ -1,0 +1,143 @@
+"""The key scheme: where every object of the cluster lives, in one place.
+
+Every component builds object keys here and nowhere else. Keys are built only
+from validated names, so no request can reach outside its own prefix.
+
+    users/{user}.json                                   user record (hashed tokens)
+    photos/{user}/{photo_id}.json                       photo record (no GPS)
+    originals/{user}/{photo_id}_{secret}                original bytes, as uploaded
+    renditions/{user}/{photo_id}_{secret}/{size}.{version}.{ext}
+    dedupe/{user}/{sha256}.json                         same user + same bytes -> photo
+
+The secret is part of the original and rendition keys, so a public URL maps
+straight to a key with no index lookup, and a guessed id with a wrong secret
+simply finds nothing. Photo ids are time-ordered, so listing ``photos/{user}/``
+lists a user's photos oldest first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+USER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+PHOTO_ID_RE = re.compile(r"^[1-9][0-9]{0,18}$")
+SECRET_RE = re.compile(r"^[0-9a-f]{10}$")
+SIZE_RE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+VERSION_RE = re.compile(r"^[0-9a-f]{8}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+#: extension used in URLs and keys for each stored format
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif", "gif": "gif", "tiff": "tif", "heif": "heic", "bmp": "bmp"}
+FORMAT_BY_EXT = {ext: fmt for fmt, ext in EXTENSIONS.items()} | {"jpeg": "jpeg"}
+CONTENT_TYPES = {
+    "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "avif": "image/avif",
+    "gif": "image/gif", "tiff": "image/tiff", "heif": "image/heic", "bmp": "image/bmp",
+}
+
+
+class InvalidName(ValueError):
+    """A name that may not be part of a key (bad characters, too long, traversal)."""
+
+
+def _check(kind: str, value: str, pattern: re.Pattern) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidName(f"invalid {kind}: {value!r}"[:120])
+    return value
+
+
+def valid_user(user: str) -> str:
+    """Lower-case letters, digits, '-' and '_', 1-32 chars, starting with a letter or digit."""
+    return _check("user name", user, USER_RE)
+
+
+def valid_photo_id(photo_id: str) -> str:
+    return _check("photo id", photo_id, PHOTO_ID_RE)
+
+
+def valid_secret(secret: str) -> str:
+    return _check("photo secret", secret, SECRET_RE)
+
+
+def valid_size(size: str) -> str:
+    return _check("size name", size, SIZE_RE)
+
+
+def valid_version(version: str) -> str:
+    return _check("rendition version", version, VERSION_RE)
+
+
+def user_key(user: str) -> str:
+    return f"users/{valid_user(user)}.json"
+
+
+def user_prefix() -> str:
+    return "users/"
+
+
+def photo_prefix(user: str | None = None) -> str:
+    """Prefix listing photo records: one user's, or everyone's."""
+    return f"photos/{valid_user(user)}/" if user is not None else "photos/"
+
+
+def dedupe_key(user: str, sha256: str) -> str:
+    return f"dedupe/{valid_user(user)}/{_check('sha256', sha256, SHA256_RE)}.json"
+
+
+@dataclass(frozen=True)
+class PhotoRef:
+    """Everything needed to address one photo's objects: owner, id and secret."""
+
+    user: str
+    photo_id: str
+    secret: str
+
+    def __post_init__(self) -> None:
+        valid_user(self.user)
+        valid_photo_id(self.photo_id)
+        valid_secret(self.secret)
+
+    @property
+    def record_key(self) -> str:
+        return record_key(self.user, self.photo_id)
+
+    @property
+    def original_key(self) -> str:
+        return f"originals/{self.user}/{self.photo_id}_{self.secret}"
+
+    @property
+    def rendition_prefix(self) -> str:
+        return f"renditions/{self.user}/{self.photo_id}_{self.secret}/"
+
+    def rendition_key(self, size: str, version: str, fmt: str) -> str:
+        if fmt not in EXTENSIONS:
+            raise InvalidName(f"invalid format: {fmt!r}")
+        return f"{self.rendition_prefix}{valid_size(size)}.{valid_version(version)}.{EXTENSIONS[fmt]}"
+
+    @property
+    def url_path(self) -> str:
+        """Public URL path of the photo, without size: /photos/{user}/{id}_{secret}."""
+        return f"/photos/{self.user}/{self.photo_id}_{self.secret}"
+
+    def size_url_path(self, size: str, fmt: str) -> str:
+        return f"{self.url_path}/{valid_size(size)}.{EXTENSIONS[fmt]}"
+
+
+def record_key(user: str, photo_id: str) -> str:
+    return f"photos/{valid_user(user)}/{valid_photo_id(photo_id)}.json"
+
+
+def parse_record_key(key: str) -> tuple[str, str]:
+    """(user, photo_id) of a ``photos/{user}/{id}.json`` key; InvalidName otherwise."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "photos" or not parts[2].endswith(".json"):
+        raise InvalidName(f"not a photo record key: {key!r}"[:120])
+    return valid_user(parts[1]), valid_photo_id(parts[2][: -len(".json")])
+
+
+def parse_photo_segment(segment: str) -> tuple[str, str]:
+    """Split the ``{id}_{secret}`` URL segment; InvalidName if malformed."""
+    photo_id, sep, secret = segment.partition("_")
+    if not sep:
+        raise InvalidName("photo segment must be {id}_{secret}")
+    return valid_photo_id(photo_id), valid_secret(secret)

@@ -1,0 +1,141 @@
+"""The embedded store: objects as files under one root folder.
+
+Writes are atomic and durable: bytes go to a temp file in the destination folder,
+which is fsynced, renamed over the key, and the folder fsynced, so a crash at any
+point leaves either the old object or the new one, never a partial file under
+the key. Temp files start with ``.tmp-`` and are never listed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .base import AlreadyExists, BlobStore, Data, NotFound, ObjectInfo, as_stream, check_key, check_prefix
+
+TMP_PREFIX = ".tmp-"
+COPY_CHUNK = 1024 * 1024
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore(BlobStore):
+    name = "local"
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _write_temp(self, path: Path, data: Data) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    fh.write(data)
+                else:
+                    shutil.copyfileobj(as_stream(data), fh, COPY_CHUNK)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
+    def put(self, key: str, data: Data, content_type: str = "application/octet-stream") -> ObjectInfo:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+        return self.stat(key)
+
+    def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
+        path = self._path(key)
+        tmp = self._write_temp(path, data)
+        try:
+            os.link(tmp, path)  # atomic create-if-absent
+        except FileExistsError:
+            raise AlreadyExists(key) from None
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(path.parent)
+        return self.stat(key)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(key) from None
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        with self.open(key) as fh:
+            fh.seek(start)
+            return fh.read(length)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            path = self._path(key)
+            if path.is_dir():
+                raise NotFound(key)
+            return open(path, "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(key) from None
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(key) from None
+        if not os.path.isfile(self._path(key)):
+            raise NotFound(key)
+        return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}")
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return
+        _fsync_dir(path.parent)
+
+    def list(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
+        check_prefix(prefix)
+        # Walk only the folder the prefix points into, in sorted order, so the
+        # output is lexicographic like S3's and memory stays per-folder.
+        base_dir, _, _ = prefix.rpartition("/")
+        start = self.root / base_dir if base_dir else self.root
+        yield from self._walk(start, base_dir + "/" if base_dir else "", prefix, start_after)
+
+    def _walk(self, folder: Path, rel: str, prefix: str, start_after: str) -> Iterator[str]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name + ("/" if e.is_dir() else ""))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if entry.name.startswith(TMP_PREFIX):
+                continue
+            key = rel + entry.name
+            if entry.is_dir():
+                sub = key + "/"
+                # descend only where the prefix and start_after can still match
+                if (sub.startswith(prefix) or prefix.startswith(sub)) and not (start_after and sub < start_after[: len(sub)]):
+                    yield from self._walk(Path(entry.path), sub, prefix, start_after)
+            elif key.startswith(prefix) and key > start_after:
+                yield key

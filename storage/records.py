@@ -1,0 +1,131 @@
+"""Photo and user records: the JSON documents every component reads from the store.
+
+ypfs writes them; magickd reads a photo's record to find its original; ypws reads
+it for the owner's rules (private, original allowed). GPS never enters a record:
+it stays in the original bytes only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from cluster.config import SizeProfile
+
+from .base import BlobStore
+from .keys import EXTENSIONS, PhotoRef, record_key, user_key, valid_user
+
+#: bump when the render pipeline changes its output for unchanged profile parameters
+PIPELINE_REVISION = 1
+
+
+def profile_version(profile: SizeProfile, revision: int = PIPELINE_REVISION) -> str:
+    """8 hex chars derived from everything that shapes a rendition's pixels and bytes.
+
+    Re-tuning a profile (sharpening, quality, box, crop) changes its version, so its
+    renditions get new keys and a stale one is never served as the new one.
+    """
+    params = dataclasses.asdict(profile)
+    params.pop("name")
+    params.pop("variants")  # which formats exist does not change any one rendition
+    blob = json.dumps({"rev": revision, **params}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
+
+
+def rendition_url(public_url: str, ref: PhotoRef, profile: SizeProfile, fmt: str | None = None) -> str:
+    """Public URL of one rendition, carrying its version so caches can keep it for long."""
+    fmt = fmt or profile.format
+    return f"{public_url}{ref.size_url_path(profile.name, fmt)}?v={profile_version(profile)}"
+
+
+def original_url(public_url: str, ref: PhotoRef, fmt: str) -> str:
+    return f"{public_url}{ref.url_path}/original.{EXTENSIONS.get(fmt, 'bin')}"
+
+
+@dataclass
+class PhotoRecord:
+    id: str
+    owner: str
+    secret: str
+    format: str                 # decoder format name: jpeg, png, gif, webp, tiff, heif, avif, bmp
+    width: int                  # as displayed (EXIF orientation applied)
+    height: int
+    bytes: int
+    sha256: str
+    uploaded_at: float          # unix seconds
+    title: str = ""
+    taken_at: str | None = None  # EXIF DateTimeOriginal, "YYYY-MM-DDTHH:MM:SS"
+    camera: str | None = None    # EXIF Make + Model
+    pages: int = 1               # frames of an animation / pages of a TIFF
+    private: bool = False        # served only through signed URLs
+    original_public: bool = True  # the owner lets anyone fetch the original
+
+    @property
+    def ref(self) -> PhotoRef:
+        return PhotoRef(self.owner, self.id, self.secret)
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "PhotoRecord":
+        raw = json.loads(data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    def save(self, store: BlobStore) -> None:
+        store.put(self.ref.record_key, self.to_json(), "application/json")
+
+    @classmethod
+    def load(cls, store: BlobStore, user: str, photo_id: str) -> "PhotoRecord":
+        """The record; storage.NotFound if there is none."""
+        return cls.from_json(store.get(record_key(user, photo_id)))
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class UserRecord:
+    """A user and the hashes of its upload tokens (tokens themselves are never stored).
+
+    Tokens look like ``{user}.{random}`` so a request names the record to check
+    without any index; only the SHA-256 of each token is kept (they are 256-bit
+    random, so a slow hash adds nothing).
+    """
+
+    name: str
+    created_at: float = field(default_factory=time.time)
+    token_hashes: list[str] = field(default_factory=list)
+    allow_originals: bool = True
+
+    def new_token(self) -> str:
+        token = f"{self.name}.{secrets.token_urlsafe(32)}"
+        self.token_hashes.append(hash_token(token))
+        return token
+
+    def check_token(self, token: str) -> bool:
+        digest = hash_token(token)
+        return any(hmac.compare_digest(digest, h) for h in self.token_hashes)
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "UserRecord":
+        raw = json.loads(data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    @classmethod
+    def load(cls, store: BlobStore, name: str) -> "UserRecord":
+        return cls.from_json(store.get(user_key(valid_user(name))))
+
+    def save(self, store: BlobStore) -> None:
+        store.put(user_key(self.name), self.to_json(), "application/json")
