@@ -132,6 +132,9 @@ class MagickdSection:
     vips_cache_max_mem: int = 50 * 1024 * 1024
     client_timeout: float = 60.0
     client_retries: int = 2
+    webp_effort: int = 4
+    avif_effort: int = 2
+    queue_wait: float = 60.0
     nodes: tuple[NodeConfig, ...] = ()
 
     @property
@@ -150,6 +153,12 @@ class YpwsSection:
     hotlink_allow: tuple[str, ...] = ()
     hotlink_action: str = "403"
     signed_url_max_ttl: int = 604800
+    unversioned_max_age: int = 300
+    cache_policy: str = "s4lru"
+    threads: int = 8
+    timeout: int = 60
+    access_log: str = "stderr"
+    upload_url: str = ""
     nodes: tuple[NodeConfig, ...] = ()
 
 
@@ -168,6 +177,11 @@ class HashproxySection:
     client_timeout: float = 30.0
     max_request_line: int = 8190
     max_header_bytes: int = 65536
+    image_balance: str = "hash"
+    purge_fanout: int = 2
+    graceful_timeout: float = 10.0
+    pool_idle_timeout: float = 1.5
+    pool_max_idle: int = 64
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Wire contract (the service in magickd/app.py implements it):
 
     POST /render   {"user": ..., "photo": ..., "secret": ...,
-                    "sizes": ["small", ...] | null (all), "formats": ["webp"] | null (each default)}
+                    "sizes": ["small", ...] | null (all), "formats": ["webp"] | null (each default),
+                    "force": false (optional: re-render renditions that already exist)}
       200  {"renditions": [{"size", "format", "version", "key", "width", "height", "bytes"}]}
       404  original or record missing        422  original undecodable / over limits
       429  queue full (Retry-After)          503  node unhealthy
@@ -51,9 +52,12 @@ class Rendition:
     bytes: int
 
 
+_RENDITION_FIELDS = ("size", "format", "version", "key", "width", "height", "bytes")
+
+
 def node_order(nodes: Sequence[NodeConfig], photo_id: str) -> list[NodeConfig]:
     """Rendezvous (highest random weight) order of the nodes for one photo."""
-    return sorted(nodes, key=lambda n: xxhash.xxh64_intdigest(f"{n.name}/{photo_id}"), reverse=True)
+    return sorted(nodes, key=lambda n: xxhash.xxh64_intdigest(f"{n.name}/{photo_id}".encode()), reverse=True)
 
 
 class RenderClient:
@@ -65,13 +69,17 @@ class RenderClient:
 
     def render(
         self, ref: PhotoRef, sizes: Sequence[str] | None = None, formats: Sequence[str] | None = None,
-        timeout: float | None = None,
+        timeout: float | None = None, force: bool = False,
     ) -> list[Rendition]:
-        body = json.dumps({
+        """Render (or find) the renditions; ``force`` re-renders ones that exist (verify --repair)."""
+        payload: dict[str, Any] = {
             "user": ref.user, "photo": ref.photo_id, "secret": ref.secret,
             "sizes": list(sizes) if sizes is not None else None,
             "formats": list(formats) if formats is not None else None,
-        }).encode()
+        }
+        if force:
+            payload["force"] = True
+        body = json.dumps(payload).encode()
         failures: list[str] = []
         for node in node_order(self.nodes, ref.photo_id)[: self.retries + 1]:
             try:
@@ -82,13 +90,13 @@ class RenderClient:
             except urllib3.exceptions.HTTPError as exc:
                 failures.append(f"{node.name}: {exc.__class__.__name__}")
                 continue
-            payload = _json(resp.data)
+            answer = _json(resp.data)
             if resp.status == 200:
-                return [Rendition(**r) for r in payload.get("renditions", [])]
+                return [Rendition(**{k: r[k] for k in _RENDITION_FIELDS}) for r in answer.get("renditions", [])]
             if resp.status == 429 or resp.status >= 500:
-                failures.append(f"{node.name}: {resp.status} {payload.get('error', '')}")
+                failures.append(f"{node.name}: {resp.status} {answer.get('error', '')}")
                 continue
-            raise RenderError(resp.status, payload.get("error", "error"), payload.get("message", ""))
+            raise RenderError(resp.status, answer.get("error", "error"), answer.get("message", ""))
         raise RenderUnavailable("no magickd node could render: " + "; ".join(failures))
 
 

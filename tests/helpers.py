@@ -84,3 +84,36 @@ class Services:
     def stop_all(self) -> None:
         for name in list(self.procs):
             self.stop(name)
+
+
+def seed_photo(store, user: str, path: Path, *, photo_id: str | None = None, private: bool = False,
+               original_public: bool = True, title: str = ""):
+    """Put an original and its record straight into a store (no ypfs); returns the PhotoRecord.
+
+    For tests of components downstream of ypfs. Dimensions come from Pillow, with
+    EXIF orientation applied, as ypfs records them.
+    """
+    import hashlib
+    import time as _time
+
+    from PIL import Image, ImageOps
+
+    from storage.ids import new_secret
+    from storage.records import PhotoRecord
+
+    data = Path(path).read_bytes()
+    with Image.open(path) as im:
+        fmt = {"JPEG": "jpeg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "TIFF": "tiff", "MPO": "jpeg"}.get(im.format, "jpeg")
+        w, h = ImageOps.exif_transpose(im).size if im.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") else im.size
+        pages = getattr(im, "n_frames", 1)
+    rec = PhotoRecord(
+        id=photo_id or str(next(_SEED_IDS)), owner=user, secret=new_secret(), format=fmt, width=w, height=h,
+        bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), uploaded_at=_time.time(), title=title,
+        pages=pages, private=private, original_public=original_public,
+    )
+    store.put(rec.ref.original_key, data)
+    rec.save(store)
+    return rec
+
+
+_SEED_IDS = iter(range(int(__import__("time").time() * 1000) * 1000, 10**18))

@@ -1,0 +1,101 @@
+"""Pieces every falcon service of the cluster shares: JSON errors and the gunicorn runner.
+
+Every error any service returns is JSON, ``{"error": code, "message": text}``,
+including falcon's own (404 route, 405, malformed multipart) and unexpected
+exceptions (500, logged with a traceback, never the traceback in the body).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Callable
+
+import falcon
+
+log = logging.getLogger("cluster.web")
+
+
+def fail(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> falcon.HTTPError:
+    """An HTTPError that serialises as {"error": code, "message": message}."""
+    return falcon.HTTPError(falcon.code_to_http_status(status), title=code, description=message, headers=headers)
+
+
+def _code_of(title: str | None) -> str:
+    if not title:
+        return "error"
+    # falcon's own titles look like "404 Not Found": turn them into "not_found"
+    return re.sub(r"^\d{3}\s+", "", title).strip().lower().replace(" ", "_") or "error"
+
+
+def _serialize(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {"error": _code_of(exc.title), "message": exc.description or exc.title or ""}
+
+
+def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:
+    if isinstance(exc, falcon.HTTPError):
+        raise exc
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    raise fail(500, "internal_error", "the server failed; the error is logged")
+
+
+def json_errors(app: falcon.App) -> falcon.App:
+    app.set_error_serializer(_serialize)
+    app.add_error_handler(Exception, _unexpected)
+    return app
+
+
+def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int = 60, name: str = "app",
+          options: dict[str, Any] | None = None) -> None:
+    """Run ``load_app()`` under gunicorn (pre-fork; the app is built in each worker, after fork)."""
+    from gunicorn.app.base import BaseApplication
+
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+    def child_exit(server, worker) -> None:
+        if metrics_dir:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(worker.pid)
+
+    settings = {
+        "bind": bind, "workers": workers, "timeout": timeout, "graceful_timeout": 10, "proc_name": name,
+        "worker_class": "sync", "accesslog": "-", "errorlog": "-", "loglevel": "info",
+        "control_socket_disable": True,  # gunicorn 27 would share one socket in $HOME between servers
+        "access_log_format": '{"t":"%(t)s","remote":"%(h)s","method":"%(m)s","path":"%(U)s","status":%(s)s,"bytes":"%(B)s","ms":%(M)s,"ua":"%(a)s"}',
+        "child_exit": child_exit,
+        **(options or {}),
+    }
+
+    class _App(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return load_app()
+
+    _App().run()
+
+
+def prepare_metrics_dir(path: str) -> None:
+    """Empty the prometheus multiprocess folder and point the client at it (before it is imported)."""
+    os.makedirs(path, exist_ok=True)
+    for entry in os.listdir(path):
+        if entry.endswith(".db"):
+            os.unlink(os.path.join(path, entry))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+def metrics_body() -> tuple[bytes, str]:
+    """Prometheus exposition of this service: every worker's figures when multiprocess."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client import multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,108 @@
+"""ypfs command line.
+
+    python -m ypfs serve --node NAME        run the upload server (gunicorn) for one node
+    python -m ypfs user add NAME            create a user; prints its upload token once
+    python -m ypfs user token NAME          issue another token for a user (prints it once)
+    python -m ypfs user revoke NAME         revoke every token of a user
+    python -m ypfs user list                list users
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from cluster.config import ConfigError, load
+
+
+def serve(args: argparse.Namespace) -> int:
+    cfg = load(args.config)
+    node = cfg.node("ypfs", args.node)
+    from cluster.web import prepare_metrics_dir, serve as run
+
+    prepare_metrics_dir(str(cfg.data_dir / "metrics" / node.name))  # before prometheus_client is imported
+
+    def load_app():
+        import pyvips
+
+        pyvips.cache_set_max(0)  # validation decodes each file once: nothing to cache
+        from magickd.client import RenderClient
+        from storage import open_store
+
+        from . import metrics
+        from .app import create_app
+        from .notify import RenderNotifier
+
+        notifier = RenderNotifier(RenderClient(cfg), cfg.ypfs.render_retries,
+                                  on_outcome=lambda o: metrics.RENDER_REQUESTS.labels(outcome=o).inc())
+        return create_app(cfg, open_store(cfg), node.name, notifier=notifier)
+
+    run(load_app, node.bind, cfg.ypfs.workers, timeout=cfg.ypfs.timeout, name=f"ypfs-{node.name}")
+    return 0
+
+
+def user(args: argparse.Namespace) -> int:
+    from storage import NotFound, open_store
+    from storage.keys import InvalidName, user_key, user_prefix, valid_user
+    from storage.records import UserRecord
+
+    store = open_store(load(args.config))
+    if args.action == "list":
+        for key in store.list(user_prefix()):
+            print(key[len(user_prefix()):-len(".json")])
+        return 0
+    try:
+        name = valid_user(args.name or "")
+    except InvalidName:
+        print("user names are 1-32 of a-z 0-9 _ - (starting with a letter or digit)", file=sys.stderr)
+        return 2
+    if args.action == "add":
+        rec = UserRecord(name)
+        token = rec.new_token()
+        try:
+            from storage import AlreadyExists
+
+            store.put_if_absent(user_key(name), rec.to_json(), "application/json")
+        except AlreadyExists:
+            print(f"user {name} already exists (use `user token {name}` for another token)", file=sys.stderr)
+            return 1
+        print(token)
+        return 0
+    try:
+        rec = UserRecord.load(store, name)
+    except NotFound:
+        print(f"no user {name}", file=sys.stderr)
+        return 1
+    if args.action == "token":
+        token = rec.new_token()
+        rec.save(store)
+        print(token)
+    elif args.action == "revoke":
+        rec.token_hashes.clear()
+        rec.save(store)
+        print(f"revoked every token of {name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ypfs", description="ypfs: the upload server and its admin commands")
+    ap.add_argument("--config", default=None, help="cluster TOML (default: $YUPOO_CONFIG, else built-in defaults)")
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run one ypfs node under gunicorn")
+    s.add_argument("--node", required=True)
+    s.set_defaults(func=serve)
+    u = sub.add_parser("user", help="manage users and upload tokens")
+    u.add_argument("action", choices=["add", "token", "revoke", "list"])
+    u.add_argument("name", nargs="?")
+    u.set_defaults(func=user)
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The ypfs HTTP face: thin falcon resources over the ingest core.
+
+    POST /upload                      multipart/form-data: photo (file), title, private
+    GET  /api/photos/{user}/{id}      a photo's public JSON (private ones only to their owner)
+    GET  /api/users/{user}/photos     a user's public photos, oldest first (?after=ID&limit=N)
+    GET  /healthz, /metrics
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import falcon
+
+from cluster.config import Config
+from cluster.web import fail, json_errors, metrics_body
+from storage import BlobStore, NotFound, StorageError
+from storage.ids import IdGenerator, claim_slot
+from storage.keys import InvalidName, parse_record_key, photo_prefix, valid_photo_id, valid_user
+from storage.records import PhotoRecord, UserRecord
+
+from . import metrics
+from .ingest import Ingestor, UploadMeta, photo_view
+from .notify import RenderNotifier
+from .probe import ImageRejected
+from .spool import Spool, TooLarge, receive
+
+#: multipart framing around the file (boundaries, part headers, small fields)
+MULTIPART_SLACK = 64 * 1024
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+class TokenAuth:
+    """Bearer tokens of the form {user}.{random}; the record holds only their hashes."""
+
+    def __init__(self, store: BlobStore):
+        self.store = store
+
+    def user(self, req: falcon.Request, required: bool = True) -> UserRecord | None:
+        header = req.get_header("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            if not required:
+                return None
+            raise fail(401, "unauthorized", "an 'Authorization: Bearer <token>' header is required",
+                       {"WWW-Authenticate": "Bearer"})
+        token = token.strip()
+        try:
+            rec = UserRecord.load(self.store, token.split(".", 1)[0])
+        except (InvalidName, NotFound):
+            rec = None
+        if rec is None or not rec.check_token(token):
+            raise fail(401, "unauthorized", "the token is not valid", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return rec
+
+
+class UploadResource:
+    def __init__(self, cfg: Config, ingestor: Ingestor, auth: TokenAuth, spool_dir: Path,
+                 after_store: Callable[[PhotoRecord], None]):
+        self.cfg = cfg
+        self.ingestor = ingestor
+        self.auth = auth
+        self.spool_dir = spool_dir
+        self.after_store = after_store
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.monotonic()
+        try:
+            self._upload(req, resp)
+        except falcon.HTTPError as exc:
+            metrics.UPLOADS.labels(status=exc.status[:3]).inc()
+            raise
+        metrics.UPLOADS.labels(status=str(resp.status)[:3]).inc()
+        metrics.UPLOAD_SECONDS.observe(time.monotonic() - started)
+
+    def _upload(self, req: falcon.Request, resp: falcon.Response) -> None:
+        user = self.auth.user(req)
+        limits = self.cfg.limits
+        if req.content_length is not None and req.content_length > limits.max_upload_bytes + MULTIPART_SLACK:
+            resp.set_header("Connection", "close")
+            raise fail(413, "too_large", f"the upload is {req.content_length} bytes; the limit is {limits.max_upload_bytes}",
+                       {"Connection": "close"})
+        if req.content_length is None:  # chunked: falcon's multipart parser needs the length
+            raise fail(411, "length_required", "send the upload with a Content-Length (chunked bodies are not accepted)")
+        if not (req.content_type or "").startswith("multipart/form-data"):
+            raise fail(415, "not_multipart", "send multipart/form-data with the image in the 'photo' field")
+        title, private = "", False
+        with Spool(limits.spool_threshold, self.spool_dir) as spool:
+            got_photo = False
+            for part in req.get_media():
+                if part.name == "photo":
+                    if got_photo:
+                        raise fail(400, "duplicate_field", "send exactly one 'photo' file")
+                    got_photo = True
+                    try:
+                        receive(part.stream, spool, limits.max_upload_bytes)
+                    except TooLarge as exc:
+                        raise fail(413, "too_large", str(exc), {"Connection": "close"}) from None
+                elif part.name == "title":
+                    title = "".join(ch for ch in part.get_text() or "" if ch.isprintable()).strip()
+                    if len(title) > limits.max_title_chars:
+                        raise fail(400, "title_too_long", f"the title is longer than {limits.max_title_chars} characters")
+                elif part.name == "private":
+                    private = (part.get_text() or "").strip().lower() in TRUE_WORDS
+            if not got_photo:
+                raise fail(400, "missing_photo", "no 'photo' file field in the form")
+            try:
+                rec, created = self.ingestor.ingest(user.name, spool, UploadMeta(title, private), user.allow_originals)
+            except ImageRejected as exc:
+                raise fail(exc.status, exc.code, exc.message) from None
+            except StorageError as exc:
+                raise fail(503, "storage_unavailable", f"the photo could not be stored: {exc}", {"Retry-After": "5"}) from None
+        metrics.UPLOAD_BYTES.inc(rec.bytes if created else 0)
+        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
+        resp.location = f"/api/photos/{rec.owner}/{rec.id}"
+        resp.media = photo_view(self.cfg, rec)
+        if created:
+            self.after_store(rec)
+
+
+class PhotoResource:
+    def __init__(self, cfg: Config, store: BlobStore, auth: TokenAuth):
+        self.cfg, self.store, self.auth = cfg, store, auth
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user: str, photo_id: str) -> None:
+        try:
+            rec = PhotoRecord.load(self.store, valid_user(user), valid_photo_id(photo_id))
+        except (InvalidName, NotFound):
+            raise fail(404, "not_found", "no such photo") from None
+        if rec.private:
+            viewer = self.auth.user(req, required=False)
+            if viewer is None or viewer.name != rec.owner:
+                raise fail(404, "not_found", "no such photo")
+        resp.media = photo_view(self.cfg, rec)
+
+
+class UserPhotosResource:
+    MAX_LIMIT = 500
+
+    def __init__(self, cfg: Config, store: BlobStore):
+        self.cfg, self.store = cfg, store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
+        try:
+            prefix = photo_prefix(valid_user(user))
+            after = req.get_param("after")
+            start_after = f"{prefix}{valid_photo_id(after)}.json" if after else ""
+        except InvalidName as exc:
+            raise fail(400, "bad_request", str(exc)) from None
+        limit = req.get_param_as_int("limit", min_value=1, max_value=self.MAX_LIMIT, default=100)
+        photos = []
+        for key in self.store.list(prefix, start_after=start_after):
+            try:
+                parse_record_key(key)
+                rec = PhotoRecord.from_json(self.store.get(key))
+            except (InvalidName, NotFound, ValueError):
+                continue
+            if not rec.private:
+                photos.append(photo_view(self.cfg, rec))
+            if len(photos) >= limit:
+                break
+        resp.media = {"user": user, "photos": photos}
+
+
+class HealthResource:
+    def __init__(self, node: str, store: BlobStore):
+        self.node, self.store = node, store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok", "service": "ypfs", "node": self.node, "storage": self.store.name}
+
+
+class MetricsResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data, resp.content_type = metrics_body()
+
+
+def lazy_id_generator(cfg: Config, node_id: int, slot_dir: Path) -> Callable[[], str]:
+    """An id source that claims its worker slot on first use, i.e. in the worker after fork."""
+    state: dict = {}
+    lock = threading.Lock()
+
+    def next_id() -> str:
+        with lock:
+            if state.get("pid") != os.getpid():
+                slot, fd = claim_slot(slot_dir)
+                state.update(pid=os.getpid(), fd=fd, gen=IdGenerator(node_id, slot, cfg.ids.epoch_ms))
+        return state["gen"].next_id()
+
+    return next_id
+
+
+def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[], str] | None = None,
+               notifier: RenderNotifier | None = None) -> falcon.App:
+    node_cfg = cfg.node("ypfs", node)
+    work_dir = cfg.data_dir / "ypfs" / node
+    next_id = next_id or lazy_id_generator(cfg, node_cfg.node_id, work_dir / "slots")
+    auth = TokenAuth(store)
+
+    def after_store(rec: PhotoRecord) -> None:
+        if notifier is not None and cfg.ypfs.render_after_upload:
+            notifier.submit(rec.ref)
+
+    app = json_errors(falcon.App())
+    form_opts = app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options
+    form_opts.max_body_part_count = 16
+    form_opts.max_body_part_buffer_size = 64 * 1024  # small text fields only; the file is streamed
+    app.add_route("/upload", UploadResource(cfg, Ingestor(cfg, store, next_id), auth, work_dir / "spool", after_store))
+    app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(cfg, store, auth))
+    app.add_route("/api/users/{user}/photos", UserPhotosResource(cfg, store))
+    app.add_route("/healthz", HealthResource(node, store))
+    app.add_route("/metrics", MetricsResource())
+    return app

@@ -1,0 +1,87 @@
+"""The upload core (no HTTP): validate a received photo and store it durably.
+
+Commit order makes a crash at any point harmless: the original is stored first,
+then the photo record, which is what makes a photo exist for every other
+component; last the de-duplication entry. A crash before the record leaves an
+unreferenced original (never served), never a record without its original.
+Only once the record is stored does the caller acknowledge the upload.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from cluster.config import Config
+from storage import AlreadyExists, BlobStore, NotFound
+from storage.ids import new_secret
+from storage.keys import CONTENT_TYPES, dedupe_key
+from storage.records import PhotoRecord, original_url, rendition_url
+
+from .probe import ImageRejected, probe
+from .sniff import SUPPORTED, sniff
+from .spool import Spool
+
+
+@dataclass(frozen=True)
+class UploadMeta:
+    title: str = ""
+    private: bool = False
+
+
+class Ingestor:
+    def __init__(self, cfg: Config, store: BlobStore, next_id: Callable[[], str], clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.store = store
+        self.next_id = next_id
+        self.clock = clock
+
+    def ingest(self, user: str, spool: Spool, meta: UploadMeta, allow_originals: bool = True) -> tuple[PhotoRecord, bool]:
+        """Store the photo; return (record, created). Same user + same bytes → the existing photo."""
+        existing = self._existing(user, spool.sha256)
+        if existing is not None:
+            return existing, False
+        fmt = sniff(spool.head)
+        if fmt is None:
+            raise ImageRejected(415, "unsupported_format",
+                                f"not a supported image (by its content); accepted: {', '.join(SUPPORTED)}")
+        info = probe(spool.source, fmt, self.cfg.limits)
+        rec = PhotoRecord(
+            id=self.next_id(), owner=user, secret=new_secret(), format=fmt, width=info.width, height=info.height,
+            bytes=spool.size, sha256=spool.sha256, uploaded_at=self.clock(), title=meta.title,
+            taken_at=info.taken_at, camera=info.camera, pages=info.pages, private=meta.private,
+            original_public=allow_originals,
+        )
+        with spool.reader() as body:
+            self.store.put(rec.ref.original_key, body, CONTENT_TYPES[fmt])
+        rec.save(self.store)
+        try:
+            self.store.put_if_absent(dedupe_key(user, rec.sha256), json.dumps({"id": rec.id}).encode(), "application/json")
+        except AlreadyExists:
+            pass  # a concurrent upload of the same bytes won the entry; both photos stay valid
+        return rec, True
+
+    def _existing(self, user: str, sha256: str) -> PhotoRecord | None:
+        try:
+            photo_id = json.loads(self.store.get(dedupe_key(user, sha256)))["id"]
+            return PhotoRecord.load(self.store, user, photo_id)
+        except (NotFound, KeyError, ValueError):
+            return None
+
+
+def photo_view(cfg: Config, rec: PhotoRecord) -> dict:
+    """The public JSON of a photo: what the upload answer and the API return. No GPS, ever."""
+    ref = rec.ref
+    urls = {p.name: rendition_url(cfg.public_url, ref, p) for p in cfg.sizes}
+    if rec.original_public:
+        urls["original"] = original_url(cfg.public_url, ref, rec.format)
+    return {
+        "id": rec.id, "owner": rec.owner, "secret": rec.secret, "title": rec.title,
+        "width": rec.width, "height": rec.height, "format": rec.format, "bytes": rec.bytes, "sha256": rec.sha256,
+        "pages": rec.pages, "taken_at": rec.taken_at, "camera": rec.camera, "private": rec.private,
+        "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.uploaded_at)),
+        "urls": urls,
+    }
+
