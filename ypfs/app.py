@@ -35,10 +35,27 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 
 
 class TokenAuth:
-    """Bearer tokens of the form {user}.{random}; the record holds only their hashes."""
+    """Bearer tokens of the form {user}.{random}; the record holds only their hashes.
 
-    def __init__(self, store: BlobStore):
+    User records are cached per worker for a few seconds (one store read saved per
+    upload); a revoked token therefore stops working within ``ttl`` seconds.
+    """
+
+    def __init__(self, store: BlobStore, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic):
         self.store = store
+        self.ttl = ttl
+        self.clock = clock
+        self._cache: dict[str, tuple[float, UserRecord]] = {}
+
+    def _load(self, name: str) -> UserRecord:
+        hit = self._cache.get(name)
+        if hit and self.clock() - hit[0] < self.ttl:
+            return hit[1]
+        rec = UserRecord.load(self.store, name)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[name] = (self.clock(), rec)
+        return rec
 
     def user(self, req: falcon.Request, required: bool = True) -> UserRecord | None:
         header = req.get_header("Authorization") or ""
@@ -50,7 +67,7 @@ class TokenAuth:
                        {"WWW-Authenticate": "Bearer"})
         token = token.strip()
         try:
-            rec = UserRecord.load(self.store, token.split(".", 1)[0])
+            rec = self._load(token.split(".", 1)[0])
         except (InvalidName, NotFound):
             rec = None
         if rec is None or not rec.check_token(token):

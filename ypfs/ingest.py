@@ -1,10 +1,13 @@
 """The upload core (no HTTP): validate a received photo and store it durably.
 
-Commit order makes a crash at any point harmless: the original is stored first,
-then the photo record, which is what makes a photo exist for every other
-component; last the de-duplication entry. A crash before the record leaves an
-unreferenced original (never served), never a record without its original.
-Only once the record is stored does the caller acknowledge the upload.
+The photo record is the commit point: it is what makes a photo exist for every
+other component, and it is written only after the original is durably stored
+and the image has passed validation. The original's PUT runs while the image is
+being validated (the two overlap, so an upload costs about the longer of them,
+not their sum); a rejected image's original is deleted again. A crash at any
+point therefore leaves at worst an unreferenced whole object (never served),
+never a record without its original. The caller acknowledges only after the
+record is stored; the de-duplication entry comes last.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from cluster.config import Config
-from storage import AlreadyExists, BlobStore, NotFound
+from storage import BlobStore, NotFound
 from storage.ids import new_secret
-from storage.keys import CONTENT_TYPES, dedupe_key
+from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key
 from storage.records import PhotoRecord, original_url, rendition_url
 
-from .probe import ImageRejected, probe
+from .probe import ImageRejected, background, probe
 from .sniff import SUPPORTED, sniff
 from .spool import Spool
 
@@ -47,21 +50,29 @@ class Ingestor:
         if fmt is None:
             raise ImageRejected(415, "unsupported_format",
                                 f"not a supported image (by its content); accepted: {', '.join(SUPPORTED)}")
-        info = probe(spool.source, fmt, self.cfg.limits)
+        ref = PhotoRef(user, self.next_id(), new_secret())
+        stored = background().submit(self._put_original, ref, spool, fmt)
+        try:
+            info = probe(spool.source, fmt, self.cfg.limits)
+        except BaseException:
+            if stored.exception() is None:  # waits for the PUT, then takes the object back
+                self.store.delete(ref.original_key)
+            raise
+        stored.result()  # StorageError if the original could not be stored
         rec = PhotoRecord(
-            id=self.next_id(), owner=user, secret=new_secret(), format=fmt, width=info.width, height=info.height,
+            id=ref.photo_id, owner=user, secret=ref.secret, format=fmt, width=info.width, height=info.height,
             bytes=spool.size, sha256=spool.sha256, uploaded_at=self.clock(), title=meta.title,
             taken_at=info.taken_at, camera=info.camera, pages=info.pages, private=meta.private,
             original_public=allow_originals,
         )
-        with spool.reader() as body:
-            self.store.put(rec.ref.original_key, body, CONTENT_TYPES[fmt])
         rec.save(self.store)
-        try:
-            self.store.put_if_absent(dedupe_key(user, rec.sha256), json.dumps({"id": rec.id}).encode(), "application/json")
-        except AlreadyExists:
-            pass  # a concurrent upload of the same bytes won the entry; both photos stay valid
+        # last writer wins if the same bytes race in twice: both photos stay valid
+        self.store.put(dedupe_key(user, rec.sha256), json.dumps({"id": rec.id}).encode(), "application/json")
         return rec, True
+
+    def _put_original(self, ref: PhotoRef, spool: Spool, fmt: str) -> None:
+        with spool.reader() as body:
+            self.store.put(ref.original_key, body, CONTENT_TYPES[fmt])
 
     def _existing(self, user: str, sha256: str) -> PhotoRecord | None:
         try:

@@ -19,8 +19,10 @@ pillow-heif), each opened with an explicit one-format allow-list.
 from __future__ import annotations
 
 import io
+import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,15 @@ _PILLOW_FORMATS = {"bmp": "BMP", "heif": "HEIF"}
 _ANIMATED = {"gif", "webp"}
 MAX_PAGES = 1000
 _heif_registered = False
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def background() -> ThreadPoolExecutor:
+    """This process's small pool for work that overlaps a request's main thread (made after fork)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="ypfs-bg"))
+    return _pool[1]
 
 
 Source = str | Path | bytes
@@ -111,6 +122,8 @@ def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int
         opts["shrink"] = 8  # the whole entropy stream is still read and checked
     if fmt in _ANIMATED and pages > 1 and width * height * pages <= limits.max_pixels:
         opts["n"] = -1  # every frame, when the whole animation fits the pixel budget
+    # the two decoders release the GIL: the cross-check runs beside the libvips decode
+    cross_check = background().submit(_pillow_cross_check, path, fmt) if fmt in _PILLOW_CROSS_CHECK else None
     try:
         image = loader(path, **opts)
         _decode_with_deadline(image, limits.decode_timeout)
@@ -119,8 +132,9 @@ def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int
         if "killed" in msg or "cancel" in msg:
             raise ImageRejected(422, "decode_timeout", f"decoding took longer than {limits.decode_timeout:g}s") from None
         raise ImageRejected(422, "undecodable", f"damaged or truncated {fmt} data: {msg}") from None
-    if fmt in _PILLOW_CROSS_CHECK:
-        _pillow_cross_check(path, fmt)
+    finally:
+        if cross_check is not None:
+            cross_check.result(timeout=limits.decode_timeout)  # re-raises its ImageRejected
     if fmt == "gif":
         check_gif_structure(path, limits)
     return width, height, pages, orientation if isinstance(orientation, int) else 1

@@ -1,0 +1,132 @@
+"""ypfs upload throughput vs the raw S3 ceiling, into the same SeaweedFS, in one run.
+
+The same ~2 MB real JPEG (an iPhone photo from the corpus) is
+- uploaded through ypfs (multipart POST, auth, validation decode, original + record
+  + dedupe entry written to S3), each by a different user so de-duplication never
+  short-circuits the work, and
+- PUT raw with the minio client to the same SeaweedFS (the ceiling),
+at concurrency 1 and 8. Reports MB/s, the ypfs/raw ratio (goal >= 0.6), p50/p99.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from cluster import procs
+from cluster.config import dump_toml, load
+from cluster.seaweed import start_seaweed
+from storage import open_store
+from storage.records import UserRecord
+
+from .results import record, table
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTO = REPO / "tests" / "corpus" / "formats" / "iphone_hdr_NO.jpg"
+RUNS = {1: 30, 8: 96}  # uploads per concurrency level
+WORKERS = 4
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _measure(fn, jobs: int, concurrency: int) -> dict:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def timed(i: int) -> None:
+        t0 = time.perf_counter()
+        fn(i)
+        with lock:
+            latencies.append(time.perf_counter() - t0)
+
+    fn(-1)  # warm-up (connections, bucket, imports)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(timed, range(jobs)))
+    wall = time.perf_counter() - start
+    size = PHOTO.stat().st_size
+    return {
+        "ops": jobs, "seconds": wall, "mib_s": jobs * size / wall / 2**20,
+        "p50_ms": statistics.median(latencies) * 1000, "p99_ms": _percentile(latencies, 0.99) * 1000,
+    }
+
+
+def main() -> None:
+    data = PHOTO.read_bytes()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ypfs-"))
+    weed = start_seaweed(tmp / "weed")
+    proc = None
+    try:
+        port = procs.free_port()
+        tree = {
+            "cluster": {"data_dir": str(tmp / "var")},
+            "storage": {"backend": "s3", "s3": {"endpoint": weed.endpoint, "access_key": weed.access_key,
+                                                 "secret_key": weed.secret_key, "bucket": "bench-ypfs"}},
+            "ypfs": {"workers": WORKERS, "render_after_upload": False,
+                     "nodes": [{"name": "ypfs1", "host": "127.0.0.1", "port": port, "node_id": 1}]},
+        }
+        cfg_path = tmp / "bench.toml"
+        cfg_path.write_text(dump_toml(tree))
+        cfg = load(cfg_path)
+        store = open_store(cfg)
+        tokens = []
+        for i in range(sum(RUNS.values()) + len(RUNS) + 1):
+            user = UserRecord(f"bench{i}")
+            tokens.append(user.new_token())
+            user.save(store)
+        proc = procs.start(procs.python_module("ypfs", "serve", "--node", "ypfs1"), log=tmp / "ypfs.log",
+                           env={"YUPOO_CONFIG": str(cfg_path), "PYTHONPATH": str(REPO)})
+        procs.wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+
+        sessions = threading.local()
+        counter = iter(range(10**9))
+        counter_lock = threading.Lock()
+
+        def upload(_i: int) -> None:
+            with counter_lock:
+                n = next(counter)
+            s = getattr(sessions, "s", None) or requests.Session()
+            sessions.s = s
+            r = s.post(f"http://127.0.0.1:{port}/upload", files={"photo": ("p.jpg", data)},
+                       headers={"Authorization": f"Bearer {tokens[n]}"}, timeout=60)
+            if r.status_code != 201:
+                raise RuntimeError(f"upload failed: {r.status_code} {r.text[:200]}")
+
+        raw_counter = iter(range(10**9))
+
+        def raw_put(_i: int) -> None:
+            with counter_lock:
+                n = next(raw_counter)
+            store.put(f"rawput/{n}.jpg", data, "image/jpeg")
+
+        rows, figures = [], {}
+        for conc, jobs in RUNS.items():
+            raw = _measure(raw_put, jobs, conc)
+            up = _measure(upload, jobs, conc)
+            ratio = up["mib_s"] / raw["mib_s"]
+            figures[f"c{conc}"] = {"ypfs": up, "raw_put": raw, "ratio": ratio, "goal_ratio": 0.6, "meets_goal": ratio >= 0.6}
+            rows.append({"concurrency": conc, "what": "raw minio PUT", "MiB/s": raw["mib_s"], "p50 ms": raw["p50_ms"],
+                         "p99 ms": raw["p99_ms"], "ratio": ""})
+            rows.append({"concurrency": conc, "what": "ypfs upload", "MiB/s": up["mib_s"], "p50 ms": up["p50_ms"],
+                         "p99 ms": up["p99_ms"], "ratio": f"{ratio:.2f}"})
+        print(f"2 MB JPEG ({len(data)} bytes) into SeaweedFS; ypfs with {WORKERS} sync workers; load generator on the same box")
+        print(table(rows, ["concurrency", "what", "MiB/s", "p50 ms", "p99 ms", "ratio"]))
+        record("ypfs_upload", {"photo_bytes": len(data), "ypfs_workers": WORKERS, **figures})
+    finally:
+        if proc is not None:
+            procs.stop(proc)
+        weed.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
