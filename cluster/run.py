@@ -64,7 +64,7 @@ class Cluster:
         self.cfg = cfg
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for comp in COMPONENTS:
-            if importlib.util.find_spec(f"{comp.package}.__main__") is None:
+            if importlib.util.find_spec(comp.package) is None or importlib.util.find_spec(f"{comp.package}.__main__") is None:
                 print(f"  (skipping {comp.package}: not built yet)", flush=True)
                 continue
             if comp.per_node:
