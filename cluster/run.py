@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)  # explicitly: a parent may have started us with SIGINT ignored
     code = 0
     try:
         print(f"Starting the cluster (storage: {tree['storage']['backend'] if storage != 's3' else 's3 via local SeaweedFS'})",
