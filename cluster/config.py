@@ -168,6 +168,7 @@ class HashproxySection:
     port: int = 8080
     workers: int = 2
     balance_factor: float = 1.25
+    balance_min_load: int = 8
     health_interval: float = 1.0
     health_timeout: float = 1.0
     fail_threshold: int = 2
@@ -182,6 +183,7 @@ class HashproxySection:
     graceful_timeout: float = 10.0
     pool_idle_timeout: float = 1.5
     pool_max_idle: int = 64
+    reuse_port: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,136 @@
+"""The HTTP face of a magickd node: thin falcon resources over RenderService.
+
+    POST /render   render (or find) a photo's renditions; see magickd/client.py for the contract
+    GET  /healthz  200 {"status": "ok", ...} while the node can reach its store, else 503
+    GET  /metrics  Prometheus text, merged over the node's worker processes
+
+Every error is JSON ``{"error": code, "message": text}``; a 429 carries Retry-After.
+"""
+
+from __future__ import annotations
+
+import http
+import json
+import logging
+import time
+from typing import Any
+
+import falcon
+
+from . import metrics
+from .errors import BadRequest, RenderFailure
+from .options import Target
+from .service import Hooks, RenderService
+
+log = logging.getLogger("magickd.app")
+MAX_BODY = 64 * 1024
+
+
+class MetricsHooks(Hooks):
+    """Feeds the service's events into the Prometheus metrics."""
+
+    def rendered(self, target: Target) -> None:
+        metrics.RENDITIONS.labels(target.name, target.fmt).inc()
+
+    def outcome(self, outcome: str) -> None:
+        metrics.REQUESTS.labels(outcome).inc()
+
+    def waiting(self, delta: int) -> None:
+        metrics.QUEUE_DEPTH.inc(delta)
+
+    def rendering(self, delta: int) -> None:
+        metrics.IN_PROGRESS.inc(delta)
+
+    def pipeline_time(self, seconds: float) -> None:
+        metrics.RENDER_TIME.observe(seconds)
+
+
+def _error(resp: falcon.Response, status: int, code: str, message: str) -> None:
+    resp.status = status
+    resp.media = {"error": code, "message": message}
+
+
+class RenderResource:
+    def __init__(self, service: RenderService):
+        self.service = service
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        started = time.monotonic()
+        try:
+            body = _read_json(req)
+            renditions = self.service.render(
+                body.get("user"), body.get("photo"), body.get("secret"),
+                sizes=body.get("sizes"), formats=body.get("formats"), force=bool(body.get("force", False)),
+            )
+        except RenderFailure as exc:
+            metrics.ERRORS.labels(exc.code).inc()
+            _error(resp, exc.status, exc.code, exc.message)
+            if exc.status == 429:
+                resp.set_header("Retry-After", str(getattr(exc, "retry_after", 1)))
+            return
+        finally:
+            metrics.LATENCY.observe(time.monotonic() - started)
+        resp.media = {"renditions": [r.to_dict() for r in renditions]}
+
+
+class HealthResource:
+    def __init__(self, service: RenderService, node: str):
+        self.service = service
+        self.node = node
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            self.service.store.exists("health/magickd")
+        except Exception as exc:  # any storage failure means this node cannot render
+            _error(resp, 503, "storage_unavailable", str(exc)[:300])
+            return
+        m = self.service.cfg.magickd
+        resp.media = {"status": "ok", "node": self.node, "workers": m.effective_workers,
+                      "queue_size": m.queue_size}
+
+
+class MetricsResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        data, content_type = metrics.exposition()
+        resp.data = data
+        resp.content_type = content_type
+
+
+def _read_json(req: falcon.Request) -> dict[str, Any]:
+    length = req.content_length
+    if length is None or length <= 0:
+        raise BadRequest("a JSON body is required")
+    if length > MAX_BODY:
+        raise BadRequest(f"body over {MAX_BODY} bytes")
+    try:
+        body = json.loads(req.bounded_stream.read(length))
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    for name in ("user", "photo", "secret"):
+        if not isinstance(body.get(name), str):
+            raise BadRequest(f"{name!r} must be a string")
+    return body
+
+
+def _handle_http(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: dict) -> None:
+    code = http.HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+    _error(resp, exc.status_code, code, exc.description or exc.title)
+    for name, value in (exc.headers or {}).items():
+        resp.set_header(name, value)
+
+
+def _handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    _error(resp, 500, "internal", "internal error")
+
+
+def create_app(service: RenderService, node: str) -> falcon.App:
+    app = falcon.App()
+    app.add_route("/render", RenderResource(service))
+    app.add_route("/healthz", HealthResource(service, node))
+    app.add_route("/metrics", MetricsResource())
+    app.add_error_handler(Exception, _handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, _handle_http)
+    return app

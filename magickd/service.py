@@ -1,0 +1,190 @@
+"""The render service: a photo's sizes from its original in storage, written back; no HTTP here.
+
+One request: admission ticket (429 beyond the queue) -> record and secret check
+-> failure memory -> the photo's lock -> which renditions already exist (those
+are returned as they are: the call is idempotent) -> original -> a render slot
+-> the pipeline -> the renditions written under their versioned keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Sequence
+
+from cluster.config import Config
+from storage import NotFound, StorageError
+from storage.base import BlobStore
+from storage.keys import CONTENT_TYPES, InvalidName, PhotoRef
+from storage.records import PhotoRecord
+
+from . import pipeline
+from .admission import Admission
+from .errors import BadRequest, PhotoNotFound, RenderFailure, Unavailable
+from .failures import FailureMemory
+from .geometry import box_for
+from .options import Limits, RenderOptions, Target, parse_targets
+
+log = logging.getLogger("magickd.service")
+
+
+@dataclass(frozen=True)
+class RenditionInfo:
+    """One rendition as the wire contract reports it (magickd/client.py ``Rendition``)."""
+
+    size: str
+    format: str
+    version: str
+    key: str
+    width: int
+    height: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Hooks:
+    """Where the service reports what happened; metrics plug in here, tests may ignore it."""
+
+    def rendered(self, target: Target) -> None: ...
+    def outcome(self, outcome: str) -> None: ...
+    def waiting(self, delta: int) -> None: ...
+    def rendering(self, delta: int) -> None: ...
+    def pipeline_time(self, seconds: float) -> None: ...
+
+
+def node_dir(cfg: Config, node: str) -> Path:
+    return cfg.data_dir / "magickd" / node
+
+
+class RenderService:
+    def __init__(self, cfg: Config, store: BlobStore, admission: Admission, failures: FailureMemory,
+                 hooks: Hooks | None = None, render: Callable[..., list] = pipeline.render):
+        self.cfg = cfg
+        self.store = store
+        self.admission = admission
+        self.failures = failures
+        self.hooks = hooks or Hooks()
+        self.limits = Limits.from_config(cfg)
+        self._render = render
+
+    @classmethod
+    def for_node(cls, cfg: Config, node: str, store: BlobStore, hooks: Hooks | None = None) -> "RenderService":
+        base = node_dir(cfg, node)
+        m = cfg.magickd
+        admission = Admission(base, m.effective_workers, m.queue_size, m.queue_wait)
+        return cls(cfg, store, admission, FailureMemory(base / "failures", m.failure_ttl), hooks)
+
+    def render(self, user: str, photo_id: str, secret: str, sizes: Sequence[str] | None = None,
+               formats: Sequence[str] | None = None, force: bool = False) -> list[RenditionInfo]:
+        try:
+            ref = PhotoRef(user, photo_id, secret)
+        except InvalidName as exc:
+            raise BadRequest(str(exc)) from None
+        targets = parse_targets(self.cfg, sizes, formats)
+        with self.admission.ticket():
+            record = self._record(ref)
+            remembered = None if force else self.failures.recall(ref.original_key)
+            if remembered:
+                self.hooks.outcome("refused")
+                raise _failure_from(remembered.code, f"{remembered.message} (remembered; retried after "
+                                                     f"{max(0, remembered.until - time.time()):.0f}s)")
+            with self._waiting_for(self.admission.photo(ref.photo_id)):
+                return self._render_locked(ref, record, targets, force)
+
+    @contextmanager
+    def _waiting_for(self, lock: ContextManager[None]) -> Iterator[None]:
+        """Hold ``lock``, counted as queued (the queue-depth gauge) until it is acquired."""
+        self.hooks.waiting(+1)
+        acquired = False
+        try:
+            with lock:
+                self.hooks.waiting(-1)
+                acquired = True
+                yield
+        finally:
+            if not acquired:
+                self.hooks.waiting(-1)
+
+    # -- steps of one request ------------------------------------------------------------
+    def _record(self, ref: PhotoRef) -> PhotoRecord:
+        try:
+            record = PhotoRecord.load(self.store, ref.user, ref.photo_id)
+        except NotFound:
+            raise PhotoNotFound(f"no photo {ref.user}/{ref.photo_id}") from None
+        except StorageError as exc:
+            raise Unavailable(f"storage: {exc}") from None
+        if record.secret != ref.secret:
+            raise PhotoNotFound(f"no photo {ref.user}/{ref.photo_id}_{ref.secret}")
+        return record
+
+    def _render_locked(self, ref: PhotoRef, record: PhotoRecord, targets: tuple[Target, ...],
+                       force: bool) -> list[RenditionInfo]:
+        done: dict[Target, RenditionInfo] = {}
+        if not force:
+            for t in targets:
+                info = self._existing(ref, record, t)
+                if info:
+                    done[t] = info
+        missing = tuple(t for t in targets if t not in done)
+        if missing:
+            for info, t in zip(self._render_and_store(ref, missing), missing):
+                done[t] = info
+            self.hooks.outcome("rendered")
+        else:
+            self.hooks.outcome("existing")
+        return [done[t] for t in targets]
+
+    def _existing(self, ref: PhotoRef, record: PhotoRecord, target: Target) -> RenditionInfo | None:
+        key = ref.rendition_key(target.name, target.version, target.fmt)
+        try:
+            size = self.store.stat(key).size
+        except NotFound:
+            return None
+        except StorageError as exc:
+            raise Unavailable(f"storage: {exc}") from None
+        box = box_for(target.profile, record.width, record.height)
+        return RenditionInfo(target.name, target.fmt, target.version, key, box.out_w, box.out_h, size)
+
+    def _render_and_store(self, ref: PhotoRef, targets: tuple[Target, ...]) -> list[RenditionInfo]:
+        try:
+            data = self.store.get(ref.original_key)
+        except NotFound:
+            raise PhotoNotFound(f"the original of {ref.user}/{ref.photo_id} is missing") from None
+        except StorageError as exc:
+            raise Unavailable(f"storage: {exc}") from None
+        with self._waiting_for(self.admission.slot()):
+            self.hooks.rendering(+1)
+            started = time.monotonic()
+            try:
+                outputs = self._render(data, RenderOptions(targets, self.limits))
+            except RenderFailure as exc:
+                if exc.permanent:
+                    self.failures.remember(ref.original_key, exc.code, exc.message)
+                raise
+            finally:
+                self.hooks.rendering(-1)
+                self.hooks.pipeline_time(time.monotonic() - started)
+        del data
+        infos = []
+        for out in outputs:
+            t = out.target
+            key = ref.rendition_key(t.name, t.version, t.fmt)
+            try:
+                self.store.put(key, out.data, CONTENT_TYPES[t.fmt])
+            except StorageError as exc:
+                raise Unavailable(f"storage: {exc}") from None
+            self.hooks.rendered(t)
+            infos.append(RenditionInfo(t.name, t.fmt, t.version, key, out.width, out.height, len(out.data)))
+        self.failures.forget(ref.original_key)
+        return infos
+
+
+def _failure_from(code: str, message: str) -> RenderFailure:
+    failure = RenderFailure(message)
+    failure.code = code
+    return failure

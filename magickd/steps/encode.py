@@ -1,0 +1,30 @@
+"""Write the rendition: progressive JPEG, WebP, AVIF or PNG, with every piece of metadata dropped.
+
+``keep=0`` (VipsForeignKeep NONE) leaves out EXIF (GPS included), XMP, IPTC and
+the ICC profile; pixels are sRGB already, which is what an untagged web image means.
+"""
+
+from __future__ import annotations
+
+from ..context import Output, RenderContext
+
+KEEP_NONE = 0
+
+
+def encode(ctx: RenderContext) -> None:
+    image, target = ctx.encoded, ctx.target
+    assert image is not None and target is not None
+    q = target.profile.quality
+    limits = ctx.options.limits
+    image = ctx.deadline.watch(image)
+    if target.fmt == "jpeg":
+        data = image.jpegsave_buffer(Q=q, interlace=True, optimize_coding=True, keep=KEEP_NONE)
+    elif target.fmt == "webp":
+        data = image.webpsave_buffer(Q=q, effort=limits.webp_effort, keep=KEEP_NONE)
+    elif target.fmt == "avif":
+        data = image.heifsave_buffer(Q=q, compression="av1", effort=limits.avif_effort, keep=KEEP_NONE)
+    elif target.fmt == "png":
+        data = image.pngsave_buffer(compression=6, keep=KEEP_NONE)
+    else:  # options.parse_targets only lets configured formats through
+        raise ValueError(f"no encoder for {target.fmt!r}")
+    ctx.outputs.append(Output(target, data, image.width, image.height))
