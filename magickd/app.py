@@ -9,13 +9,14 @@ Every error is JSON ``{"error": code, "message": text}``; a 429 carries Retry-Af
 
 from __future__ import annotations
 
-import http
 import json
 import logging
 import time
 from typing import Any
 
 import falcon
+
+from cluster.web import json_errors, metrics_body
 
 from . import metrics
 from .errors import BadRequest, RenderFailure
@@ -91,7 +92,7 @@ class HealthResource:
 
 class MetricsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        data, content_type = metrics.exposition()
+        data, content_type = metrics_body()
         resp.data = data
         resp.content_type = content_type
 
@@ -114,23 +115,9 @@ def _read_json(req: falcon.Request) -> dict[str, Any]:
     return body
 
 
-def _handle_http(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: dict) -> None:
-    code = http.HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
-    _error(resp, exc.status_code, code, exc.description or exc.title)
-    for name, value in (exc.headers or {}).items():
-        resp.set_header(name, value)
-
-
-def _handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:
-    log.exception("unhandled error on %s %s", req.method, req.path)
-    _error(resp, 500, "internal", "internal error")
-
-
 def create_app(service: RenderService, node: str) -> falcon.App:
-    app = falcon.App()
+    app = json_errors(falcon.App())
     app.add_route("/render", RenderResource(service))
     app.add_route("/healthz", HealthResource(service, node))
     app.add_route("/metrics", MetricsResource())
-    app.add_error_handler(Exception, _handle_unexpected)
-    app.add_error_handler(falcon.HTTPError, _handle_http)
     return app

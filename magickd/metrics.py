@@ -3,19 +3,13 @@
 gunicorn runs several worker processes, so the service uses prometheus_client's
 multiprocess mode: ``serve`` points PROMETHEUS_MULTIPROC_DIR at a fresh folder
 under the node's data dir before any worker imports this module, every worker
-writes its samples there, and /metrics merges them. Gauges are summed over live
+writes its samples there, and /metrics merges them (``cluster.web.metrics_body``). Gauges are summed over live
 workers ("livesum"); a dead worker's files are marked dead by the arbiter.
 """
 
 from __future__ import annotations
 
-import os
-
-from prometheus_client import (
-    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess,
-)
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from prometheus_client import Counter, Gauge, Histogram
 
 RENDITIONS = Counter("magickd_renditions_total", "Renditions rendered and written", ["size", "format"])
 REQUESTS = Counter("magickd_render_requests_total", "Render requests by outcome", ["outcome"])
@@ -32,18 +26,3 @@ QUEUE_DEPTH = Gauge("magickd_queue_depth", "Admitted requests waiting for a rend
                     multiprocess_mode="livesum")
 IN_PROGRESS = Gauge("magickd_renders_in_progress", "Renders running now", multiprocess_mode="livesum")
 
-
-def exposition() -> tuple[bytes, str]:
-    """The metrics page: merged over every worker in multiprocess mode, else this process's."""
-    if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    from prometheus_client import REGISTRY
-
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-
-
-def worker_exited(pid: int) -> None:
-    if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)
