@@ -1,0 +1,81 @@
+"""`python -m hashproxy serve` runs the proxy; `python -m hashproxy route URL` prints where a URL goes.
+
+Both read the cluster config through cluster.config.load() ($YUPOO_CONFIG or
+--config). `route` uses the same ring as the workers with every node up, so it
+prints the pinning an operator should see in X-Served-By.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cluster.config import ConfigError, load
+
+from .app import validate
+from .balancer import HashBalancer, NodeSet
+from .health import HealthBoard
+from .loads import local_counters
+from .spill import SpillMap
+from .urls import BadTarget, Route, classify
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    cfg = load(args.config)
+    validate(cfg.hashproxy)
+    from .supervisor import Supervisor
+
+    return Supervisor(cfg).run()
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    cfg = load(args.config, with_secrets=False)
+    names = tuple(n.name for n in cfg.ypws.nodes)
+    nodes = NodeSet("ypws", names, tuple((n.host, n.port) for n in cfg.ypws.nodes), HealthBoard(names),
+                    local_counters(names).role(0, 0, len(names)))
+    spill_path = cfg.data_dir / "hashproxy"
+    spill = SpillMap(names, spill_path) if spill_path.exists() else None
+    balancer = HashBalancer(nodes, factor=0, fanout=cfg.hashproxy.purge_fanout, spill=spill)
+    try:
+        target = classify(args.method.upper(), args.url.encode())
+    except BadTarget as exc:
+        print(f"{exc.status} {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    if target.route is Route.IMAGE:
+        order = balancer.ring.order_names(target.key)
+        print(f"{order[0]}\tkey={target.key}\torder={','.join(order)}")
+    elif target.route is Route.PURGE:
+        targets = [names[i] for i in balancer.purge_targets(target.key)]
+        print(f"{','.join(targets)}\tkey={target.key}")
+    elif target.route is Route.PURGE_PHOTO:
+        for size in [p.name for p in cfg.sizes] + ["original"]:
+            key = f"{target.key}/{size}"
+            print(f"{','.join(names[i] for i in balancer.purge_targets(key))}\tkey={key}")
+    else:
+        where = {Route.YPFS: "ypfs (least-connections)", Route.PAGE: "ypws (least-connections)",
+                 Route.HEALTH: "hashproxy itself", Route.METRICS: "hashproxy itself"}[target.route]
+        print(f"{where}\tpath={target.path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hashproxy", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML file over the defaults (else $YUPOO_CONFIG)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("serve", parents=[common], help="run the proxy (forks [hashproxy] workers)")
+    route = sub.add_parser("route", parents=[common], help="print the node(s) a URL goes to")
+    route.add_argument("url", help="a path such as /photos/alice/123_abcdef0123/small.jpg")
+    route.add_argument("--method", default="GET", help="GET (default) or PURGE (prints the purge targets)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s hashproxy[%(process)d] %(levelname)s %(message)s")
+    try:
+        return cmd_serve(args) if args.cmd == "serve" else cmd_route(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""ProxyApp: what one worker shares between its connections (the ServerState), and the router.
+
+The router turns a parsed request head into a cycle: a local reply (/healthz,
+/metrics, an error), a PURGE fan-out, or a request proxied to the node(s) the
+balancers chose. Everything it needs (nodes, health, counters, pools) is built
+once per worker from the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from typing import TYPE_CHECKING
+
+from cluster.config import Config, ConfigError, HashproxySection
+
+from . import responses
+from .balancer import IMAGE_BALANCERS, LeastConnections, NodeSet
+from .cycle import Cycle, ProxyCycle, Reply, Request
+from .headers import scan
+from .health import HealthBoard
+from .loads import SharedCounters
+from .spill import SpillMap
+from .upstream import UpstreamPool
+from .urls import BadTarget, Route, classify
+
+if TYPE_CHECKING:
+    from .protocol import ProxyProtocol
+
+ROLES = ("ypws", "ypfs")
+
+
+def validate(settings: HashproxySection) -> None:
+    """Reject a [hashproxy] section that cannot work, naming the key."""
+    if settings.image_balance not in IMAGE_BALANCERS:
+        raise ConfigError(f"hashproxy.image_balance: one of {sorted(IMAGE_BALANCERS)}")
+    if settings.workers < 1:
+        raise ConfigError("hashproxy.workers: at least 1")
+    if settings.balance_factor != 0 and settings.balance_factor < 1:
+        raise ConfigError("hashproxy.balance_factor: 0 (off) or at least 1.0")
+    if settings.balance_min_load < 0:
+        raise ConfigError("hashproxy.balance_min_load: 0 or more")
+    if settings.purge_fanout < 1:
+        raise ConfigError("hashproxy.purge_fanout: at least 1")
+
+
+def counter_names(cfg: Config) -> list[str]:
+    """Row labels of the shared counters: every ypws node, then every ypfs node."""
+    return [f"{role}/{n.name}" for role in ROLES for n in getattr(cfg, role).nodes]
+
+
+def spill_dir(cfg: Config):
+    return cfg.data_dir / "hashproxy"
+
+
+class ProxyApp:
+    def __init__(self, cfg: Config, shared: SharedCounters | None = None, spill: SpillMap | None = None,
+                 worker: int = 0, loop: asyncio.AbstractEventLoop | None = None):
+        s = cfg.hashproxy
+        self.cfg, self.settings, self.worker = cfg, s, worker
+        self.loop = loop or asyncio.get_event_loop()
+        self.shared = shared or SharedCounters(1, counter_names(cfg))
+        self.connections: set["ProxyProtocol"] = set()
+        self.active: set[ProxyCycle] = set()   # cycles waiting on a node, for the timeout sweeper
+        self.nodesets: dict[str, NodeSet] = {}
+        self.pools: dict[str, UpstreamPool] = {}
+        first = 0
+        for role in ROLES:
+            nodes = getattr(cfg, role).nodes
+            names = tuple(n.name for n in nodes)
+            self.nodesets[role] = NodeSet(role, names, tuple((n.host, n.port) for n in nodes),
+                                          HealthBoard(names, s.fail_threshold, s.rampup_seconds),
+                                          self.shared.role(worker, first, len(nodes)))
+            self.pools[role] = UpstreamPool(self.nodesets[role].addrs, s.connect_timeout, s.pool_idle_timeout,
+                                            s.pool_max_idle)
+            first += len(nodes)
+        self.ypws, self.ypfs = self.nodesets["ypws"], self.nodesets["ypfs"]
+        self.spill = spill if spill is not None else SpillMap(self.ypws.names)
+        self.images = IMAGE_BALANCERS[s.image_balance](self.ypws, factor=s.balance_factor, fanout=s.purge_fanout,
+                                                       spill=self.spill, min_load=s.balance_min_load)
+        self.pages = LeastConnections(self.ypws)
+        self.uploads = LeastConnections(self.ypfs)
+        self._token = cfg.cluster.admin_token.encode()
+        self.size_names = [p.name for p in cfg.sizes] + ["original"]
+        self.pid = os.getpid()
+
+    def route(self, proto: "ProxyProtocol", method: str, raw_target: bytes, headers: list[tuple[bytes, bytes]],
+              version: str, keep_alive: bool) -> Cycle:
+        http10 = version == "1.0"
+        try:
+            target = classify(method, raw_target)
+        except BadTarget as exc:
+            return self._error(proto, exc.status, exc.code, exc.message, keep_alive, http10)
+        req = Request(method, target, scan(headers), http10, keep_alive, proto.client_ip)
+        route = target.route
+        s = self.settings
+        if route is Route.IMAGE:
+            nodes, pool, candidates, balancer = self.ypws, self.pools["ypws"], self.images.choose(target.key), self.images
+        elif route is Route.PAGE:
+            nodes, pool, candidates, balancer = self.ypws, self.pools["ypws"], self.pages.choose(), None
+        elif route is Route.YPFS:
+            nodes, pool, candidates, balancer = self.ypfs, self.pools["ypfs"], self.uploads.choose(), None
+        elif route is Route.HEALTH:
+            return Reply(proto, req, responses.response(200, responses.json_body(self.health_report()),
+                                                        b"application/json", keep_alive=keep_alive, http10=http10,
+                                                        head_only=method == "HEAD"), keep_alive)
+        elif route is Route.METRICS:
+            from .metrics import render
+            body, ctype = render(self)
+            return Reply(proto, req, responses.response(200, body, ctype, keep_alive=keep_alive, http10=http10,
+                                                        head_only=method == "HEAD"), keep_alive)
+        else:  # PURGE, PURGE_PHOTO
+            if not self.authorized(req.headers.auth):
+                return self._error(proto, 403, "forbidden", "PURGE needs 'Authorization: Bearer <admin token>'",
+                                   keep_alive, http10)
+            from .purge import PurgeCycle
+            return PurgeCycle(proto, req, self)
+        if not candidates:
+            return self._error(proto, 503, "no_healthy_node", f"no healthy {nodes.role} node", keep_alive, http10)
+        return ProxyCycle(proto, req, nodes, pool, candidates, balancer, s.read_timeout, s.client_timeout)
+
+    def authorized(self, header: bytes) -> bool:
+        scheme, _, token = header.partition(b" ")
+        return scheme.lower() == b"bearer" and bool(self._token) and hmac.compare_digest(token.strip(), self._token)
+
+    def health_report(self) -> dict:
+        return {"status": "ok", "worker": self.worker, "pid": self.pid,
+                "nodes": {role: ns.health.snapshot() for role, ns in self.nodesets.items()}}
+
+    def _error(self, proto: "ProxyProtocol", status: int, code: str, message: str, keep_alive: bool,
+               http10: bool) -> Reply:
+        return Reply(proto, None, responses.error(status, code, message, keep_alive=keep_alive, http10=http10),
+                     keep_alive)
+
+    async def sweep(self, interval: float = 0.25) -> None:
+        """Check every timeout a few times a second, instead of arming a timer per request."""
+        while True:
+            await asyncio.sleep(interval)
+            now = self.loop.time()
+            for cycle in list(self.active):
+                cycle.check_timeout(now)
+            for conn in list(self.connections):
+                conn.check_timers(now)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Finish the responses in progress (up to ``timeout``), then close everything."""
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = self.loop.time() + timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        for pool in self.pools.values():
+            pool.close_all()

@@ -1,0 +1,90 @@
+"""Helpers for the hashproxy tests: a proxy in front of small real stub nodes, all real processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+from cluster import procs
+from cluster.config import Config
+
+from .helpers import REPO, Services, cluster_tree, write_config
+
+STUB = str(REPO / "tests" / "hashproxy_upstream.py")
+
+
+class ProxyCluster:
+    """N stub ypws nodes, M stub ypfs nodes and a real `python -m hashproxy serve`, on free ports."""
+
+    def __init__(self, tmp_path: Path, services: Services, *, ypws: int = 3, ypfs: int = 1,
+                 hashproxy: dict | None = None, delay: float = 0.0, cache_bytes: int = 0):
+        self.tmp_path, self.services, self.delay, self.cache_bytes = tmp_path, services, delay, cache_bytes
+        # quick checks, but patient ones: a loaded 2-core box must not make a live stub look dead
+        overrides = {"hashproxy": {"health_interval": 0.2, "health_timeout": 3.0, "fail_threshold": 3,
+                                   "rampup_seconds": 0.0, **(hashproxy or {})}}
+        self.tree = cluster_tree(tmp_path, ypws_nodes=ypws, ypfs_nodes=ypfs, overrides=overrides)
+        self.cfg, self.config_path = write_config(tmp_path, self.tree)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.cfg.hashproxy.port}"
+
+    def start_node(self, name: str) -> None:
+        role = "ypws" if name.startswith("ypws") else "ypfs"
+        node = self.cfg.node(role, name)
+        argv = [sys.executable, STUB, "--name", name, "--port", str(node.port)]
+        if role == "ypws" and self.delay:
+            argv += ["--delay", str(self.delay)]
+        if role == "ypws" and self.cache_bytes:
+            argv += ["--cache-bytes", str(self.cache_bytes)]
+        self.services.start(name, argv, health_url=node.url + "/healthz", timeout=20)
+
+    def start_proxy(self, config: Config | None = None, config_path: Path | None = None) -> None:
+        self.services.start_module("hashproxy", "hashproxy", "serve", config_path=config_path or self.config_path,
+                                   health_url=self.base + "/healthz", timeout=20)
+
+    def start(self) -> "ProxyCluster":
+        for n in (*self.cfg.ypws.nodes, *self.cfg.ypfs.nodes):
+            self.start_node(n.name)
+        self.start_proxy()
+        return self
+
+    def node_stats(self, name: str) -> dict:
+        role = "ypws" if name.startswith("ypws") else "ypfs"
+        with urllib.request.urlopen(self.cfg.node(role, name).url + "/_stats", timeout=5) as r:
+            return json.loads(r.read())
+
+    def reset_nodes(self) -> None:
+        for n in self.cfg.ypws.nodes:
+            if n.name in self.services.procs:
+                req = urllib.request.Request(n.url + "/_reset", data=b"", method="POST")
+                urllib.request.urlopen(req, timeout=5).close()
+
+    def route_cli(self, url: str, method: str = "GET", config_path: Path | None = None) -> str:
+        """The first field of `python -m hashproxy route URL`."""
+        import subprocess
+
+        out = subprocess.run(procs.python_module("hashproxy", "route", url, "--method", method),
+                             env={"PYTHONPATH": str(REPO), "YUPOO_CONFIG": str(config_path or self.config_path),
+                                  "PATH": "/usr/bin:/bin"},
+                             cwd=str(REPO), capture_output=True, text=True, timeout=30, check=True)
+        return out.stdout.split("\t", 1)[0].strip()
+
+    def proxy_pids(self) -> list[int]:
+        """The supervisor and its workers."""
+        leader = self.services.procs["hashproxy"].pid
+        pids = [leader]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == leader:
+                pids.append(int(stat.parent.name))
+        return pids
+
+
+def image_urls(n: int, user: str = "alice", size: str = "medium", ext: str = "jpg") -> list[str]:
+    return [f"/photos/{user}/{1000 + i}_abcdef{i % 10}123/{size}.{ext}" for i in range(n)]

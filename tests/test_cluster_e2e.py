@@ -1,0 +1,115 @@
+"""The whole cluster as `make run` starts it: hashproxy -> ypws nodes -> magickd, ypfs, storage.
+
+Runs the real supervisor (`python -m cluster run`, what `make run` calls) on free
+loopback ports, uploads through the proxy as a client would, fetches thumbnails
+through it, and stops it with SIGINT as Ctrl-C would: every process must be gone.
+Once on the embedded local store and once on S3 against a real SeaweedFS.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from cluster import procs
+
+from .helpers import CORPUS, REPO, cluster_tree, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def descendants(pid: int) -> set[int]:
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = [int(k) for k in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out.update(kids)
+        todo.extend(kids)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def cluster(request, tmp_path):
+    seaweed = request.getfixturevalue("seaweed") if request.param == "s3" else None
+    tree = cluster_tree(tmp_path, backend=request.param, seaweed=seaweed, ypws_nodes=3,
+                        overrides={"ypws": {"workers": 2}, "magickd": {"workers": 2}, "hashproxy": {"workers": 2}})
+    cfg, path = write_config(tmp_path, tree)
+    log = tmp_path / "cluster.log"
+    proc = procs.start(procs.python_module("cluster", "run", "--config", str(path)), log=log,
+                       env={"PYTHONPATH": str(REPO)}, cwd=str(REPO))
+    deadline = time.monotonic() + 120
+    while "Cluster is up" not in log.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+        time.sleep(0.2)
+    yield cfg, path, proc, log
+    procs.stop(proc, timeout=30)
+
+
+def test_upload_and_view_through_the_proxy_then_ctrl_c(cluster):
+    cfg, path, proc, log = cluster
+    base = cfg.public_url
+    children = descendants(proc.pid)
+    assert len(children) >= 6  # magickd, ypfs, 3 ypws, hashproxy (+ their workers)
+
+    token = subprocess.run([sys.executable, "-m", "ypfs", "--config", str(path), "user", "add", "alice"],
+                           capture_output=True, text=True, cwd=REPO, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
+    data = (CORPUS / "formats/canon_hdr_NO.jpg").read_bytes()  # 2048x1536, EXIF orientation 6
+    r = requests.post(f"{base}/upload", files={"photo": ("canon.jpg", data)}, data={"title": "e2e"},
+                      headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert r.status_code == 201, r.text
+    photo = r.json()
+    assert (photo["width"], photo["height"]) == (1536, 2048)
+
+    served_by = {}
+    for size, box in [("small", 240), ("medium", 500), ("square", 75)]:
+        url = photo["urls"][size]
+        first = requests.get(url, timeout=60)
+        assert first.status_code == 200, first.text[:300]
+        with Image.open(io.BytesIO(first.content)) as im:
+            assert im.format == "JPEG"
+            if size == "square":
+                assert im.size == (75, 75)
+            else:
+                assert im.size == (round(box * 1536 / 2048), box)  # portrait: upright after orientation 6
+        again = requests.get(url, timeout=60)
+        assert again.status_code == 200 and again.content == first.content
+        assert again.headers["X-Cache"] == "HIT"
+        assert again.headers["X-Served-By"] == first.headers["X-Served-By"]  # pinned to one node
+        served_by[size] = first.headers["X-Served-By"]
+    assert all(name.startswith("ypws") for name in served_by.values())
+
+    # the API answers through the proxy too, and GPS never leaks
+    api = requests.get(f"{base}/api/photos/alice/{photo['id']}", timeout=30)
+    assert api.status_code == 200 and "gps" not in api.text.lower()
+
+    # Ctrl-C: SIGINT to the supervisor stops every process it started
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    assert proc.returncode == 0
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p for p in children if alive(p)] == []
+    assert "stopping" in log.read_text()

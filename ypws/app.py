@@ -1,0 +1,268 @@
+"""The ypws falcon app: thin resources over ``ImageService`` and the pages.
+
+    GET|HEAD /photos/{user}/{id}_{secret}/{size}.{ext}    a rendition (or original.{ext})
+    PURGE    /photos/{user}/{id}_{secret}/{size}[.{ext}]  drop cached entries (admin token)
+    PURGE    /photos/{user}/{id}_{secret}/                 drop every cached entry of the photo
+    GET      /u/{user}                                    gallery
+    GET      /p/{user}/{id}                               photo page
+    GET      /upload                                      upload page (the POST goes to ypfs)
+    GET      /healthz, /metrics
+
+Cache hits normally never reach falcon: the worker (``ypws.worker``) answers them
+on its event loop through the same ``ImageService``; this app serves the misses,
+pages and PURGE from a thread pool, and every request when run under any other
+WSGI server (tests use falcon's TestClient).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import falcon
+import falcon.routing
+
+from cluster.config import Config
+from cluster.web import fail, json_errors
+from storage import BlobStore, NotFound, StorageError
+from storage.keys import InvalidName, PhotoRef, parse_photo_segment, photo_prefix, valid_photo_id, valid_user
+from storage.records import PhotoRecord, UserRecord
+
+from . import pages
+from .accesslog import AccessLog
+from .diskcache import DiskCache
+from .images import ImageRequest, ImageService, Reply
+from .metrics import exposition
+from .urls import BadPath, NoSuchImage, check_path, parse_image_path
+
+GALLERY_LIMIT = 100
+
+
+class Router(falcon.routing.CompiledRouter):
+    """Falcon's router, also mapping the HTTP cache method PURGE to ``on_purge``."""
+
+    def map_http_methods(self, resource: object, **kwargs: Any) -> dict:
+        method_map = super().map_http_methods(resource, **kwargs)
+        responder = getattr(resource, "on_purge", None)
+        if responder is not None:
+            method_map["PURGE"] = responder
+        return method_map
+
+
+class RejectBadPaths:
+    """Malformed paths (non-UTF-8, overlong, traversal) get a 400 before any routing."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raw = req.env.get("PATH_INFO", "")
+        try:
+            path = raw.encode("latin-1").decode("utf-8")
+            check_path(path)
+        except (UnicodeError, BadPath) as exc:
+            message = str(exc) if isinstance(exc, BadPath) else "the path is not valid UTF-8"
+            raise fail(400, "bad_path", message) from None
+
+
+def image_request(req: falcon.Request) -> ImageRequest:
+    get = req.get_header
+    return ImageRequest(
+        method=req.method, path=req.path, query=req.query_string, host=get("Host"), referer=get("Referer"),
+        accept=get("Accept"), if_none_match=get("If-None-Match"), if_modified_since=get("If-Modified-Since"),
+        range=get("Range"), if_range=get("If-Range"),
+    )
+
+
+def apply_reply(reply: Reply, resp: falcon.Response) -> None:
+    resp.status = reply.status
+    for name, value in reply.headers:
+        if name == "Content-Length":
+            resp.content_length = int(value)
+        else:
+            resp.set_header(name, value)
+    if reply.stream is not None:
+        resp.stream = reply.stream
+    elif reply.body:
+        resp.data = bytes(reply.body)
+
+
+class ImageResource:
+    def __init__(self, service: ImageService, admin_token: str):
+        self.service = service
+        self.admin_token = admin_token
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
+        apply_reply(self.service.respond(image_request(req)), resp)
+
+    on_head = on_get
+
+    def on_purge(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
+        check_admin(req, self.admin_token)
+        try:
+            target = parse_image_path(req.path, allow_bare_size=True)
+        except BadPath as exc:
+            raise fail(400, "bad_path", str(exc)) from None
+        except NoSuchImage:
+            raise fail(404, "not_found", "no such image") from None
+        removed = self.service.purge(target)
+        resp.media = {"purged": len(removed), "keys": removed, "node": self.service.node}
+
+
+class PhotoResource:
+    """``/photos/{user}/{id}_{secret}/``: PURGE drops every cached size and format of the photo."""
+
+    def __init__(self, service: ImageService, admin_token: str):
+        self.service = service
+        self.admin_token = admin_token
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
+        raise fail(404, "not_found", "no such image")
+
+    on_head = on_get
+
+    def on_purge(self, req: falcon.Request, resp: falcon.Response, user: str, segment: str) -> None:
+        check_admin(req, self.admin_token)
+        try:
+            photo_id, secret = parse_photo_segment(segment)
+            ref = PhotoRef(user, photo_id, secret)
+        except InvalidName:
+            raise fail(404, "not_found", "no such image") from None
+        removed = self.service.purge_photo(ref)
+        resp.media = {"purged": len(removed), "keys": removed, "node": self.service.node}
+
+
+def check_admin(req: falcon.Request, token: str) -> None:
+    """PURGE and other admin calls carry ``Authorization: Bearer {admin_token}``."""
+    given = (req.get_header("Authorization") or "").encode()
+    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+        raise fail(401, "unauthorized", "PURGE needs 'Authorization: Bearer <admin token>'",
+                   {"WWW-Authenticate": "Bearer"})
+
+
+class HealthResource:
+    def __init__(self, node: str):
+        self.node = node
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"status": "ok", "node": self.node}
+        resp.set_header("Cache-Control", "no-store")
+
+
+class MetricsResource:
+    def __init__(self, cache: DiskCache, node: str):
+        self.cache = cache
+        self.node = node
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body, content_type = exposition(self.cache.totals(), self.node)
+        resp.data = body
+        resp.content_type = content_type
+        resp.set_header("Cache-Control", "no-store")
+
+
+class GalleryResource:
+    def __init__(self, cfg: Config, store: BlobStore):
+        self.cfg = cfg
+        self.store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
+        try:
+            valid_user(user)
+            keys = list(self.store.list(photo_prefix(user)))
+        except InvalidName:
+            raise fail(404, "not_found", "no such user") from None
+        except StorageError as exc:
+            raise fail(503, "storage_unavailable", f"storage failed: {exc}") from None
+        records = []
+        for key in reversed(keys):  # ids are time-ordered: newest first
+            if len(records) >= GALLERY_LIMIT:
+                break
+            try:
+                rec = PhotoRecord.from_json(self.store.get(key))
+            except (NotFound, ValueError, TypeError):
+                continue
+            if not rec.private:
+                records.append(rec)
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = pages.gallery_html(self.cfg, user, records)
+        resp.set_header("Cache-Control", "no-cache")
+
+
+class PhotoPageResource:
+    def __init__(self, cfg: Config, store: BlobStore):
+        self.cfg = cfg
+        self.store = store
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user: str, photo_id: str) -> None:
+        try:
+            rec = PhotoRecord.load(self.store, valid_user(user), valid_photo_id(photo_id))
+        except (InvalidName, NotFound, ValueError):
+            raise fail(404, "not_found", "no such photo") from None
+        if rec.private:
+            raise fail(404, "not_found", "no such photo")
+        try:
+            owner_allows = UserRecord.load(self.store, rec.owner).allow_originals
+        except (NotFound, InvalidName, ValueError):
+            owner_allows = True
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = pages.photo_html(self.cfg, rec, rec.original_public and owner_allows)
+        resp.set_header("Cache-Control", "no-cache")
+
+
+class UploadPageResource:
+    def __init__(self, upload_url: str):
+        self.html = pages.upload_html(upload_url)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = self.html
+
+
+def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, renderer=None,
+               service: ImageService | None = None) -> falcon.App:
+    """The WSGI app of one ypws node; every dependency is passed in (tests inject their own)."""
+    service = service or ImageService(cfg, node, store, cache, renderer)
+    app = json_errors(falcon.App(router=Router(), middleware=[RejectBadPaths()]))
+    app.req_options.strip_url_path_trailing_slash = True  # PURGE /photos/u/id_s/ is the whole photo
+    app.add_route("/photos/{user}/{segment}/{name}", ImageResource(service, cfg.cluster.admin_token))
+    app.add_route("/photos/{user}/{segment}", PhotoResource(service, cfg.cluster.admin_token))
+    app.add_route("/u/{user}", GalleryResource(cfg, store))
+    app.add_route("/p/{user}/{photo_id}", PhotoPageResource(cfg, store))
+    app.add_route("/upload", UploadPageResource(cfg.ypws.upload_url))
+    app.add_route("/healthz", HealthResource(node))
+    app.add_route("/metrics", MetricsResource(cache, node))
+    return app
+
+
+@dataclass
+class NodeApp:
+    """What a worker runs: the WSGI app, plus the service and cache its event-loop hit path uses."""
+
+    wsgi: falcon.App
+    service: ImageService
+    cache: DiskCache
+    access_log: AccessLog
+
+    def __call__(self, environ: dict, start_response):
+        return self.wsgi(environ, start_response)
+
+
+def cache_dir(cfg: Config, node: str) -> Path:
+    """This node's cache folder: ``{cache_dir or data_dir/cache}/{node}``."""
+    base = Path(cfg.ypws.cache_dir).resolve() if cfg.ypws.cache_dir else cfg.data_dir / "cache"
+    return base / node
+
+
+def open_cache(cfg: Config, node: str) -> DiskCache:
+    return DiskCache(cache_dir(cfg, node), cfg.ypws.cache_bytes, cfg.ypws.cache_policy)
+
+
+def get_app(cfg: Config, node: str) -> NodeApp:
+    """The real app for gunicorn: built in each worker, after fork."""
+    from magickd.client import RenderClient
+    from storage import open_store
+
+    store, cache = open_store(cfg), open_cache(cfg, node)
+    service = ImageService(cfg, node, store, cache, RenderClient(cfg))
+    access_log = AccessLog(cfg.ypws.access_log, node)
+    return NodeApp(create_app(cfg, node, store, cache, service=service), service, cache, access_log)

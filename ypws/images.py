@@ -1,0 +1,407 @@
+"""Answering one image request: the rules, then this node's cache, then storage, then magickd.
+
+``ImageService.respond`` takes an ``ImageRequest`` (the few request fields that
+matter, as plain strings) and returns a ``Reply`` (status, headers, body). It
+knows nothing of falcon or sockets, so the event-loop hit path of the worker and
+the falcon app give the same answer to the same request. With ``fast=True`` it
+answers only what needs no blocking I/O beyond reading one cache file, and
+returns None on a miss so the caller can hand the request to a thread.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable
+
+from cluster.config import Config
+from storage import BlobStore, NotFound, StorageError
+from storage.keys import CONTENT_TYPES, EXTENSIONS, InvalidName, PhotoRef
+from storage.records import PhotoRecord, UserRecord, profile_version
+
+from .conditional import RangeError, http_date, if_range_matches, not_modified, parse_range
+from .diskcache import DiskCache, body_digest
+from .hotlink import HotlinkPolicy
+from .negotiation import pick_variant
+from .placeholder import placeholder_png
+from .signing import SignatureError, verify
+from .urls import BadPath, ImageTarget, NoSuchImage, parse_image_path, query_params
+
+
+@dataclass(slots=True)
+class ImageRequest:
+    method: str
+    path: str
+    query: str = ""
+    host: str | None = None
+    referer: str | None = None
+    accept: str | None = None
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
+    range: str | None = None
+    if_range: str | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    headers: list[tuple[str, str]] | tuple[tuple[str, str], ...]
+    body: bytes | memoryview = b""
+    stream: BinaryIO | None = None  # a large body to stream (Content-Length is in headers); caller closes
+    cache: str = "-"                # HIT | MISS | - : for the access log
+
+
+class Problem(Exception):
+    """A definite error answer: status, a short code and a message (rendered as JSON)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or []
+
+
+@dataclass(slots=True)
+class StoredBody:
+    """An original too large for the cache: streamed from storage, validated by its SHA-256."""
+
+    store: BlobStore
+    key: str
+    size: int
+    digest: str
+    meta: dict
+    body: None = None
+
+    def open_body(self) -> BinaryIO:
+        return self.store.open(self.key)
+
+    def read_range(self, start: int, length: int) -> bytes:
+        return self.store.get_range(self.key, start, length)
+
+
+@dataclass(slots=True)
+class Transient:
+    """A body served once without being cached (larger than a cache segment)."""
+
+    body: bytes
+    meta: dict
+    digest: str = field(init=False)
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.digest = body_digest(self.body)
+        self.size = len(self.body)
+
+    def open_body(self) -> BinaryIO:
+        return io.BytesIO(self.body)
+
+    def read_range(self, start: int, length: int) -> bytes:
+        return self.body[start:start + length]
+
+
+RESOLVED_MAX = 8192
+
+
+@dataclass(slots=True)
+class _Resolved:
+    target: ImageTarget
+    profile: object | None  # SizeProfile; None for the original
+    version: str
+    negotiable: bool
+    keys: dict = field(default_factory=dict)
+
+    def key(self, fmt: str) -> str:
+        """The cache key for this URL served in ``fmt``."""
+        key = self.keys.get(fmt)
+        if key is None:
+            t = self.target
+            key = (f"{t.ref.original_key}.{t.ext}" if self.profile is None
+                   else t.ref.rendition_key(t.size, self.version, fmt))
+            self.keys[fmt] = key
+        return key
+
+
+class ImageService:
+    def __init__(self, cfg: Config, node_name: str, store: BlobStore, cache: DiskCache, renderer=None,
+                 clock: Callable[[], float] = time.time):
+        y = cfg.ypws
+        self.node = node_name
+        self.store = store
+        self.cache = cache
+        self.renderer = renderer
+        self.clock = clock
+        self.url_key = cfg.cluster.url_key
+        self.max_ttl = y.signed_url_max_ttl
+        self.max_age = y.max_age
+        self.hotlink = HotlinkPolicy.from_config(cfg)
+        self.hotlink_placeholder = y.hotlink_action == "placeholder"
+        self.profiles = {p.name: p for p in cfg.sizes}
+        self.versions = {p.name: profile_version(p) for p in cfg.sizes}
+        self.cc_versioned = f"public, max-age={y.max_age}, immutable"
+        self.cc_unversioned = f"public, max-age={y.unversioned_max_age}"
+        self.cc_original = f"public, max-age={y.original_max_age}"
+        self._placeholder = placeholder_png()
+        self._resolved: dict[str, _Resolved] = {}
+        self._heads: dict[tuple, tuple[tuple, tuple]] = {}
+
+    # -- entry point -----------------------------------------------------------------------
+    def respond(self, req: ImageRequest, fast: bool = False) -> Reply | None:
+        try:
+            return self._respond(req, fast)
+        except NoSuchImage:
+            return self.error(404, "not_found", "no such image")
+        except BadPath as exc:
+            return self.error(400, "bad_path", str(exc))
+        except SignatureError as exc:
+            return self.error(403, exc.code, exc.message)
+        except Problem as exc:
+            return self.error(exc.status, exc.code, exc.message, exc.headers)
+
+    def error(self, status: int, code: str, message: str, extra: list[tuple[str, str]] | None = None) -> Reply:
+        body = json.dumps({"error": code, "message": message}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                   ("Cache-Control", "no-store"), ("X-Served-By", self.node), *(extra or [])]
+        return Reply(status, headers, body)
+
+    # -- the rules, then the lookup ----------------------------------------------------------
+    def _resolve(self, path: str) -> "_Resolved":
+        """What a path names, memoised per path (hot URLs repeat; parsing and validating do not)."""
+        resolved = self._resolved.get(path)
+        if resolved is None:
+            target = parse_image_path(path)
+            if target.is_original:
+                resolved = _Resolved(target, None, "", False)
+            else:
+                profile = self.profiles.get(target.size)
+                if profile is None or target.fmt not in profile.formats:
+                    raise NoSuchImage()
+                negotiable = target.fmt == profile.format and bool(profile.variants)
+                resolved = _Resolved(target, profile, self.versions[target.size], negotiable)
+            if len(self._resolved) >= RESOLVED_MAX:
+                self._resolved.clear()
+            self._resolved[path] = resolved
+        return resolved
+
+    def _respond(self, req: ImageRequest, fast: bool) -> Reply | None:
+        resolved = self._resolve(req.path)
+        target = resolved.target
+        if req.referer and not self.hotlink.allows(req.referer, req.host):
+            return self._hotlinked(req)
+        params = query_params(req.query)
+        expiry = None
+        if "sig" in params or "exp" in params:
+            expiry = verify(self.url_key, self.max_ttl, req.path, params.get("exp"), params.get("sig"), self.clock())
+
+        negotiable = resolved.negotiable
+        fmt = target.fmt
+        if resolved.profile is None:
+            cache_control = self.cc_original
+        else:
+            if negotiable:
+                fmt = pick_variant(req.accept, resolved.profile) or fmt
+            cache_control = self.cc_versioned if params.get("v") == resolved.version else self.cc_unversioned
+        key = resolved.key(fmt)
+
+        source = self.cache.get(key)
+        outcome = "HIT"
+        if source is None:
+            if fast:
+                return None
+            source, outcome = self._fill(target, key, fmt, expiry is not None)
+        elif fast and source.body is None:
+            return None  # too large to send from the event loop; the caller's thread streams it
+        stats = self.cache.stats
+        stats.inc("hits" if outcome == "HIT" else "misses")
+
+        meta = source.meta
+        if meta["private"]:
+            if expiry is None:
+                raise NoSuchImage()
+            cache_control = f"private, max-age={max(0, min(expiry - int(self.clock()), self.max_age))}"
+        elif expiry is not None:
+            cache_control = "private, max-age=0"  # a signed URL of a public photo is not worth caching
+
+        etag = f'"{source.digest}"'
+        heads = self._heads.get((etag, cache_control, outcome, negotiable))
+        if heads is None:
+            heads = self._head_blocks(source, etag, cache_control, outcome, negotiable)
+        h304, h200 = heads
+        if (req.if_none_match is not None or req.if_modified_since is not None) and \
+                not_modified(req.if_none_match, req.if_modified_since, etag, meta["mtime"]):
+            stats.inc("not_modified")
+            return Reply(304, h304, cache=outcome)
+
+        size = source.size
+        span = None
+        if req.range and if_range_matches(req.if_range, etag, meta["mtime"]):
+            try:
+                span = parse_range(req.range, size)
+            except RangeError as exc:
+                raise Problem(416, "bad_range", str(exc), [("Content-Range", f"bytes */{size}")]) from None
+        head = req.method == "HEAD"
+        if span is not None:
+            start, length = span
+            headers = [*h200[:-1], ("Content-Range", f"bytes {start}-{start + length - 1}/{size}"),
+                       ("Content-Length", str(length))]
+            body = b"" if head else source.read_range(start, length)
+            if not head:
+                stats.inc("bytes_served", length)
+            return Reply(206, headers, body, cache=outcome)
+        if head:
+            return Reply(200, h200, cache=outcome)
+        stats.inc("bytes_served", size)
+        if source.body is not None:
+            return Reply(200, h200, source.body, cache=outcome)
+        return Reply(200, h200, stream=source.open_body(), cache=outcome)
+
+    def _head_blocks(self, source, etag: str, cache_control: str, outcome: str, negotiable: bool) -> tuple[tuple, tuple]:
+        """The header tuples of a 304 and a 200 for one entry and request kind (memoised)."""
+        meta = source.meta
+        h304 = (("ETag", etag), ("Last-Modified", meta["lm"]), ("Cache-Control", cache_control),
+                ("X-Cache", outcome), ("X-Served-By", self.node))
+        if negotiable:
+            h304 += (("Vary", "Accept"),)
+        h200 = h304 + (("Content-Type", meta["type"]), ("Accept-Ranges", "bytes"), ("Content-Length", str(source.size)))
+        if len(self._heads) >= RESOLVED_MAX:
+            self._heads.clear()
+        self._heads[(etag, cache_control, outcome, negotiable)] = (h304, h200)
+        return h304, h200
+
+    def _hotlinked(self, req: ImageRequest) -> Reply:
+        self.cache.stats.inc("hotlinked")
+        if not self.hotlink_placeholder:
+            return self.error(403, "hotlink_denied", "images of this site may not be embedded by other sites")
+        body = self._placeholder
+        headers = [("Content-Type", "image/png"), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
+                   ("X-Hotlink", "placeholder"), ("X-Served-By", self.node)]
+        return Reply(200, headers, b"" if req.method == "HEAD" else body)
+
+    # -- PURGE ---------------------------------------------------------------------------
+    def purge(self, target: ImageTarget) -> list[str]:
+        """Drop the cache entries a URL (or a bare size) can be served from, every version.
+
+        ``{size}.{default ext}`` covers every Accept variant it may be answered with;
+        ``{size}.{other ext}`` that format only; a bare ``{size}`` (or ``original``) every format.
+        """
+        ref = target.ref
+        if target.is_original:
+            prefix = f"{ref.original_key}."
+            keys = {prefix + target.ext} if target.ext else set(self.cache.index.keys_with_prefix(prefix))
+            return self.cache.purge(sorted(keys))
+        profile = self.profiles.get(target.size)
+        if target.fmt is None:
+            fmts = None  # every format
+        elif profile is not None and target.fmt == profile.format:
+            fmts = set(profile.formats)
+        else:
+            fmts = {target.fmt}
+        keys = set(self.cache.index.keys_with_prefix(f"{ref.rendition_prefix}{target.size}."))
+        if fmts is not None:
+            exts = {EXTENSIONS[f] for f in fmts}
+            keys = {k for k in keys if k.rsplit(".", 1)[1] in exts}
+        if profile is not None:  # the current keys too: a file may be left without its index row
+            version = self.versions[target.size]
+            keys.update(ref.rendition_key(target.size, version, f) for f in (fmts or profile.formats))
+        return self.cache.purge(sorted(keys))
+
+    def purge_photo(self, ref: PhotoRef) -> list[str]:
+        """Drop every cached size, format, version and original of one photo."""
+        keys = self.cache.index.keys_with_prefix(ref.rendition_prefix)
+        keys += self.cache.index.keys_with_prefix(f"{ref.original_key}.")
+        for name, version in self.versions.items():
+            for fmt in self.profiles[name].formats:
+                key = ref.rendition_key(name, version, fmt)
+                if key not in keys:
+                    keys.append(key)
+        return self.cache.purge(keys)
+
+    # -- misses ---------------------------------------------------------------------------
+    def _fill(self, target: ImageTarget, key: str, fmt: str, signed: bool):
+        """Storage, else magickd; one fill per key node-wide (the others wait, then hit)."""
+        with self.cache.fill_lock(key):
+            entry = self.cache.get(key)
+            if entry is not None:
+                return entry, "HIT"
+            record = self._record(target.ref)
+            if record.private and not signed:
+                raise NoSuchImage()
+            if target.is_original:
+                return self._fill_original(target, key, record), "MISS"
+            try:
+                body = self._origin_get(key)
+            except NotFound:
+                self._render(target.ref, target.size, fmt)
+                try:
+                    body = self._origin_get(key)
+                except NotFound:
+                    raise Problem(502, "render_missing", "the render pool did not store the rendition") from None
+            mtime = self._origin_mtime(key)
+            meta = {"type": CONTENT_TYPES[fmt], "mtime": mtime, "lm": http_date(mtime),
+                    "private": record.private}
+            return self.cache.put(key, body, meta) or Transient(body, meta), "MISS"
+
+    def _fill_original(self, target: ImageTarget, key: str, record: PhotoRecord):
+        if not record.original_public or target.ext != EXTENSIONS.get(record.format) or not self._owner_allows(record):
+            raise NoSuchImage()
+        meta = {"type": CONTENT_TYPES.get(record.format, "application/octet-stream"), "mtime": record.uploaded_at,
+                "lm": http_date(record.uploaded_at), "private": record.private}
+        if record.bytes + 4096 > self.cache.entry_capacity:
+            return StoredBody(self.store, target.ref.original_key, record.bytes, "sha256-" + record.sha256[:32], meta)
+        body = self._origin_get(target.ref.original_key)
+        return self.cache.put(key, body, meta) or Transient(body, meta)
+
+    def _record(self, ref: PhotoRef) -> PhotoRecord:
+        try:
+            record = PhotoRecord.load(self.store, ref.user, ref.photo_id)
+        except (NotFound, InvalidName, ValueError):
+            raise NoSuchImage() from None
+        except StorageError as exc:
+            raise Problem(503, "storage_unavailable", f"storage failed: {exc}", [("Retry-After", "2")]) from None
+        if record.secret != ref.secret or record.owner != ref.user:
+            raise NoSuchImage()
+        return record
+
+    def _owner_allows(self, record: PhotoRecord) -> bool:
+        try:
+            return UserRecord.load(self.store, record.owner).allow_originals
+        except (NotFound, InvalidName, ValueError):
+            return True  # no user record (seeded data): the photo's own flag decides
+        except StorageError as exc:
+            raise Problem(503, "storage_unavailable", f"storage failed: {exc}", [("Retry-After", "2")]) from None
+
+    def _origin_get(self, key: str) -> bytes:
+        t0 = time.perf_counter()
+        try:
+            return self.store.get(key)
+        except NotFound:
+            raise
+        except StorageError as exc:
+            raise Problem(503, "storage_unavailable", f"storage failed: {exc}", [("Retry-After", "2")]) from None
+        finally:
+            self.cache.stats.observe("origin_seconds", time.perf_counter() - t0)
+
+    def _origin_mtime(self, key: str) -> float:
+        try:
+            return self.store.stat(key).mtime
+        except StorageError:
+            return self.clock()
+
+    def _render(self, ref: PhotoRef, size: str, fmt: str) -> None:
+        if self.renderer is None:
+            raise Problem(503, "render_unavailable", "no render pool is configured", [("Retry-After", "5")])
+        from magickd.client import RenderError, RenderUnavailable
+
+        t0 = time.perf_counter()
+        try:
+            self.renderer.render(ref, sizes=[size], formats=[fmt])
+        except RenderError as exc:
+            if exc.status == 404:
+                raise NoSuchImage() from None
+            raise Problem(422 if exc.status == 422 else 502, "render_failed", f"the photo cannot be rendered: {exc.message}") from None
+        except RenderUnavailable as exc:
+            raise Problem(503, "render_unavailable", str(exc), [("Retry-After", "5")]) from None
+        finally:
+            self.cache.stats.inc("renders")
+            self.cache.stats.observe("render_seconds", time.perf_counter() - t0)
+
