@@ -1,10 +1,10 @@
 """hashproxy benchmarks: cache hit ratio, node changes and bounded loads, throughput against nginx.
 
-1. Hit ratio through the proxy: 4 cache nodes with 20 MiB LRUs, a Zipf(0.9) trace
-   over 4000 rendition URLs, routed by URL hash and by round-robin, against the
-   ideal (one LRU of the same total size, replaying the same trace offline).
-   The cache nodes are tests/hashproxy_upstream.py with --cache-bytes (an LRU by
-   bytes, X-Cache: HIT|MISS), a stand-in for ypws; see STAND_IN below. A
+1. Hit ratio through the real cluster: 4 ypws nodes with 20 MiB caches (LRU
+   policy, for a like-for-like bound), ~4000 rendition URLs whose bytes a real
+   magickd rendered from corpus photos, a Zipf(0.9) trace routed by URL hash and
+   by round-robin (cold caches each time), against the ideal: one LRU of the same
+   total size replaying the same trace offline with the same object sizes. A
    simulation with the proxy's own balancer adds what bounded loads cost in hit
    ratio when many requests are in flight.
 2. Node change: the share of URLs that move when a 5th node joins or one of 4
@@ -45,9 +45,10 @@ from .results import record, table
 
 REPO = Path(__file__).resolve().parent.parent
 STUB = REPO / "tests" / "hashproxy_upstream.py"
-# TODO(lead): run part 1 against real ypws nodes ([ypws] cache_bytes = 20 MiB, photos seeded and
-# rendered) once ypws and magickd are in; the proxy side of the measurement does not change.
-STAND_IN = "stand-in cache nodes (tests/hashproxy_upstream.py --cache-bytes), not ypws"
+CACHE_NODES = "real ypws nodes (cache_policy = lru, so the ideal single LRU is a like-for-like bound)"
+HIT_SIZES = ("small", "medium", "large")
+HIT_SOURCES = ("iphone_hdr_NO.jpg", "canon_hdr_NO.jpg", "xmp_test.jpg", "DSCN0010.jpg", "gps.jpg",
+               "progressive_3.jpg", "Landscape_1.jpg", "Portrait_1.jpg")
 
 CACHE_BYTES = 20 * 1024 * 1024
 HIT_NODES = 4
@@ -130,23 +131,26 @@ def cpu_seconds(leader: int) -> float:
 # -- 1. hit ratio ------------------------------------------------------------------------------------
 
 
-def zipf_trace(n_urls: int, n_requests: int, s: float, seed: int = 1) -> tuple[list[str], list[str]]:
+def zipf_trace(urls: list[str], n_requests: int, s: float, seed: int = 1) -> list[str]:
+    """Requests over ``urls`` with Zipf(s) popularity; rank independent of the name."""
     rng = random.Random(seed)
-    urls = [f"/photos/u{i % 50}/{10 ** 6 + i}_abcdef{i % 10}123/{('small', 'medium', 'large')[i % 3]}.jpg"
-            for i in range(n_urls)]
-    rng.shuffle(urls)  # popularity rank independent of the name
-    weights = [1 / (r + 1) ** s for r in range(n_urls)]
-    return urls, rng.choices(urls, weights, k=n_requests)
+    ranked = list(urls)
+    rng.shuffle(ranked)
+    weights = [1 / (r + 1) ** s for r in range(len(ranked))]
+    return rng.choices(ranked, weights, k=n_requests)
+
+
+def synthetic_urls(n: int) -> list[str]:
+    """Rendition-shaped URLs for the load tests, whose stub nodes answer any path."""
+    return [f"/photos/u{i % 50}/{10 ** 6 + i}_abcdef{i % 10}123/{('small', 'medium', 'large')[i % 3]}.jpg"
+            for i in range(n)]
 
 
 class LRU:
-    """A byte-capped LRU with the sizes the stand-in nodes serve: the offline replay."""
+    """A byte-capped LRU over URL sizes: the offline replay, and the simulation's per-node caches."""
 
-    def __init__(self, capacity: int):
-        sys.path.insert(0, str(STUB.parent))
-        from hashproxy_upstream import body_size
-
-        self.size_of = body_size
+    def __init__(self, capacity: int, size_of):
+        self.size_of = size_of
         self.capacity, self.used = capacity, 0
         self.entries: OrderedDict[str, int] = OrderedDict()
 
@@ -163,10 +167,63 @@ class LRU:
         return False
 
 
-def lru_hit_ratio(trace: list[str], capacity: int) -> float:
+def lru_hit_ratio(trace: list[str], capacity: int, size_of) -> float:
     """Replay a trace through one LRU of ``capacity`` bytes."""
-    cache = LRU(capacity)
+    cache = LRU(capacity, size_of)
     return sum(cache.get(path) for path in trace) / len(trace)
+
+
+def seed_rendition_catalog(p: Procs, tmp: Path, tree: dict) -> dict[str, int]:
+    """Photos whose renditions exist in storage, made by a real magickd from real corpus photos.
+
+    Each corpus photo is rendered once by a magickd node; its renditions are then stored
+    under many photo ids (the cache is keyed by URL, so equal bytes under distinct URLs are
+    distinct objects). Returns {url path: bytes}.
+    """
+    import hashlib
+
+    from cluster.config import from_dict
+    from magickd.client import RenderClient
+    from storage import open_store
+    from storage.ids import new_secret
+    from storage.keys import PhotoRef
+    from storage.records import PhotoRecord, profile_version
+
+    cfg = from_dict(tree)
+    store = open_store(cfg)
+    corpus = REPO / "tests" / "corpus"
+    sources = []
+    for i, name in enumerate(HIT_SOURCES):
+        path = next(corpus.glob(f"*/{name}"))
+        data = path.read_bytes()
+        rec = PhotoRecord(id=str(10**15 + i), owner="src", secret=new_secret(), format="jpeg", width=1, height=1,
+                          bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), uploaded_at=time.time())
+        store.put(rec.ref.original_key, data)
+        rec.save(store)
+        sources.append(rec)
+    cfg_path = tmp / "seed.toml"
+    cfg_path.write_text(dump_toml(tree))
+    node = cfg.magickd.nodes[0]
+    magickd = p.start("seed-magickd", procs.python_module("magickd", "serve", "--node", node.name),
+                      health=f"{node.url}/healthz", env={"YUPOO_CONFIG": str(cfg_path)})
+    client = RenderClient(cfg)
+    rendered = []
+    for rec in sources:
+        renditions = {r.size: store.get(r.key) for r in client.render(rec.ref, sizes=HIT_SIZES)}
+        rendered.append(renditions)
+    p.stop(magickd)
+    sizes: dict[str, int] = {}
+    photos = -(-HIT_URLS // len(HIT_SIZES))
+    for i in range(photos):
+        ref = PhotoRef(f"u{i % 50}", str(10**15 + 1000 + i), new_secret())
+        rec = PhotoRecord(id=ref.photo_id, owner=ref.user, secret=ref.secret, format="jpeg", width=1, height=1,
+                          bytes=0, sha256="0" * 64, uploaded_at=time.time())
+        rec.save(store)
+        for size in HIT_SIZES:
+            body = rendered[i % len(rendered)][size]
+            store.put(ref.rendition_key(size, profile_version(cfg.size(size)), "jpeg"), body)
+            sizes[ref.size_url_path(size, "jpeg")] = len(body)
+    return dict(list(sizes.items())[:HIT_URLS])
 
 
 def make_balancer(nodes: int, factor: float, min_load: int):
@@ -181,13 +238,13 @@ def make_balancer(nodes: int, factor: float, min_load: int):
 
 
 def simulate(trace: list[str], nodes: int, inflight: int, factor: float, min_load: int,
-             cache_bytes: int = 0) -> tuple[float, float]:
+             cache_bytes: int = 0, size_of=None) -> tuple[float, float]:
     """Closed loop with ``inflight`` requests always open, completing in random order, routed by the
     proxy's own HashBalancer: (max/mean requests per node, hit ratio with per-node LRUs)."""
     from hashproxy.loads import INFLIGHT
 
     bal, ns = make_balancer(nodes, factor, min_load)
-    caches = [LRU(cache_bytes) for _ in range(nodes)] if cache_bytes else []
+    caches = [LRU(cache_bytes, size_of) for _ in range(nodes)] if cache_bytes else []
     rng = random.Random(3)
     active: list[int] = []
     served = [0] * nodes
@@ -233,26 +290,41 @@ def replay(base: str, trace: list[str], concurrency: int) -> tuple[float, Counte
 
 
 def bench_hit_ratio(p: Procs, tmp: Path) -> dict:
-    urls, trace = zipf_trace(HIT_URLS, HIT_REQUESTS, ZIPF)
-    ideal = lru_hit_ratio(trace, HIT_NODES * CACHE_BYTES)
-    rows, out = [], {"nodes": HIT_NODES, "cache_bytes_per_node": CACHE_BYTES, "urls": HIT_URLS,
-                     "requests": HIT_REQUESTS, "zipf": ZIPF, "cache_nodes": STAND_IN, "ideal_lru": round(ideal, 4)}
+    ports = procs.free_ports(HIT_NODES + 1)
+    tree = load_dict()
+    tree["cluster"]["data_dir"] = str(tmp / "var-hit")
+    tree["storage"]["local"]["root"] = str(tmp / "hit-store")
+    tree["ypws"].update(cache_bytes=CACHE_BYTES, cache_policy="lru", workers=2)
+    tree["ypws"]["nodes"] = [{"name": f"ypws{i + 1}", "host": "127.0.0.1", "port": port} for i, port in enumerate(ports[:-1])]
+    tree["magickd"]["nodes"] = [{"name": "magickd1", "host": "127.0.0.1", "port": ports[-1]}]
+    sizes = seed_rendition_catalog(p, tmp, tree)
+    trace = zipf_trace(list(sizes), HIT_REQUESTS, ZIPF)
+    ideal = lru_hit_ratio(trace, HIT_NODES * CACHE_BYTES, sizes.__getitem__)
+    rows, out = [], {"nodes": HIT_NODES, "cache_bytes_per_node": CACHE_BYTES, "urls": len(sizes),
+                     "distinct_bytes": sum(sizes.values()), "requests": HIT_REQUESTS, "zipf": ZIPF,
+                     "cache_nodes": CACHE_NODES, "ideal_lru": round(ideal, 4)}
     for mode in ("hash", "round-robin"):
-        stubs, ports = start_stubs(p, HIT_NODES, "--cache-bytes", str(CACHE_BYTES))
-        proxy, base = start_proxy(p, tmp, f"hit-{mode}", ports, image_balance=mode)
+        # fresh, cold caches for each routing mode: a data_dir of its own, the same store
+        tree["cluster"]["data_dir"] = str(tmp / f"var-hit-{mode}")
+        cfg_path = tmp / f"hit-{mode}.toml"
+        cfg_path.write_text(dump_toml(tree))
+        nodes = [p.start(f"hit-{mode}-{n['name']}", procs.python_module("ypws", "serve", "--node", n["name"]),
+                         health=f"http://127.0.0.1:{n['port']}/healthz", env={"YUPOO_CONFIG": str(cfg_path)})
+                 for n in tree["ypws"]["nodes"]]
+        proxy, base = start_proxy(p, tmp, f"hit-{mode}", ports[:-1], image_balance=mode)
         t0 = time.monotonic()
         ratio, per_node = replay(base, trace, concurrency=HIT_CONCURRENCY)
         took = time.monotonic() - t0
         p.stop(proxy)
-        for s in stubs:
-            p.stop(s)
+        for node in nodes:
+            p.stop(node)
         out[mode.replace("-", "_")] = round(ratio, 4)
         rows.append({"routing": mode, "hit_ratio": ratio, "vs_ideal_points": 100 * (ratio - ideal),
                      "requests/s": len(trace) / took, "max/mean node reqs": max(per_node.values()) / (len(trace) / HIT_NODES)})
     rows.append({"routing": "ideal single LRU (offline)", "hit_ratio": ideal, "vs_ideal_points": 0.0})
     # the price of bounded loads under real concurrency, where they do engage: simulated, same trace
     for inflight, factor in ((32, 1.25), (32, 0.0)):
-        _, sim = simulate(trace, HIT_NODES, inflight, factor, 8, CACHE_BYTES)
+        _, sim = simulate(trace, HIT_NODES, inflight, factor, 8, CACHE_BYTES, sizes.__getitem__)
         label = f"hash, {inflight} in flight, bounded loads {'c=' + str(factor) if factor else 'off'} (simulated)"
         out[f"simulated_hash_{inflight}_in_flight_{'c' + str(factor) if factor else 'off'}"] = round(sim, 4)
         rows.append({"routing": label, "hit_ratio": sim, "vs_ideal_points": 100 * (sim - ideal)})
@@ -260,9 +332,9 @@ def bench_hit_ratio(p: Procs, tmp: Path) -> dict:
     out["hash_vs_round_robin_points"] = round(100 * (out["hash"] - out["round_robin"]), 2)
     out["goal_within_2_points_of_ideal"] = out["hash_vs_ideal_points"] >= -2.0
     out["goal_25_points_over_round_robin"] = out["hash_vs_round_robin_points"] >= 25.0
-    print(f"\n1. Hit ratio: {HIT_NODES} nodes x {CACHE_BYTES >> 20} MiB, Zipf({ZIPF}) over {HIT_URLS} URLs, "
-          f"{HIT_REQUESTS} requests, {HIT_CONCURRENCY} clients, proxy defaults (c=1.25, min load 8)\n"
-          f"   cache nodes: {STAND_IN}")
+    print(f"\n1. Hit ratio through the real cluster: {HIT_NODES} ypws nodes x {CACHE_BYTES >> 20} MiB, Zipf({ZIPF}) "
+          f"over {len(sizes)} rendition URLs ({sum(sizes.values()) >> 20} MiB distinct), {HIT_REQUESTS} requests, "
+          f"{HIT_CONCURRENCY} clients, proxy defaults (c=1.25, min load 8)\n   cache nodes: {CACHE_NODES}")
     print(table(rows, ["routing", "hit_ratio", "vs_ideal_points", "requests/s", "max/mean node reqs"]))
     print(f"   hash vs ideal: {out['hash_vs_ideal_points']:+.2f} points (goal >= -2); "
           f"hash vs round-robin: {out['hash_vs_round_robin_points']:+.2f} points (goal >= +25)")
@@ -335,7 +407,8 @@ def served_by_threads(base: str, trace: list[str], concurrency: int) -> Counter:
 
 def bench_bounded_loads(p: Procs, tmp: Path, seconds: int = 8) -> dict:
     nodes, concurrency, s = 4, 32, 1.1
-    _, trace = zipf_trace(1000, 4000, s, seed=5)
+    urls = synthetic_urls(1000)
+    trace = zipf_trace(urls, 4000, s, seed=5)
     use_wrk = ensure_tools() is None
     rows, out = [], {"nodes": nodes, "concurrency": concurrency, "zipf": s,
                      "load_generator": "wrk" if use_wrk else "python threads"}
@@ -350,7 +423,7 @@ def bench_bounded_loads(p: Procs, tmp: Path, seconds: int = 8) -> dict:
             p.stop(st)
         total = sum(served.values())
         ratio = max(served.values()) / (total / nodes)
-        sim, _ = simulate(zipf_trace(1000, 40000, s, seed=5)[1], nodes, concurrency, factor, 8)
+        sim, _ = simulate(zipf_trace(urls, 40000, s, seed=5), nodes, concurrency, factor, 8)
         label = f"c={factor}" if factor else "off"
         out[f"max_over_mean_{'c' + str(factor) if factor else 'off'}"] = round(ratio, 3)
         out[f"simulated_max_over_mean_{'c' + str(factor) if factor else 'off'}"] = round(sim, 3)
