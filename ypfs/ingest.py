@@ -65,9 +65,13 @@ class Ingestor:
             taken_at=info.taken_at, camera=info.camera, pages=info.pages, private=meta.private,
             original_public=allow_originals,
         )
+        # The dedupe entry is written beside the record: one whose record is missing
+        # reads as "no duplicate" (see _existing). Last writer wins if the same bytes
+        # race in twice; both photos stay valid.
+        dedupe = background().submit(self.store.put, dedupe_key(user, rec.sha256),
+                                     json.dumps({"id": rec.id}).encode(), "application/json")
         rec.save(self.store)
-        # last writer wins if the same bytes race in twice: both photos stay valid
-        self.store.put(dedupe_key(user, rec.sha256), json.dumps({"id": rec.id}).encode(), "application/json")
+        dedupe.result()
         return rec, True
 
     def _put_original(self, ref: PhotoRef, spool: Spool, fmt: str) -> None:

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from .sniff import HEAD_BYTES
 
-CHUNK = 64 * 1024
+CHUNK = 1024 * 1024  # falcon's multipart stream finds the boundary per read: fewer, larger reads
 
 
 class TooLarge(Exception):
