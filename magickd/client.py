@@ -19,7 +19,7 @@ requests for it coalesce into one render; on a connect error, timeout, 429 or
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
 import urllib3
@@ -43,6 +43,8 @@ class RenderUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Rendition:
+    """One rendition as the wire contract reports it (the service builds these too)."""
+
     size: str
     format: str
     version: str
@@ -51,8 +53,11 @@ class Rendition:
     height: int
     bytes: int
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
-_RENDITION_FIELDS = ("size", "format", "version", "key", "width", "height", "bytes")
+
+_RENDITION_FIELDS = tuple(f.name for f in fields(Rendition))
 
 
 def node_order(nodes: Sequence[NodeConfig], photo_id: str) -> list[NodeConfig]:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 from cluster.config import Config
 from storage import NotFound, StorageError
@@ -22,6 +21,7 @@ from storage.keys import CONTENT_TYPES, InvalidName, PhotoRef
 from storage.records import PhotoRecord
 
 from . import pipeline
+from .client import Rendition
 from .admission import Admission
 from .errors import BadRequest, PhotoNotFound, RenderFailure, Unavailable
 from .failures import FailureMemory
@@ -29,22 +29,6 @@ from .geometry import box_for
 from .options import Limits, RenderOptions, Target, parse_targets
 
 log = logging.getLogger("magickd.service")
-
-
-@dataclass(frozen=True)
-class RenditionInfo:
-    """One rendition as the wire contract reports it (magickd/client.py ``Rendition``)."""
-
-    size: str
-    format: str
-    version: str
-    key: str
-    width: int
-    height: int
-    bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Hooks:
@@ -80,7 +64,7 @@ class RenderService:
         return cls(cfg, store, admission, FailureMemory(base / "failures", m.failure_ttl), hooks)
 
     def render(self, user: str, photo_id: str, secret: str, sizes: Sequence[str] | None = None,
-               formats: Sequence[str] | None = None, force: bool = False) -> list[RenditionInfo]:
+               formats: Sequence[str] | None = None, force: bool = False) -> list[Rendition]:
         try:
             ref = PhotoRef(user, photo_id, secret)
         except InvalidName as exc:
@@ -123,8 +107,8 @@ class RenderService:
         return record
 
     def _render_locked(self, ref: PhotoRef, record: PhotoRecord, targets: tuple[Target, ...],
-                       force: bool) -> list[RenditionInfo]:
-        done: dict[Target, RenditionInfo] = {}
+                       force: bool) -> list[Rendition]:
+        done: dict[Target, Rendition] = {}
         if not force:
             for t in targets:
                 info = self._existing(ref, record, t)
@@ -139,7 +123,7 @@ class RenderService:
             self.hooks.outcome("existing")
         return [done[t] for t in targets]
 
-    def _existing(self, ref: PhotoRef, record: PhotoRecord, target: Target) -> RenditionInfo | None:
+    def _existing(self, ref: PhotoRef, record: PhotoRecord, target: Target) -> Rendition | None:
         key = ref.rendition_key(target.name, target.version, target.fmt)
         try:
             size = self.store.stat(key).size
@@ -148,9 +132,9 @@ class RenderService:
         except StorageError as exc:
             raise Unavailable(f"storage: {exc}") from None
         box = box_for(target.profile, record.width, record.height)
-        return RenditionInfo(target.name, target.fmt, target.version, key, box.out_w, box.out_h, size)
+        return Rendition(target.name, target.fmt, target.version, key, box.out_w, box.out_h, size)
 
-    def _render_and_store(self, ref: PhotoRef, targets: tuple[Target, ...]) -> list[RenditionInfo]:
+    def _render_and_store(self, ref: PhotoRef, targets: tuple[Target, ...]) -> list[Rendition]:
         try:
             data = self.store.get(ref.original_key)
         except NotFound:
@@ -179,7 +163,7 @@ class RenderService:
             except StorageError as exc:
                 raise Unavailable(f"storage: {exc}") from None
             self.hooks.rendered(t)
-            infos.append(RenditionInfo(t.name, t.fmt, t.version, key, out.width, out.height, len(out.data)))
+            infos.append(Rendition(t.name, t.fmt, t.version, key, out.width, out.height, len(out.data)))
         self.failures.forget(ref.original_key)
         return infos
 

@@ -42,3 +42,11 @@ def pillow_reference(path, size: tuple[int, int]) -> Image.Image:
         im.seek(0)
         up = ImageOps.exif_transpose(im.convert("RGB"))
         return up.resize(size, Image.Resampling.LANCZOS)
+
+
+def start_magickd(services, cfg, config_path, name: str | None = None):
+    """Start a real magickd node (gunicorn) under ``services`` and wait for its /healthz."""
+    node = cfg.node("magickd", name) if name else cfg.magickd.nodes[0]
+    services.start_module(node.name, "magickd", "serve", "--node", node.name, config_path=config_path,
+                          health_url=f"{node.url}/healthz")
+    return node

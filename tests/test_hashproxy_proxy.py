@@ -267,15 +267,17 @@ def test_malformed_requests_get_a_json_4xx_and_the_proxy_survives(cluster, data,
     assert cluster.proxy_pids() == pids  # no worker crashed and was replaced
 
 
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
 def test_a_client_that_stalls_mid_head_gets_408(cluster):
     with socket.create_connection(("127.0.0.1", cluster.cfg.hashproxy.port), timeout=10) as sock:
         sock.sendall(b"GET /photos/a/1_s/small.jpg HTTP/1.1\r\nHost: x\r\n")  # never finished
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 408 ")
     assert b'"request_timeout"' in data
 
@@ -283,12 +285,7 @@ def test_a_client_that_stalls_mid_head_gets_408(cluster):
 def test_an_upload_that_stalls_mid_body_gets_408(cluster):
     with socket.create_connection(("127.0.0.1", cluster.cfg.hashproxy.port), timeout=10) as sock:
         sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
-        data = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 408 ")
     assert b'"client_timeout"' in data
 

@@ -18,7 +18,7 @@ from storage import open_store
 from storage.records import profile_version
 
 from .helpers import CORPUS, REPO, Services, cluster_tree, deep_update, seed_photo, write_config
-from .magickd_support import decode
+from .magickd_support import decode, start_magickd
 
 pytestmark = pytest.mark.slow
 FORMATS = CORPUS / "formats"
@@ -61,9 +61,7 @@ def cluster(tmp_path_factory):
     tree = cluster_tree(tmp, overrides={"magickd": {"workers": 2}, "cluster": {"public_url": recorder.url}})
     cfg, path = write_config(tmp, tree)
     services = Services(tmp)
-    n = cfg.magickd.nodes[0]
-    services.start_module("magickd1", "magickd", "serve", "--node", n.name, config_path=path,
-                          health_url=f"{n.url}/healthz")
+    n = start_magickd(services, cfg, path)
     store = open_store(cfg)
     recs = [seed_photo(store, "alice", FORMATS / name) for name in PHOTOS]
     yield {"cfg": cfg, "path": path, "tree": tree, "tmp": tmp, "store": store, "recs": recs,

@@ -16,7 +16,7 @@ from magickd.client import RenderClient, RenderError, node_order
 from storage import open_store
 
 from .helpers import CORPUS, Services, cluster_tree, seed_photo, write_config
-from .magickd_support import decode, has_metadata
+from .magickd_support import decode, has_metadata, start_magickd
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 FORMATS = CORPUS / "formats"
@@ -29,9 +29,7 @@ def node(seaweed, tmp_path_factory):
                         overrides={"magickd": {"workers": 2, "queue_size": 1, "queue_wait": 30.0}})
     cfg, path = write_config(tmp, tree)
     services = Services(tmp)
-    n = cfg.magickd.nodes[0]
-    services.start_module("magickd1", "magickd", "serve", "--node", n.name, config_path=path,
-                          health_url=f"{n.url}/healthz")
+    n = start_magickd(services, cfg, path)
     store = open_store(cfg)
     yield cfg, store, services, n.url
     services.stop_all()
