@@ -11,7 +11,6 @@ dies, the whole cluster is stopped and the exit code says so.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import signal
 import subprocess
 import sys
@@ -64,9 +63,6 @@ class Cluster:
         self.cfg = cfg
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for comp in COMPONENTS:
-            if importlib.util.find_spec(comp.package) is None or importlib.util.find_spec(f"{comp.package}.__main__") is None:
-                print(f"  (skipping {comp.package}: not built yet)", flush=True)
-                continue
             if comp.per_node:
                 targets = [(n.name, ["--node", n.name], n.url) for n in getattr(cfg, comp.package).nodes]
             else:
