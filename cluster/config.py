@@ -154,6 +154,7 @@ class YpwsSection:
     hotlink_action: str = "403"
     signed_url_max_ttl: int = 604800
     unversioned_max_age: int = 300
+    client_timeout: float = 10.0
     cache_policy: str = "s4lru"
     threads: int = 8
     timeout: int = 60

@@ -36,7 +36,8 @@ def world(tmp_path_factory, seaweed):
     tmp = tmp_path_factory.mktemp("ypws")
     base = cluster_tree(tmp, backend="s3", seaweed=seaweed, ypws_nodes=2, overrides={
         "cluster": {"public_url": PUBLIC, "admin_token": "test-admin-token", "url_key": "test-url-key"},
-        "ypws": {"workers": 2, "hotlink_allow": ["friend.example"], "signed_url_max_ttl": 3600},
+        "ypws": {"workers": 2, "hotlink_allow": ["friend.example"], "signed_url_max_ttl": 3600,
+                 "client_timeout": 2.0},
     })
     services = Services(tmp)
     try:
@@ -382,3 +383,28 @@ def test_malformed_requests_never_500(world):
         assert 400 <= status < 500 and b'"error"' in answer, answer[:200]
     # the node still serves afterwards
     assert requests.get(url_of(world, "land", "thumb"), timeout=30).status_code == 200
+
+
+def test_a_slow_loris_client_gets_408_instead_of_holding_the_connection(world):
+    """Header lines trickled in every 0.5 s never look idle; the request deadline still ends it."""
+    import socket
+
+    host, port = world.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        answer = b""
+        while time.monotonic() - started < 8 and not answer:
+            try:
+                sock.sendall(b"X-Trickle: 1\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sock.settimeout(0.5)
+            try:
+                answer = sock.recv(65536)
+            except socket.timeout:
+                pass
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"request_timeout"' in answer
+    assert elapsed < 6  # the 2 s deadline, checked once a second

@@ -134,6 +134,7 @@ class ImageService:
         self.url_key = cfg.cluster.url_key
         self.max_ttl = y.signed_url_max_ttl
         self.max_age = y.max_age
+        self.client_timeout = y.client_timeout  # read by the worker's connection sweep
         self.hotlink = HotlinkPolicy.from_config(cfg)
         self.hotlink_placeholder = y.hotlink_action == "placeholder"
         self.profiles = {p.name: p for p in cfg.sizes}

@@ -87,6 +87,7 @@ class HttpProtocol(asyncio.Protocol):
         self.pending: deque[_Request] = deque()
         self.busy = False
         self.last_active = self.loop.time()
+        self.started: float | None = None  # when the request being received sent its first byte
         self.can_write = threading.Event()
         self.can_write.set()
         self._reset()
@@ -137,6 +138,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._reset()
+        self.started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -159,6 +161,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.started = None
         p = self.parser
         req = _Request(p.get_method(), self.url, self.headers, self.fields, b"".join(self.body), p.should_keep_alive(),
                        p.get_http_version(), time.perf_counter())
@@ -435,6 +438,7 @@ class YpwsWorker(base.Worker):
             self.servers.append(server)
         self.sockname = self.sockets[0].sock.getsockname()[:2] if self.sockets else ("", 0)
         keepalive = max(1.0, float(self.cfg.keepalive))
+        head_timeout = float(getattr(self.service, "client_timeout", 10.0))
         next_beat = 0.0
         while self.alive:
             now = self.loop.time()
@@ -443,8 +447,13 @@ class YpwsWorker(base.Worker):
                 if self.ppid != os.getppid():
                     self.log.info("parent changed, shutting down: %s", self)
                     break
-                for conn in list(self.connections):  # idle (or slow-loris) connections
-                    if not conn.busy and now - conn.last_active > keepalive and conn.transport is not None:
+                for conn in list(self.connections):
+                    if conn.busy or conn.transport is None:
+                        continue
+                    if conn.started is not None and now - conn.started > head_timeout:
+                        # slow loris: a request trickled in byte by byte never goes idle
+                        conn._refuse(408, "request_timeout", "the request was not received in time")
+                    elif now - conn.last_active > keepalive:  # idle keep-alive connections
                         conn.transport.close()
                 next_beat = now + 1.0
             self._housekeeping()
