@@ -23,7 +23,8 @@ from storage.ids import new_secret
 from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key
 from storage.records import PhotoRecord, original_url, rendition_url
 
-from .probe import ImageRejected, background, probe
+from .pool import background
+from .probe import ImageRejected, probe
 from .sniff import SUPPORTED, sniff
 from .spool import Spool
 

@@ -19,16 +19,16 @@ pillow-heif), each opened with an explicit one-format allow-list.
 from __future__ import annotations
 
 import io
-import os
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyvips
 
 from cluster.config import LimitsSection
+
+from .pool import background
 
 
 class ImageRejected(Exception):
@@ -56,15 +56,6 @@ _PILLOW_FORMATS = {"bmp": "BMP", "heif": "HEIF"}
 _ANIMATED = {"gif", "webp"}
 MAX_PAGES = 1000
 _heif_registered = False
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def background() -> ThreadPoolExecutor:
-    """This process's small pool for work that overlaps a request's main thread (made after fork)."""
-    global _pool
-    if _pool is None or _pool[0] != os.getpid():
-        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="ypfs-bg"))
-    return _pool[1]
 
 
 Source = str | Path | bytes
