@@ -98,7 +98,6 @@ class UploadResource:
         user = self.auth.user(req)
         limits = self.cfg.limits
         if req.content_length is not None and req.content_length > limits.max_upload_bytes + MULTIPART_SLACK:
-            resp.set_header("Connection", "close")
             raise fail(413, "too_large", f"the upload is {req.content_length} bytes; the limit is {limits.max_upload_bytes}",
                        {"Connection": "close"})
         if req.content_length is None:  # chunked: falcon's multipart parser needs the length
