@@ -33,6 +33,7 @@ T = TypeVar("T")
 
 AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 NOT_FOUND_CODES = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
+LIST_PAGE = 1000  # keys per listing request, as S3 pages them
 TRANSIENT_CODES = {"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed"}
 
 
@@ -207,21 +208,33 @@ class S3Store(BlobStore):
             pass
 
     def list(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
+        """Keys a page at a time; a transient failure mid-page is retried from the last key received.
+
+        (A listing generator that raised is finished: retrying ``next()`` on it would end
+        the listing early and silently, so each attempt starts a fresh listing after the
+        last key it already has.)
+        """
         check_prefix(prefix)
         bucket = self._bucket()
-        it = self._call(
-            f"list {prefix}",
-            lambda: iter(self.client.list_objects(bucket, prefix=prefix or None, recursive=True, start_after=start_after or None)),
-        )
+        last = start_after
         while True:
-            try:
-                obj = self._call(f"list {prefix}", lambda: next(it, None))
-            except StopIteration:  # pragma: no cover - next() with default never raises
+            got: list[str] = []
+
+            def page() -> list[str]:
+                after = got[-1] if got else last
+                for obj in self.client.list_objects(bucket, prefix=prefix or None, recursive=True,
+                                                    start_after=after or None):
+                    if not obj.is_dir and obj.object_name > after:
+                        got.append(obj.object_name)
+                        if len(got) == LIST_PAGE:
+                            break
+                return got
+
+            keys = self._call(f"list {prefix}", page)
+            yield from keys
+            if len(keys) < LIST_PAGE:
                 return
-            if obj is None:
-                return
-            if not obj.is_dir and obj.object_name > start_after:
-                yield obj.object_name
+            last = keys[-1]
 
     def close(self) -> None:
         self.client._http.clear()

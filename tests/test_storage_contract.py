@@ -156,3 +156,48 @@ def test_s3_unreachable_endpoint_is_a_clear_error():
 def test_s3_invalid_bucket_name_is_a_clear_error():
     with pytest.raises(StorageError, match="bucket"):
         S3Store(S3StoreConfig(endpoint="127.0.0.1:1", bucket="x"))
+
+
+@pytest.mark.s3
+def test_s3_listing_resumes_after_a_transient_failure_instead_of_ending_early(seaweed):
+    """A connection error in the middle of a listing must not silently truncate it."""
+    import urllib3
+
+    s = S3Store(S3StoreConfig(endpoint=seaweed.endpoint, access_key=seaweed.access_key, secret_key=seaweed.secret_key,
+                              bucket=f"resume-{os.urandom(4).hex()}", retry_backoff=0.01), sleep=lambda _: None)
+    keys = [f"l/{i:04d}" for i in range(30)]
+    for k in keys:
+        s.put(k, b"x")
+    real = s.client.list_objects
+    calls = []
+
+    def flaky(*args, **kwargs):  # the first listing dies after 10 objects, as a dropped connection would
+        calls.append(kwargs.get("start_after"))
+        it = real(*args, **kwargs)
+        if len(calls) == 1:
+            def broken():
+                for n, obj in enumerate(it):
+                    if n == 10:
+                        raise urllib3.exceptions.ProtocolError("connection dropped")
+                    yield obj
+            return broken()
+        return it
+
+    s.client.list_objects = flaky
+    assert list(s.list("l/")) == keys
+    assert calls == [None, "l/0009"]  # resumed after the last key it had yielded
+
+
+@pytest.mark.s3
+def test_s3_listing_crosses_page_boundaries(seaweed, monkeypatch):
+    import storage.s3
+
+    monkeypatch.setattr(storage.s3, "LIST_PAGE", 7)
+    s = S3Store(S3StoreConfig(endpoint=seaweed.endpoint, access_key=seaweed.access_key, secret_key=seaweed.secret_key,
+                              bucket=f"pages-{os.urandom(4).hex()}"))
+    keys = [f"p/{i:03d}" for i in range(30)] + ["q/other"]
+    for k in keys:
+        s.put(k, b"x")
+    assert list(s.list("p/")) == keys[:30]
+    assert list(s.list("p/", start_after="p/013")) == keys[14:30]
+    assert list(s.list("")) == keys
