@@ -47,7 +47,10 @@ class _ObjectStream(io.RawIOBase):
         return True
 
     def readinto(self, buf) -> int:
-        data = self._resp.read(len(buf))
+        try:
+            data = self._resp.read(len(buf))
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # cut off mid-stream: no retry possible here
+            raise StorageUnavailable(f"S3 stream broke while reading: {exc}") from None
         buf[: len(data)] = data
         return len(data)
 
@@ -162,8 +165,19 @@ class S3Store(BlobStore):
         return self.put(key, data, content_type)
 
     def get(self, key: str) -> bytes:
-        with self.open(key) as fh:
-            return fh.read()
+        """The whole object, fetched inside the retry loop (a body cut off mid-way is fetched again)."""
+        check_key(key)
+        bucket = self._bucket()
+
+        def fetch() -> bytes:
+            resp = self.client.get_object(bucket, key)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call(f"get {key}", fetch)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         check_key(key)

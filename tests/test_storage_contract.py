@@ -201,3 +201,28 @@ def test_s3_listing_crosses_page_boundaries(seaweed, monkeypatch):
     assert list(s.list("p/")) == keys[:30]
     assert list(s.list("p/", start_after="p/013")) == keys[14:30]
     assert list(s.list("")) == keys
+
+
+@pytest.mark.s3
+def test_s3_get_retries_a_body_cut_off_midway(seaweed):
+    import urllib3
+
+    s = S3Store(S3StoreConfig(endpoint=seaweed.endpoint, access_key=seaweed.access_key, secret_key=seaweed.secret_key,
+                              bucket=f"cut-{os.urandom(4).hex()}", retry_backoff=0.01), sleep=lambda _: None)
+    payload = os.urandom(100_000)
+    s.put("c/x", payload)
+    real = s.client.get_object
+    calls = []
+
+    def flaky(*args, **kwargs):
+        resp = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            def cut(*a, **k):
+                raise urllib3.exceptions.ProtocolError("connection broken mid-body")
+            resp.read = cut
+        return resp
+
+    s.client.get_object = flaky
+    assert s.get("c/x") == payload
+    assert len(calls) == 2
