@@ -163,14 +163,22 @@ class Rerenderer:
                 if not pending:
                     break
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                interrupted = False
                 for fut in done:
                     key = pending.pop(fut)
-                    self._account(fut.result(), summary, cp)
+                    try:
+                        result = fut.result()
+                    except KeyboardInterrupt:  # account every other finished photo first
+                        interrupted = True
+                        continue
+                    self._account(result, summary, cp)
                     finished.add(key)
                     bar.update(1)
                 while order and order[0] in finished:  # advance the low-water mark
                     cp.last_key = order.pop(0)
                     finished.discard(cp.last_key)
+                if interrupted:
+                    raise KeyboardInterrupt
                 if time.monotonic() - last_save >= SAVE_EVERY:
                     cp.save()
                     last_save = time.monotonic()
