@@ -149,9 +149,8 @@ def start_ypws(tmp: Path, body: bytes):
     profile = cfg.size("medium")
     store.put(rec.ref.rendition_key("medium", profile_version(profile), "jpeg"), body)
     node = cfg.ypws.nodes[0]
-    proc = procs.start(procs.python_module("ypws", "serve", "--node", node.name), log=tmp / "ypws.log",
-                       env={"YUPOO_CONFIG": str(path)})
-    procs.wait_http(f"{node.url}/healthz", timeout=60, proc=proc)
+    proc = procs.start_ready(procs.python_module("ypws", "serve", "--node", node.name), f"{node.url}/healthz",
+                             log=tmp / "ypws.log", env={"YUPOO_CONFIG": str(path)})
     url = f"{node.url}{rec.ref.size_url_path('medium', 'jpeg')}?v={profile_version(profile)}"
     import urllib.request
 
@@ -192,10 +191,9 @@ http {{
 }}
 """)
     (root / "tmp").mkdir()
-    proc = procs.start([nginx_binary(), "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
-                       log=tmp / "nginx.log")
     url = f"http://127.0.0.1:{port}/photos/medium.jpg"
-    procs.wait_http(url, timeout=30, proc=proc)
+    proc = procs.start_ready([nginx_binary(), "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
+                             url, timeout=30, log=tmp / "nginx.log")
     return proc, url
 
 

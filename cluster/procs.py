@@ -52,6 +52,17 @@ def start(argv: Sequence[str], *, log: Path | None = None, env: dict | None = No
             out.close()
 
 
+def start_ready(argv: Sequence[str], url: str, *, timeout: float = 60.0, ok=(200,), **kwargs) -> subprocess.Popen:
+    """start() then wait_http(url); a child that never gets ready is stopped here, not leaked."""
+    proc = start(argv, **kwargs)
+    try:
+        wait_http(url, timeout=timeout, proc=proc, ok=ok)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc
+
+
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
