@@ -164,13 +164,14 @@ class S3Store(BlobStore):
             raise AlreadyExists(key)
         return self.put(key, data, content_type)
 
-    def get(self, key: str) -> bytes:
-        """The whole object, fetched inside the retry loop (a body cut off mid-way is fetched again)."""
+    def _fetch(self, key: str, **window: int) -> bytes:
+        """The object (or ``offset``/``length`` of it), read whole inside the retry loop,
+        so a body cut off mid-way is fetched again."""
         check_key(key)
         bucket = self._bucket()
 
         def fetch() -> bytes:
-            resp = self.client.get_object(bucket, key)
+            resp = self.client.get_object(bucket, key, **window)
             try:
                 return resp.read()
             finally:
@@ -179,22 +180,15 @@ class S3Store(BlobStore):
 
         return self._call(f"get {key}", fetch)
 
+    def get(self, key: str) -> bytes:
+        return self._fetch(key)
+
     def get_range(self, key: str, start: int, length: int) -> bytes:
-        check_key(key)
-        bucket = self._bucket()
         if length <= 0:
+            check_key(key)
             return b""
-
-        def fetch() -> bytes:
-            resp = self.client.get_object(bucket, key, offset=start, length=length)
-            try:
-                return resp.read()
-            finally:
-                resp.close()
-                resp.release_conn()
-
         try:
-            return self._call(f"get {key}", fetch)
+            return self._fetch(key, offset=start, length=length)
         except StorageError as exc:
             if "InvalidRange" in str(exc):
                 return b""
