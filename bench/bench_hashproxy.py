@@ -113,21 +113,6 @@ def start_stubs(p: Procs, n: int, *extra: str) -> tuple[list[subprocess.Popen], 
     return stubs, ports
 
 
-def cpu_seconds(leader: int) -> float:
-    """utime + stime of a process and its direct children (a proxy's master and workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid, ppid = int(stat.parent.name), int(fields[1])
-        if pid == leader or ppid == leader:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
-
-
 # -- 1. hit ratio ------------------------------------------------------------------------------------
 
 
@@ -485,10 +470,10 @@ BODY = "x" * 2048  # a small rendition-sized answer; the proxy's cost is per req
 def run_wrk(base: str, script: Path, seconds: int, connections: int, leader: int) -> dict:
     subprocess.run(["wrk", "-t2", f"-c{connections}", "-d2s", "-s", str(script), base + "/"], capture_output=True,
                    timeout=60)  # warm-up: pools filled, code paths hot
-    cpu0 = cpu_seconds(leader)
+    cpu0 = procs.cpu_seconds(leader)
     done = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
                            base + "/"], capture_output=True, text=True, timeout=seconds + 60)
-    cpu = cpu_seconds(leader) - cpu0
+    cpu = procs.cpu_seconds(leader) - cpu0
     text = done.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     total = int(re.search(r"(\d+) requests in", text).group(1))

@@ -55,30 +55,6 @@ def nginx_binary() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and all its live descendants (from /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    stats: dict[int, list[str]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        stats[int(name)] = fields
-        children.setdefault(int(fields[1]), []).append(int(name))
-    total, stack = 0, [pid]
-    while stack:
-        p = stack.pop()
-        if p in stats:
-            total += int(stats[p][11]) + int(stats[p][12])  # utime, stime
-        stack.extend(children.get(p, []))
-    return total / tick
-
-
 def run_wrk(url: str, seconds: int) -> dict:
     out = subprocess.run(
         ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency", url],
@@ -98,11 +74,11 @@ def _ms(value: str) -> float:
 
 def measure(name: str, pid: int, url: str) -> dict:
     run_wrk(url, WARMUP_SECONDS)
-    cpu0 = tree_cpu_seconds(pid)
+    cpu0 = procs.cpu_seconds(pid)
     t0 = time.monotonic()
     res = run_wrk(url, WRK_SECONDS)
     wall = time.monotonic() - t0
-    cpu = tree_cpu_seconds(pid) - cpu0
+    cpu = procs.cpu_seconds(pid) - cpu0
     res.update(server=name, server_cpu_s=round(cpu, 2), wall_s=round(wall, 1),
                req_per_cpu_s=round(res["requests"] / cpu) if cpu else 0.0)
     return res

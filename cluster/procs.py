@@ -63,6 +63,43 @@ def start_ready(argv: Sequence[str], url: str, *, timeout: float = 60.0, ok=(200
     return proc
 
 
+def _proc_stats() -> dict[int, list[str]]:
+    """Fields after the command of every /proc/PID/stat (index 1 is the ppid, 11/12 utime/stime)."""
+    stats: dict[int, list[str]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    stats[int(name)] = fh.read().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+    return stats
+
+
+def _tree(pid: int, stats: dict[int, list[str]]) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for child, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(child)
+    out, stack = [], list(children.get(pid, []))
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(children.get(p, []))
+    return sorted(out)
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of every live process below ``pid`` (children, grandchildren...), sorted."""
+    return _tree(pid, _proc_stats())
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and all its live descendants: a server's whole CPU use."""
+    stats = _proc_stats()
+    ticks = sum(int(stats[p][11]) + int(stats[p][12]) for p in [pid, *_tree(pid, stats)] if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 

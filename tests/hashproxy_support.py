@@ -75,15 +75,7 @@ class ProxyCluster:
     def proxy_pids(self) -> list[int]:
         """The supervisor and its workers."""
         leader = self.services.procs["hashproxy"].pid
-        pids = [leader]
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == leader:
-                pids.append(int(stat.parent.name))
-        return pids
+        return [leader, *procs.descendants(leader)]
 
 
 def image_urls(n: int, user: str = "alice", size: str = "medium", ext: str = "jpg") -> list[str]:

@@ -27,20 +27,6 @@ from .helpers import CORPUS, REPO, cluster_tree, write_config
 pytestmark = pytest.mark.slow
 
 
-def descendants(pid: int) -> set[int]:
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            kids = [int(k) for k in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        out.update(kids)
-        todo.extend(kids)
-    return out
-
-
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
@@ -69,7 +55,7 @@ def cluster(request, tmp_path):
 def test_upload_and_view_through_the_proxy_then_ctrl_c(cluster):
     cfg, path, proc, log = cluster
     base = cfg.public_url
-    children = descendants(proc.pid)
+    children = procs.descendants(proc.pid)
     assert len(children) >= 6  # magickd, ypfs, 3 ypws, hashproxy (+ their workers)
 
     token = subprocess.run([sys.executable, "-m", "ypfs", "--config", str(path), "user", "add", "alice"],

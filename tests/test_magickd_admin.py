@@ -61,7 +61,7 @@ def cluster(tmp_path_factory):
     tree = cluster_tree(tmp, overrides={"magickd": {"workers": 2}, "cluster": {"public_url": recorder.url}})
     cfg, path = write_config(tmp, tree)
     services = Services(tmp)
-    n = start_magickd(services, cfg, path)
+    start_magickd(services, cfg, path)
     store = open_store(cfg)
     recs = [seed_photo(store, "alice", FORMATS / name) for name in PHOTOS]
     yield {"cfg": cfg, "path": path, "tree": tree, "tmp": tmp, "store": store, "recs": recs,

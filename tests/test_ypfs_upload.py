@@ -22,6 +22,7 @@ import pytest
 import requests
 from PIL import Image, ImageOps
 
+from cluster import procs
 from storage import open_store
 from storage.keys import dedupe_key
 from storage.records import PhotoRecord
@@ -100,10 +101,7 @@ def add_user(config_path: Path, name: str) -> str:
 
 
 def gunicorn_workers(master_pid: int) -> set[int]:
-    try:
-        return {int(p) for p in Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()}
-    except FileNotFoundError:
-        return set()
+    return set(procs.descendants(master_pid))
 
 
 class Ypfs:
