@@ -270,6 +270,45 @@ def test_every_hostile_file_is_a_clean_4xx_or_a_clean_rendition():
     assert sum(1 for v in outcomes.values() if v != "ok") >= 70
 
 
+@pytest.mark.parametrize("name", ["junk_jpeg_header.jpg", "hopper_bad_exif.jpg"])
+def test_a_jpeg_libvips_refuses_but_pillow_reads_renders_through_pillow(name):
+    """ypfs accepts these (its one strict decode is Pillow's); magickd must render them."""
+    import pyvips
+
+    path = CORPUS / "hostile" / name
+    with pytest.raises(pyvips.Error):  # the premise: libvips' strict decode refuses the file
+        pyvips.Image.new_from_buffer(path.read_bytes(), "", fail_on="warning").avg()
+    out = render(path, sizes=["small"])[("small", "jpeg")]
+    im = decode(out.data)
+    assert im.size == (out.width, out.height) and max(im.size) == 240
+    assert has_metadata(out.data, im) == []
+    reference = pillow_reference(path, im.size)
+    grey = Image.new("RGB", im.size, (128, 128, 128))
+    # the picture itself (sharpened), not grey fill
+    assert mean_abs_diff(im, reference) < min(15, mean_abs_diff(grey, reference) / 2)
+
+
+def test_every_original_ypfs_accepts_renders():
+    """The upload check and the renderer agree: an acknowledged photo always gets its sizes."""
+    from ypfs.probe import ImageRejected, probe
+    from ypfs.sniff import sniff
+
+    accepted = 0
+    for path in sorted(p for p in CORPUS.glob("*/*") if p.suffix not in (".tsv", ".md")):
+        data = path.read_bytes()
+        fmt = sniff(data[:64])
+        if fmt is None:
+            continue
+        try:
+            probe(data, fmt, CFG.limits)
+        except ImageRejected:
+            continue
+        accepted += 1
+        outs = render(data, sizes=["thumb"])
+        assert decode(outs[("thumb", "jpeg")].data).size[0] > 0, path.name
+    assert accepted >= 60
+
+
 def test_pixel_limit_comes_from_the_config():
     with pytest.raises(TooLarge):
         render(IPHONE, limits=dataclasses.replace(LIMITS, max_pixels=3264 * 2448 - 1))

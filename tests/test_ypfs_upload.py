@@ -281,6 +281,21 @@ def raw_request(url: str, head: str, body_chunks, timeout: float = 10.0) -> byte
         sock.close()
 
 
+def test_a_decode_past_its_deadline_is_a_clear_422():
+    """The JPEG check is a Pillow decode, which cannot be killed; its input stream
+    refuses to feed it past the deadline instead."""
+    import dataclasses
+
+    from cluster.config import load
+    from ypfs.probe import ImageRejected, probe
+
+    limits = dataclasses.replace(load(with_secrets=False).limits, decode_timeout=0.002)
+    data = (CORPUS / "formats" / "iphone_hdr_NO.jpg").read_bytes()  # ~20 ms to check
+    with pytest.raises(ImageRejected) as info:
+        probe(data, "jpeg", limits)
+    assert (info.value.status, info.value.code) == (422, "decode_timeout")
+
+
 def test_declared_body_over_the_limit_is_refused_before_it_is_read(ypfs):
     head = (f"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ypfs.token('alice')}\r\n"
             "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 60000000\r\n\r\n")

@@ -4,7 +4,10 @@ The photo record is the commit point: it is what makes a photo exist for every
 other component, and it is written only after the original is durably stored
 and the image has passed validation. The original's PUT runs while the image is
 being validated (the two overlap, so an upload costs about the longer of them,
-not their sum); a rejected image's original is deleted again. A crash at any
+not their sum); a rejected image's original is deleted again. The duplicate
+check (same user, same bytes) is a store read that runs beside them too: a
+client retry, the rare case, pays for a PUT it then deletes, so the first
+upload does not pay for the lookup. A crash at any
 point therefore leaves at worst an unreferenced whole object (never served),
 never a record without its original. The caller acknowledges only after the
 record is stored; the de-duplication entry comes last.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
@@ -44,21 +48,24 @@ class Ingestor:
 
     def ingest(self, user: str, spool: Spool, meta: UploadMeta, allow_originals: bool = True) -> tuple[PhotoRecord, bool]:
         """Store the photo; return (record, created). Same user + same bytes → the existing photo."""
-        existing = self._existing(user, spool.sha256)
-        if existing is not None:
-            return existing, False
+        lookup = background().submit(self._existing, user, spool.sha256)
         fmt = sniff(spool.head)
         if fmt is None:
+            if (existing := lookup.result()) is not None:
+                return existing, False
             raise ImageRejected(415, "unsupported_format",
                                 f"not a supported image (by its content); accepted: {', '.join(SUPPORTED)}")
         ref = PhotoRef(user, self.next_id(), new_secret())
         stored = background().submit(self._put_original, ref, spool, fmt)
         try:
             info = probe(spool.source, fmt, self.cfg.limits)
+            existing = lookup.result()
         except BaseException:
-            if stored.exception() is None:  # waits for the PUT, then takes the object back
-                self.store.delete(ref.original_key)
+            self._take_back(ref, stored)
             raise
+        if existing is not None:
+            self._take_back(ref, stored)
+            return existing, False
         stored.result()  # StorageError if the original could not be stored
         rec = PhotoRecord(
             id=ref.photo_id, owner=user, secret=ref.secret, format=fmt, width=info.width, height=info.height,
@@ -74,6 +81,11 @@ class Ingestor:
         rec.save(self.store)
         dedupe.result()
         return rec, True
+
+    def _take_back(self, ref: PhotoRef, stored: Future) -> None:
+        """Delete an original that will have no record (waits for its PUT to end)."""
+        if stored.exception() is None:
+            self.store.delete(ref.original_key)
 
     def _put_original(self, ref: PhotoRef, spool: Spool, fmt: str) -> None:
         with spool.reader() as body:

@@ -6,14 +6,24 @@ Order matters, and every step is bounded:
    opened only by its own loader (never libvips' or Pillow's content sniffing);
 2. the header is read and the declared pixels checked against the limit before
    any pixel is decoded (decompression bombs stop here);
-3. a strict decode reads every byte of image data, with libvips told to fail on
-   warnings (it otherwise fills truncated data silently) and killed past a time
-   limit; JPEG decodes with shrink-on-load, so this costs a fraction of a full decode;
+3. a strict decode reads every byte of image data, killed past a time limit;
 4. EXIF is read for taken-at and camera only; GPS is never read out.
 
-pyvips serves JPEG, PNG, GIF, WebP, TIFF and AVIF. The pyvips binary wheel has no
-BMP loader and no HEVC decoder, so BMP and HEIC go through Pillow (with
-pillow-heif), each opened with an explicit one-format allow-list.
+JPEG, the bulk of uploads, is decoded once, by Pillow, DCT-scaled to 1/8 (every
+entropy-coded byte is still read and checked, for about half the cost of a full
+decode). Pillow is the stricter of the two decoders on broken entropy data
+(``hostile/8a9cc8ee…`` passes libvips even with ``fail_on=warning``); what it
+tolerates and libvips refuses (extraneous bytes before a marker, a scan cut
+short inside a progressive file) magickd renders through its Pillow fallback,
+so every accepted JPEG renders. A second, libvips decode here would double
+the CPU an upload costs for no photo it would still refuse.
+
+Other formats decode with libvips told to fail on warnings (it otherwise fills
+truncated data silently); PNG and GIF are cross-checked by Pillow's stricter
+chunk and LZW parsers. pyvips serves PNG, GIF, WebP, TIFF and AVIF headers and
+decodes. The pyvips binary wheel has no BMP loader and no HEVC decoder, so BMP
+and HEIC go through Pillow (with pillow-heif), each opened with an explicit
+one-format allow-list.
 """
 
 from __future__ import annotations
@@ -108,13 +118,15 @@ def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int
         height = header.get("page-height")
     _check_pixels(width, height, pages, limits)
 
+    if fmt == "jpeg":
+        _pillow_strict_decode(path, fmt, limits.decode_timeout)
+        return width, height, pages, orientation if isinstance(orientation, int) else 1
     opts: dict = {"access": "sequential", "fail_on": "warning"}
-    if fmt == "jpeg" and width * height > 4_000_000:
-        opts["shrink"] = 8  # the whole entropy stream is still read and checked
     if fmt in _ANIMATED and pages > 1 and width * height * pages <= limits.max_pixels:
         opts["n"] = -1  # every frame, when the whole animation fits the pixel budget
     # the two decoders release the GIL: the cross-check runs beside the libvips decode
-    cross_check = background().submit(_pillow_cross_check, path, fmt) if fmt in _PILLOW_CROSS_CHECK else None
+    cross_check = (background().submit(_pillow_strict_decode, path, fmt, limits.decode_timeout)
+                   if fmt in _PILLOW_STRICT else None)
     try:
         image = loader(path, **opts)
         _decode_with_deadline(image, limits.decode_timeout)
@@ -125,27 +137,49 @@ def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int
         raise ImageRejected(422, "undecodable", f"damaged or truncated {fmt} data: {msg}") from None
     finally:
         if cross_check is not None:
-            cross_check.result(timeout=limits.decode_timeout)  # re-raises its ImageRejected
+            cross_check.result()  # re-raises its ImageRejected; bounded by its own deadline
     if fmt == "gif":
         check_gif_structure(path, limits)
     return width, height, pages, orientation if isinstance(orientation, int) else 1
 
 
-#: libvips (libpng, libjpeg) tolerates some damage Pillow's stricter parsers refuse:
+#: Pillow's parsers are stricter than libvips' (libpng, libjpeg) on some damage:
 #: bad ancillary-chunk CRCs, truncated pHYs/cHRM chunks, text-chunk bombs, broken
-#: entropy data. Both must accept. PNG uses verify() (walks every chunk and CRC
-#: without allocating pixels); JPEG a DCT-scaled decode, a fraction of a full one;
-#: GIF a decode of the first frame (1 byte a pixel), which sees truncated LZW data.
-_PILLOW_CROSS_CHECK = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF"}
+#: entropy data. PNG uses verify() (walks every chunk and CRC without allocating
+#: pixels); JPEG a DCT-scaled decode (its only decode, see above); GIF a decode of
+#: the first frame (1 byte a pixel), which sees truncated LZW data.
+_PILLOW_STRICT = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF"}
 
 
-def _pillow_cross_check(path: str | bytes, fmt: str) -> None:
+class DecodeTimeout(Exception):
+    """Raised from inside a Pillow decode (by its input stream) once its deadline has passed."""
+
+
+class _DeadlineReader:
+    """A file whose reads fail past a deadline: Pillow decodes in slices between reads,
+    so this bounds a decode that cannot otherwise be interrupted."""
+
+    def __init__(self, fh, seconds: float):
+        self._fh, self._deadline = fh, time.monotonic() + seconds
+
+    def read(self, *args):
+        if time.monotonic() > self._deadline:
+            raise DecodeTimeout
+        return self._fh.read(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
+def _pillow_strict_decode(path: str | bytes, fmt: str, timeout: float) -> None:
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            with _open(path) as fh, Image.open(fh, formats=[_PILLOW_CROSS_CHECK[fmt]]) as im:
+            # the declared pixels were checked against our own limit already
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _open(path) as fh, Image.open(_DeadlineReader(fh, timeout), formats=[_PILLOW_STRICT[fmt]]) as im:
                 if fmt == "png":
                     im.verify()
                 elif fmt == "gif":
@@ -153,6 +187,8 @@ def _pillow_cross_check(path: str | bytes, fmt: str) -> None:
                 else:
                     im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                     im.load()
+    except DecodeTimeout:
+        raise ImageRejected(422, "decode_timeout", f"decoding took longer than {timeout:g}s") from None
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, IndexError, warnings...
         raise ImageRejected(422, "undecodable", f"damaged {fmt} data: {type(exc).__name__}: {exc}"[:300]) from None
 
