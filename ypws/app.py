@@ -3,6 +3,7 @@
     GET|HEAD /photos/{user}/{id}_{secret}/{size}.{ext}    a rendition (or original.{ext})
     PURGE    /photos/{user}/{id}_{secret}/{size}[.{ext}]  drop cached entries (admin token)
     PURGE    /photos/{user}/{id}_{secret}/                 drop every cached entry of the photo
+    PURGE    /photos/                                      drop every cached entry (hashproxy's replay)
     GET      /u/{user}                                    gallery
     GET      /p/{user}/{id}                               photo page
     GET      /upload                                      upload page (the POST goes to ypfs)
@@ -131,6 +132,27 @@ class PhotoResource:
         resp.media = {"purged": len(removed), "keys": removed, "node": self.service.node}
 
 
+class PurgeAllResource:
+    """``/photos/``: PURGE empties this node's whole cache.
+
+    hashproxy sends it when a node was down for more purges than its pending-purge
+    journal holds: one flush on rejoin instead of the paths it could not keep.
+    """
+
+    def __init__(self, service: ImageService, admin_token: str):
+        self.service = service
+        self.admin_token = admin_token
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise fail(404, "not_found", "no such image")
+
+    on_head = on_get
+
+    def on_purge(self, req: falcon.Request, resp: falcon.Response) -> None:
+        check_admin(req, self.admin_token)
+        resp.media = {"purged": self.service.cache.purge_all(), "all": True, "node": self.service.node}
+
+
 def check_admin(req: falcon.Request, token: str) -> None:
     """PURGE and other admin calls carry ``Authorization: Bearer {admin_token}``."""
     given = (req.get_header("Authorization") or "").encode()
@@ -226,6 +248,7 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, rende
     app.req_options.strip_url_path_trailing_slash = True  # PURGE /photos/u/id_s/ is the whole photo
     app.add_route("/photos/{user}/{segment}/{name}", ImageResource(service, cfg.cluster.admin_token))
     app.add_route("/photos/{user}/{segment}", PhotoResource(service, cfg.cluster.admin_token))
+    app.add_route("/photos", PurgeAllResource(service, cfg.cluster.admin_token))
     app.add_route("/u/{user}", GalleryResource(cfg, store))
     app.add_route("/p/{user}/{photo_id}", PhotoPageResource(cfg, store))
     app.add_route("/upload", UploadPageResource(cfg.ypws.upload_url))

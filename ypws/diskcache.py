@@ -255,6 +255,22 @@ class DiskCache:
             self.stats.inc("purged", len(removed))
         return removed
 
+    def purge_all(self) -> int:
+        """Empty the cache (PURGE /photos/): how hashproxy replays purges it could not keep track of.
+
+        Index rows go in one transaction, then every entry file, including files the
+        index never heard of; a fill racing with this leaves at worst a row without a
+        file, which reads as a miss. Returns the entries the index held.
+        """
+        removed = len(self.index.remove(self.index.keys()))
+        for sub in self._entries.iterdir():
+            for p in sub.iterdir():
+                p.unlink(missing_ok=True)
+        self._memo.clear()
+        self._memo_size = 0
+        self.stats.inc("purged", removed)
+        return removed
+
     def _unlink(self, keys: list[str], keep: str | None = None) -> None:
         for key in keys:
             if key != keep:
