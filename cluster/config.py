@@ -181,6 +181,8 @@ class HashproxySection:
     max_header_bytes: int = 65536
     image_balance: str = "hash"
     purge_fanout: int = 2
+    purge_journal_paths: int = 10000
+    purge_journal_bytes: int = 1048576
     graceful_timeout: float = 10.0
     pool_idle_timeout: float = 1.5
     pool_max_idle: int = 64

@@ -14,6 +14,8 @@ Layout (small modules, the HTTP-free core first):
     protocol.py    the client-facing asyncio protocol (httptools), pipelining, limits
     cycle.py       one proxied request: retries, streaming both ways, errors
     purge.py       PURGE fan-out to the nodes that may hold a URL
+    journal.py     per-node pending purges of down nodes, shared by the workers (files + flock)
+    replay.py      a rejoining node gets its pending purges before any traffic
     checker.py     active health checks
     metrics.py     /metrics in the Prometheus text format
     app.py         ProxyApp: what a worker shares between its connections, the router, timeouts

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 from cluster.config import Config, ConfigError, HashproxySection
 
@@ -20,7 +21,9 @@ from .balancer import IMAGE_BALANCERS, LeastConnections, NodeSet
 from .cycle import Cycle, ProxyCycle, Reply, Request
 from .headers import scan
 from .health import HealthBoard
+from .journal import PurgeJournal
 from .loads import SharedCounters
+from .replay import Replayer
 from .spill import SpillMap
 from .upstream import UpstreamPool
 from .urls import BadTarget, Route, classify
@@ -43,6 +46,10 @@ def validate(settings: HashproxySection) -> None:
         raise ConfigError("hashproxy.balance_min_load: 0 or more")
     if settings.purge_fanout < 1:
         raise ConfigError("hashproxy.purge_fanout: at least 1")
+    if settings.purge_journal_paths < 1:
+        raise ConfigError("hashproxy.purge_journal_paths: at least 1")
+    if settings.purge_journal_bytes < 1024:
+        raise ConfigError("hashproxy.purge_journal_bytes: at least 1024")
 
 
 def counter_names(cfg: Config) -> list[str]:
@@ -50,7 +57,8 @@ def counter_names(cfg: Config) -> list[str]:
     return [f"{role}/{n.name}" for role in ROLES for n in getattr(cfg, role).nodes]
 
 
-def spill_dir(cfg: Config):
+def spill_dir(cfg: Config) -> Path:
+    """Where the workers share files: spill maps, pending-purge journals."""
     return cfg.data_dir / "hashproxy"
 
 
@@ -82,6 +90,9 @@ class ProxyApp:
         self.pages = LeastConnections(self.ypws)
         self.uploads = LeastConnections(self.ypfs)
         self._token = cfg.cluster.admin_token.encode()
+        self.journal = PurgeJournal(self.ypws.names, spill_dir(cfg), s.purge_journal_paths, s.purge_journal_bytes)
+        self.replayer = Replayer(self.journal, self.ypws, self.pools["ypws"], cfg.cluster.admin_token)
+        self.replayer.hold_pending()
         self.size_names = [p.name for p in cfg.sizes] + ["original"]
         self.pid = os.getpid()
 
@@ -112,8 +123,8 @@ class ProxyApp:
                                                         head_only=method == "HEAD"), keep_alive)
         else:  # PURGE, PURGE_PHOTO
             if not self.authorized(req.headers.auth):
-                return self._error(proto, 403, "forbidden", "PURGE needs 'Authorization: Bearer <admin token>'",
-                                   keep_alive, http10)
+                return self._error(proto, 401, "unauthorized", "PURGE needs 'Authorization: Bearer <admin token>'",
+                                   keep_alive, http10, [(b"WWW-Authenticate", b"Bearer")])
             from .purge import PurgeCycle
             return PurgeCycle(proto, req, self)
         if not candidates:
@@ -129,9 +140,9 @@ class ProxyApp:
                 "nodes": {role: ns.health.snapshot() for role, ns in self.nodesets.items()}}
 
     def _error(self, proto: "ProxyProtocol", status: int, code: str, message: str, keep_alive: bool,
-               http10: bool) -> Reply:
-        return Reply(proto, None, responses.error(status, code, message, keep_alive=keep_alive, http10=http10),
-                     keep_alive)
+               http10: bool, headers: Iterable[tuple[bytes, bytes]] = ()) -> Reply:
+        return Reply(proto, None, responses.error(status, code, message, keep_alive=keep_alive, http10=http10,
+                                                  headers=headers), keep_alive)
 
     async def sweep(self, interval: float = 0.25) -> None:
         """Check every timeout a few times a second, instead of arming a timer per request."""

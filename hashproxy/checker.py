@@ -3,14 +3,16 @@
 A fresh connection tests what a new request needs (accept, answer) and never
 competes with pooled keep-alive connections. Results feed the same HealthBoard
 as passive failures; each worker checks for itself (a few requests a second),
-so no worker depends on another to notice a node die or come back.
+so no worker depends on another to notice a node die or come back. A role may
+have a *gate* (replay.py): a success counts only once the node's pending purges
+have reached it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 from .balancer import NodeSet
 from .loads import UP
@@ -20,15 +22,17 @@ log = logging.getLogger("hashproxy")
 
 
 class HealthChecker:
-    def __init__(self, roles: Sequence[tuple[NodeSet, UpstreamPool]], interval: float, timeout: float):
+    def __init__(self, roles: Sequence[tuple[NodeSet, UpstreamPool]], interval: float, timeout: float,
+                 gates: Mapping[str, Callable[[int], bool]] | None = None):
         self.roles = tuple(roles)
         self.interval = interval
         self.timeout = timeout
+        self.gates = dict(gates or {})
 
     async def run(self) -> None:
         for nodes, _ in self.roles:
             for i in range(len(nodes)):
-                nodes.counters.set(i, UP, 1)
+                nodes.counters.set(i, UP, int(nodes.health.is_up(i)))
         while True:
             await asyncio.gather(*(self.check(nodes, pool, i) for nodes, pool in self.roles for i in range(len(nodes))))
             await asyncio.sleep(self.interval)
@@ -40,8 +44,11 @@ class HealthChecker:
         except UpstreamError:
             ok = False
         name = f"{nodes.role}/{nodes.names[node]}"
+        gate = self.gates.get(nodes.role)
         if ok:
-            if nodes.health.success(node):
+            if gate is not None and not gate(node):
+                pass  # held out until its pending purges are replayed
+            elif nodes.health.success(node):
                 log.info("%s is back; ramping up its share", name)
         elif nodes.health.failure(node):
             log.warning("%s failed its health checks; taking it out", name)

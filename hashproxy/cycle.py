@@ -364,7 +364,7 @@ class ProxyCycle(Cycle):
             self.nodes.counters.add(self.node, ERRORS)
             self.nodes.health.failure(self.node)
         else:
-            self.nodes.health.success(self.node)
+            self.nodes.health.success(self.node, revive=False)
         self.started = True
         # held back until the end of this read, so head and body usually leave in one write
         self._out = [self._response_head(status, reason, headers)]

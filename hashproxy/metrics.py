@@ -3,7 +3,8 @@
 Counters come from the shared table (loads.py), so any worker's /metrics shows
 the whole proxy. ``hashproxy_node_url_share`` is the fraction of image-URL space
 each ypws node owns now (health and ramp-up included), sampled over 2048
-synthetic keys at scrape time.
+synthetic keys at scrape time; ``hashproxy_node_purges_pending`` is 1 while a
+node has purges journaled for replay.
 """
 
 from __future__ import annotations
@@ -49,12 +50,16 @@ class ProxyCollector:
                 row += 1
         for name, fraction in zip(app.ypws.names, app.images.share()):
             share.add_metric([name], fraction)
+        pending = GaugeMetricFamily("hashproxy_node_purges_pending",
+                                    "1 while the node has purges journaled for replay on rejoin", labels=["node"])
+        for i, name in enumerate(app.ypws.names):
+            pending.add_metric([name], int(app.journal.pending(i)))
         workers = GaugeMetricFamily("hashproxy_workers", "Worker processes")
         workers.add_metric([], shared.workers)
         conns = GaugeMetricFamily("hashproxy_client_connections", "Open client connections of the answering worker")
         conns.add_metric([], len(app.connections))
         yield from fams.values()
-        yield from (up, share, workers, conns)
+        yield from (up, share, pending, workers, conns)
 
 
 def render(app: "ProxyApp") -> tuple[bytes, bytes]:

@@ -6,9 +6,14 @@
 during bounded-load spill or failover), with the path as given. ``PURGE
 /photos/u/id_s/`` purges the whole photo: for each size profile and
 ``original``, an extension-less ``PURGE /photos/u/id_s/{size}`` (ypws reads it as
-"every format of this size") on that key's targets. The answer is one JSON
-summary with a line per node call: 200 if every node answered below 500, else
-502 with the same summary.
+"every format of this size") on that key's targets.
+
+A node that is down (in this worker's view), or whose call fails (connect error,
+timeout, 5xx), does not lose the purge: it is appended to that node's journal
+(journal.py) and replayed before the node is given traffic again (replay.py).
+The answer is one JSON summary with a line per node call, each ``purged``,
+``queued`` or ``failed`` (not even journaled): 200 when every call was purged,
+202 when some were only queued, 502 when any failed.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from . import responses
 from .cycle import Cycle, Request
+from .loads import ERRORS
 from .upstream import UpstreamError, call
 from .urls import Route
 
@@ -26,6 +32,8 @@ if TYPE_CHECKING:
     from .protocol import ProxyProtocol
 
 PURGE_TIMEOUT = 10.0
+PURGED, QUEUED, FAILED = "purged", "queued", "failed"
+RANK = {PURGED: 0, QUEUED: 1, FAILED: 2}
 
 
 def purge_jobs(app: "ProxyApp", req: Request) -> list[tuple[int, str]]:
@@ -58,23 +66,64 @@ class PurgeCycle(Cycle):
         headers = [("Authorization", req.headers.auth.decode("latin-1")),
                    ("Via", "1.1 hashproxy"), ("X-Forwarded-For", req.client_ip.decode())]
         jobs = purge_jobs(self.app, req)
-        results = await asyncio.gather(*(self._one(node, path, headers) for node, path in jobs))
-        ok = all(r["ok"] for r in results)
-        summary = {"purged": req.target.path, "nodes": sorted({r["node"] for r in results}), "results": results}
-        if ok:
-            data = responses.response(200, responses.json_body(summary), b"application/json",
-                                      keep_alive=req.keep_alive, http10=req.http10)
-        else:
-            failed = sorted({r["node"] for r in results if not r["ok"]})
-            data = responses.error(502, "purge_incomplete", f"some nodes did not confirm the purge: {', '.join(failed)}",
-                                   extra=summary, keep_alive=req.keep_alive, http10=req.http10)
+        results = list(await asyncio.gather(*(self._one(node, path, headers) for node, path in jobs)))
+        await self._queue(jobs, results)
+        data = self.answer(results)
         self.proto.write(data)
         self.proto.cycle_done(self, req.keep_alive)
 
+    def answer(self, results: list[dict]) -> bytes:
+        """200 all purged, 202 some only queued for replay, 502 some neither."""
+        req = self.req
+        nodes: dict[str, str] = {}
+        for r in results:  # a node's worst outcome over its calls
+            seen = nodes.get(r["node"])
+            if seen is None or RANK[r["status"]] > RANK[seen]:
+                nodes[r["node"]] = r["status"]
+        worst = max((RANK[s] for s in nodes.values()), default=0)
+        status = {0: PURGED, 1: QUEUED, 2: FAILED}[worst]
+        summary = {"purged": req.target.path, "status": status, "nodes": sorted(nodes), "node_status": nodes,
+                   "results": results}
+        kw = {"keep_alive": req.keep_alive, "http10": req.http10}
+        if status == FAILED:
+            failed = sorted(n for n, s in nodes.items() if s == FAILED)
+            return responses.error(502, "purge_incomplete",
+                                   f"some nodes neither confirmed the purge nor could it be queued: {', '.join(failed)}",
+                                   extra=summary, **kw)
+        return responses.response(200 if status == PURGED else 202, responses.json_body(summary),
+                                  b"application/json", **kw)
+
     async def _one(self, node: int, path: str, headers: list[tuple[str, str]]) -> dict:
-        name = self.app.ypws.names[node]
+        ypws = self.app.ypws
+        name = ypws.names[node]
+        if not ypws.health.is_up(node):
+            return {"node": name, "path": path, "status": QUEUED, "reason": "node down"}
         try:
-            status, _ = await call(self.app.pools["ypws"], node, "PURGE", path, headers, timeout=PURGE_TIMEOUT)
+            code, _ = await call(self.app.pools["ypws"], node, "PURGE", path, headers, timeout=PURGE_TIMEOUT)
         except UpstreamError as exc:
-            return {"node": name, "path": path, "ok": False, "error": str(exc)}
-        return {"node": name, "path": path, "ok": status < 500, "status": status}
+            ypws.counters.add(node, ERRORS)
+            ypws.health.failure(node)
+            return {"node": name, "path": path, "status": QUEUED, "reason": str(exc)}
+        if code >= 500:
+            ypws.counters.add(node, ERRORS)
+            ypws.health.failure(node)
+            return {"node": name, "path": path, "status": QUEUED, "reason": f"node answered {code}", "code": code}
+        return {"node": name, "path": path, "status": PURGED, "code": code}
+
+    async def _queue(self, jobs: list[tuple[int, str]], results: list[dict]) -> None:
+        """Journal every queued call, one durable append per node; an append that fails is a failure."""
+        per_node: dict[int, list[int]] = {}
+        for k, ((node, _), r) in enumerate(zip(jobs, results)):
+            if r["status"] == QUEUED:
+                per_node.setdefault(node, []).append(k)
+        for node, ks in per_node.items():
+            try:
+                overflow = await asyncio.to_thread(self.app.journal.append, node, [jobs[k][1] for k in ks])
+            except OSError as exc:
+                for k in ks:
+                    results[k].update(status=FAILED, reason=f"{results[k]['reason']}; journal: {exc}")
+                continue
+            self.app.ypws.health.hold(node)  # no traffic for it here until the journal is replayed
+            if overflow:
+                for k in ks:
+                    results[k]["replay"] = "flush"  # the journal is full: its whole cache goes on rejoin

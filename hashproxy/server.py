@@ -38,7 +38,7 @@ async def serve(cfg: Config, sock: socket.socket, shared: SharedCounters, spill:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     checker = HealthChecker([(app.ypws, app.pools["ypws"]), (app.ypfs, app.pools["ypfs"])],
-                            s.health_interval, s.health_timeout)
+                            s.health_interval, s.health_timeout, gates={"ypws": app.replayer.gate})
     checks = loop.create_task(checker.run())
     sweeper = loop.create_task(app.sweep(min(0.25, s.read_timeout / 4, s.client_timeout / 4)))
     log.info("worker %d serving on %s:%d", worker, s.host, s.port)
@@ -52,6 +52,7 @@ async def serve(cfg: Config, sock: socket.socket, shared: SharedCounters, spill:
             await task
         except asyncio.CancelledError:
             pass
+    await app.replayer.stop()
 
 
 def run_worker(cfg: Config, sock: socket.socket, shared: SharedCounters, spill: SpillMap, worker: int) -> int:

@@ -151,6 +151,11 @@ def test_purge_reaches_a_node_that_got_the_url_by_failover(tmp_path, services):
     assert r.headers["X-Served-By"] == third  # two nodes down: its third choice serves (and caches) it
     pc.start_node(first)
     pc.start_node(second)
+    workers = pc.cfg.hashproxy.workers
+    deadline = time.monotonic() + 10  # every worker sees both back, else the purge would be queued (202)
+    while time.monotonic() < deadline and not all(
+            metric(pc.base, "hashproxy_node_up", f'node="{n}",role="ypws"') == workers for n in (first, second)):
+        time.sleep(0.1)
     auth = {"Authorization": f"Bearer {pc.cfg.cluster.admin_token}"}
     r = requests.request("PURGE", pc.base + url, headers=auth, timeout=10)
     assert r.status_code == 200, r.text

@@ -145,8 +145,8 @@ def test_purge_needs_the_admin_token(cluster):
     url = cluster.base + "/photos/erin/5_abc/small.jpg"
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": cluster.cfg.cluster.admin_token}):
         r = requests.request("PURGE", url, headers=headers, timeout=10)
-        assert r.status_code == 403
-        assert r.json()["error"] == "forbidden"
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+        assert r.json()["error"] == "unauthorized"  # as ypws answers
 
 
 def test_purge_of_one_size_reaches_exactly_its_first_nodes(cluster):
@@ -177,7 +177,8 @@ def test_purge_of_a_photo_purges_every_size_on_its_owning_nodes(cluster):
     for name, paths in expected.items():
         assert set(cluster.node_stats(name)["purges"]) == paths
     assert len(r.json()["results"]) == 2 * len(sizes)
-    assert all(x["ok"] for x in r.json()["results"])
+    assert all(x["status"] == "purged" for x in r.json()["results"])
+    assert r.json()["status"] == "purged" and set(r.json()["node_status"].values()) == {"purged"}
 
 
 # -- streaming ---------------------------------------------------------------------------------------------
