@@ -32,6 +32,12 @@ class TooLarge(RenderFailure):
     code = "too_many_pixels"
 
 
+class TooManyScans(RenderFailure):
+    """A progressive JPEG with more scans than any encoder writes: a CPU bomb (cluster.jpeg)."""
+
+    code = "too_many_scans"
+
+
 class RenderTimeout(RenderFailure):
     code = "render_timeout"
 

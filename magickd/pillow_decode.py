@@ -1,6 +1,4 @@
-"""Decoding with Pillow what libvips cannot: HEIC/HEVC and BMP (the pyvips binary lacks
-them), and JPEGs libvips refuses but Pillow reads (extraneous bytes before a marker,
-a progressive scan cut short: ypfs accepts these, as Pillow's strict decode passes them).
+"""Decoding the two formats the pyvips binary cannot read (HEIC/HEVC and BMP) with Pillow.
 
 The pixels are handed to pyvips straight away, so the rest of the pipeline is
 the same for every original. Decompression-bomb warnings are errors here, and
@@ -18,8 +16,7 @@ from .errors import Undecodable
 
 _heif_registered = False
 #: Pillow mode -> (mode to convert to, bands, libvips interpretation)
-MODES = {"RGB": ("RGB", 3, "srgb"), "RGBA": ("RGBA", 4, "srgb"), "L": ("L", 1, "b-w"), "LA": ("LA", 2, "b-w"),
-         "CMYK": ("CMYK", 4, "cmyk")}
+MODES = {"RGB": ("RGB", 3, "srgb"), "RGBA": ("RGBA", 4, "srgb"), "L": ("L", 1, "b-w"), "LA": ("LA", 2, "b-w")}
 
 
 def register_heif() -> None:
@@ -31,11 +28,8 @@ def register_heif() -> None:
         _heif_registered = True
 
 
-def decode(data: bytes, formats: list[str], at_least: int | None = None) -> pyvips.Image:
-    """The first frame, upright, 8-bit, as a pyvips image carrying the original's ICC profile.
-
-    ``at_least``: the decode may shrink (JPEG DCT scaling) while both sides stay at
-    least this long, as libvips' shrink-on-load does."""
+def decode(data: bytes, formats: list[str]) -> pyvips.Image:
+    """The first frame, upright, 8-bit, as a pyvips image carrying the original's ICC profile."""
     from PIL import Image, ImageOps
 
     register_heif()
@@ -43,8 +37,6 @@ def decode(data: bytes, formats: list[str], at_least: int | None = None) -> pyvi
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=formats) as im:
-                if at_least:
-                    im.draft(im.mode, (at_least, at_least))
                 im.load()
                 icc = im.info.get("icc_profile")
                 upright = ImageOps.exif_transpose(im)

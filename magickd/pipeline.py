@@ -29,7 +29,7 @@ from .steps.materialize import materialize
 from .steps.prepare import prepare
 from .steps.probe import probe
 from .steps.resize import resize
-from .steps.scale_on_load import scale_on_load, tolerant_jpeg
+from .steps.scale_on_load import scale_on_load
 from .steps.sharpen import sharpen
 from .steps.to_srgb import to_srgb
 
@@ -48,22 +48,11 @@ def run_steps(ctx: RenderContext, steps: Iterable[Step]) -> None:
         step(ctx)
 
 
-def decode_source(ctx: RenderContext) -> None:
-    """The source steps; a JPEG libvips refuses gets one more try through Pillow."""
-    try:
-        run_steps(ctx, SOURCE_STEPS)
-    except pyvips.Error as exc:
-        if not tolerant_jpeg(ctx):
-            raise
-        log.info("libvips refused a JPEG (%s); decoding it with Pillow", _first_lines(exc))
-        run_steps(ctx, SOURCE_STEPS[SOURCE_STEPS.index(scale_on_load):])
-
-
 def render(data: bytes, options: RenderOptions, clock: Callable[[], float] = time.monotonic) -> list[Output]:
     """Every target of ``options`` from one original's bytes; RenderFailure if it cannot be done."""
     ctx = RenderContext(data=data, options=options, deadline=Deadline(options.limits.timeout, clock))
     try:
-        decode_source(ctx)
+        run_steps(ctx, SOURCE_STEPS)
         profiles = {t.name: t.profile for t in options.targets}
         order = sorted(profiles, key=lambda n: ctx.boxes[n].resize_w * ctx.boxes[n].resize_h, reverse=True)
         for name in order:

@@ -28,6 +28,7 @@ from storage.keys import dedupe_key
 from storage.records import PhotoRecord
 
 from .helpers import CORPUS, REPO, Services, cluster_tree, write_config
+from .jpeg_craft import many_scan_jpeg
 
 MANIFEST = {r["path"]: r for r in csv.DictReader(open(CORPUS / "MANIFEST.tsv"), delimiter="\t")}
 VALID = sorted(p for p in MANIFEST if p.startswith(("formats/", "orientation/")))
@@ -281,9 +282,13 @@ def raw_request(url: str, head: str, body_chunks, timeout: float = 10.0) -> byte
         sock.close()
 
 
+def test_a_jpeg_scan_bomb_is_refused_before_any_decoding(ypfs):
+    """883 legal scans over a 64 MP canvas in 300 KB: libjpeg spends ~13 s of CPU on it."""
+    r = ypfs.upload("hostile", many_scan_jpeg(8000, 8000), "bomb.jpg", timeout=10)
+    assert r.status_code == 422 and r.json()["error"] == "too_many_scans"
+
+
 def test_a_decode_past_its_deadline_is_a_clear_422():
-    """The JPEG check is a Pillow decode, which cannot be killed; its input stream
-    refuses to feed it past the deadline instead."""
     import dataclasses
 
     from cluster.config import load

@@ -26,6 +26,9 @@ def serve(args: argparse.Namespace) -> int:
         import pyvips
 
         pyvips.cache_set_max(0)  # validation decodes each file once: nothing to cache
+        # a strict decode is sequential (one entropy stream): more threads only add hand-offs,
+        # and the upload's other work (the original's PUT) has the other core
+        pyvips.concurrency_set(1)
         from magickd.client import RenderClient
         from storage import open_store
 

@@ -9,26 +9,24 @@ Order matters, and every step is bounded:
 3. a strict decode reads every byte of image data, killed past a time limit;
 4. EXIF is read for taken-at and camera only; GPS is never read out.
 
-JPEG, the bulk of uploads, is decoded once, by Pillow, DCT-scaled to 1/8 (every
-entropy-coded byte is still read and checked, for about half the cost of a full
-decode). Pillow is the stricter of the two decoders on broken entropy data
-(``hostile/8a9cc8ee…`` passes libvips even with ``fail_on=warning``); what it
-tolerates and libvips refuses (extraneous bytes before a marker, a scan cut
-short inside a progressive file) magickd renders through its Pillow fallback,
-so every accepted JPEG renders. A second, libvips decode here would double
-the CPU an upload costs for no photo it would still refuse.
+libvips decodes with ``fail_on=warning`` (it otherwise fills truncated data
+silently), bounded by a deadline. JPEG, the bulk of uploads, is
+decoded once, DCT-scaled to 1/8 when large (every entropy-coded byte is still
+read and checked, for about half the cost of a full decode), after a walk of
+its markers (cluster.jpeg) that refuses scan bombs and a missing end of image,
+the one damage in the corpus libjpeg lets through. That walk costs under a
+millisecond where a second, Pillow decode cost as much as the first.
 
-Other formats decode with libvips told to fail on warnings (it otherwise fills
-truncated data silently); PNG and GIF are cross-checked by Pillow's stricter
-chunk and LZW parsers. pyvips serves PNG, GIF, WebP, TIFF and AVIF headers and
-decodes. The pyvips binary wheel has no BMP loader and no HEVC decoder, so BMP
-and HEIC go through Pillow (with pillow-heif), each opened with an explicit
-one-format allow-list.
+PNG and GIF are cross-checked by Pillow's stricter chunk and LZW parsers.
+pyvips serves JPEG, PNG, GIF, WebP, TIFF and AVIF. The pyvips binary wheel has
+no BMP loader and no HEVC decoder, so BMP and HEIC go through Pillow (with
+pillow-heif), each opened with an explicit one-format allow-list.
 """
 
 from __future__ import annotations
 
 import io
+import mmap
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from pathlib import Path
 import pyvips
 
 from cluster.config import LimitsSection
+from cluster.jpeg import JpegStructureError, count_scans
 
 from .pool import background
 
@@ -118,10 +117,11 @@ def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int
         height = header.get("page-height")
     _check_pixels(width, height, pages, limits)
 
-    if fmt == "jpeg":
-        _pillow_strict_decode(path, fmt, limits.decode_timeout)
-        return width, height, pages, orientation if isinstance(orientation, int) else 1
     opts: dict = {"access": "sequential", "fail_on": "warning"}
+    if fmt == "jpeg":
+        _check_jpeg_structure(path)
+        if width * height > 4_000_000:
+            opts["shrink"] = 8  # the whole entropy stream is still read and checked
     if fmt in _ANIMATED and pages > 1 and width * height * pages <= limits.max_pixels:
         opts["n"] = -1  # every frame, when the whole animation fits the pixel budget
     # the two decoders release the GIL: the cross-check runs beside the libvips decode
@@ -143,12 +143,24 @@ def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int
     return width, height, pages, orientation if isinstance(orientation, int) else 1
 
 
-#: Pillow's parsers are stricter than libvips' (libpng, libjpeg) on some damage:
-#: bad ancillary-chunk CRCs, truncated pHYs/cHRM chunks, text-chunk bombs, broken
-#: entropy data. PNG uses verify() (walks every chunk and CRC without allocating
-#: pixels); JPEG a DCT-scaled decode (its only decode, see above); GIF a decode of
-#: the first frame (1 byte a pixel), which sees truncated LZW data.
-_PILLOW_STRICT = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF"}
+def _check_jpeg_structure(path: str | bytes) -> None:
+    try:
+        if isinstance(path, bytes):
+            count_scans(path)
+        else:
+            with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                count_scans(data)
+    except JpegStructureError as exc:
+        raise ImageRejected(422, exc.code, str(exc)) from None
+    except ValueError:  # mmap of an empty file
+        raise ImageRejected(422, "undecodable", "the JPEG is empty") from None
+
+
+#: Pillow's parsers are stricter than libpng on some damage: bad ancillary-chunk
+#: CRCs, truncated pHYs/cHRM chunks, text-chunk bombs. PNG uses verify() (walks
+#: every chunk and CRC without allocating pixels); GIF a decode of the first frame
+#: (1 byte a pixel), which sees truncated LZW data.
+_PILLOW_STRICT = {"png": "PNG", "gif": "GIF"}
 
 
 class DecodeTimeout(Exception):
@@ -182,10 +194,7 @@ def _pillow_strict_decode(path: str | bytes, fmt: str, timeout: float) -> None:
             with _open(path) as fh, Image.open(_DeadlineReader(fh, timeout), formats=[_PILLOW_STRICT[fmt]]) as im:
                 if fmt == "png":
                     im.verify()
-                elif fmt == "gif":
-                    im.load()
                 else:
-                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
                     im.load()
     except DecodeTimeout:
         raise ImageRejected(422, "decode_timeout", f"decoding took longer than {timeout:g}s") from None

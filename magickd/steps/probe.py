@@ -1,7 +1,8 @@
 """Read the original's header only: accepted format, upright size, and the pixel limit.
 
 Nothing is decoded here, so a 4-gigapixel PNG bomb costs a header parse and is
-refused before any pixel buffer exists. The format is decided by content, not
+refused before any pixel buffer exists; a JPEG's markers are walked too, so a
+scan bomb (cluster.jpeg) is refused before libjpeg spends a minute on it. The format is decided by content, not
 by the record or a file name, and only the formats the cluster accepts pass.
 """
 
@@ -11,8 +12,10 @@ import io
 
 import pyvips
 
+from cluster.jpeg import JpegStructureError, count_scans
+
 from ..context import RenderContext, Source
-from ..errors import TooLarge, Undecodable, UnsupportedFormat
+from ..errors import TooLarge, TooManyScans, Undecodable, UnsupportedFormat
 
 #: libvips loaders we trust with originals, and the format each one means
 VIPS_LOADERS = {
@@ -36,6 +39,11 @@ def probe(ctx: RenderContext) -> None:
     if pixels > ctx.options.limits.max_pixels:
         raise TooLarge(f"{source.width}x{source.height}x{source.pages} pixels is over the limit of "
                        f"{ctx.options.limits.max_pixels}")
+    if source.fmt == "jpeg":
+        try:
+            count_scans(ctx.data)
+        except JpegStructureError as exc:
+            raise (TooManyScans if exc.code == "too_many_scans" else Undecodable)(str(exc)) from None
     ctx.source = source
 
 
