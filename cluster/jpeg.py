@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 
-MAX_SCANS = 150
+MAX_SCANS = 100
 
 _MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _SOI, _EOI, _SOS, _TEM = 0xD8, 0xD9, 0xDA, 0x01
