@@ -5,7 +5,8 @@ competes with pooled keep-alive connections. Results feed the same HealthBoard
 as passive failures; each worker checks for itself (a few requests a second),
 so no worker depends on another to notice a node die or come back. A role may
 have a *gate* (replay.py): a success counts only once the node's pending purges
-have reached it.
+have reached it; it is asked after every check, so a node gets held out even while
+it is still down.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ log = logging.getLogger("hashproxy")
 
 class HealthChecker:
     def __init__(self, roles: Sequence[tuple[NodeSet, UpstreamPool]], interval: float, timeout: float,
-                 gates: Mapping[str, Callable[[int], bool]] | None = None):
+                 gates: Mapping[str, Callable[[int, bool], bool]] | None = None):
         self.roles = tuple(roles)
         self.interval = interval
         self.timeout = timeout
@@ -45,10 +46,9 @@ class HealthChecker:
             ok = False
         name = f"{nodes.role}/{nodes.names[node]}"
         gate = self.gates.get(nodes.role)
+        cleared = gate(node, ok) if gate is not None else True  # False: held out, purges pending
         if ok:
-            if gate is not None and not gate(node):
-                pass  # held out until its pending purges are replayed
-            elif nodes.health.success(node):
+            if cleared and nodes.health.success(node):
                 log.info("%s is back; ramping up its share", name)
         elif nodes.health.failure(node):
             log.warning("%s failed its health checks; taking it out", name)

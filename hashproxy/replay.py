@@ -1,12 +1,14 @@
 """Replay on rejoin: a node's pending purges reach it before it is given traffic again.
 
-The health checker asks ``gate(node)`` after every successful check of a ypws
-node. With nothing pending, the success counts as usual. With purges pending,
-a node that is down is *held* out (HealthBoard.hold) and a replay starts in
-the background; it comes back (and its ramp-up starts) only once the journal is
-empty. A node that is up keeps serving while its journal (a purge that failed
-on it, or one queued by a worker that saw it down) is replayed within one
-health interval; if that replay fails it is taken out too.
+The health checker asks ``gate(node, ok)`` after every check of a ypws node.
+With nothing pending, the check counts as usual. With purges pending, the node
+is *held* out (HealthBoard.hold) in this worker, whether it answered or not,
+and once it answers a replay starts in the background; the node comes back (and
+its ramp-up starts) only once its journal is empty. So every worker takes a
+node out within one health interval of a purge being queued for it, and none
+gives it traffic again before the purge was delivered. (A node restarted faster
+than one interval can meet a worker that has not yet seen the queued purge, so
+a queued purge takes effect at worst one health interval late there.)
 
 Only one process replays a node at a time (a non-blocking flock); the others
 keep the node held until they see its journal empty. A replay is all or
@@ -51,16 +53,17 @@ class Replayer:
             self.nodes.health.hold(i)
         return held
 
-    def gate(self, node: int) -> bool:
-        """After a successful check: whether it may count (nothing pending, or the node is up anyway)."""
+    def gate(self, node: int, ok: bool) -> bool:
+        """After a check (``ok``: it passed): whether a success may count, i.e. nothing is pending."""
         health = self.nodes.health
         if not self.journal.pending(node):
             health.release(node)
             return True
-        if not health.is_up(node):
-            health.hold(node)
-        self.kick(node)
-        return health.is_up(node)
+        if health.hold(node):
+            log.warning("ypws/%s has purges pending; taking it out until they are replayed", self.nodes.names[node])
+        if ok:
+            self.kick(node)
+        return False
 
     def kick(self, node: int) -> None:
         task = self.tasks.get(node)
