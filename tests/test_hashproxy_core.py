@@ -296,3 +296,39 @@ def test_bounded_loads_do_not_spill_below_the_minimum_load():
         assert node == first
         nodes.counters.add(node, INFLIGHT)
     assert bal.choose(hot)[0] != first
+
+
+def _keys_avoiding(spill: SpillMap, slot: int, n: int) -> list[str]:
+    out = (f"/photos/fill/{i}_s/small" for i in range(10**6))
+    return [k for k in out if spill._slot(k) != slot][:n]
+
+
+def test_spill_marks_age_out_after_two_generations_unless_marked_again(tmp_path):
+    spill = SpillMap(["a", "b"], tmp_path, slots=1 << 10, rotate_fill=0.1)  # a generation: ~102 marks
+    old, kept = "/photos/old/1_s/small", "/photos/kept/2_s/small"
+    spill.mark(0, old)
+    spill.mark(0, kept)
+    fillers = _keys_avoiding(spill, spill._slot(old), 400)
+    fillers = [k for k in fillers if spill._slot(k) != spill._slot(kept)]
+    it = iter(fillers)
+    while spill.generation(0) < 1:
+        spill.mark(0, next(it))
+    assert spill.nodes(old) == [0] and spill.nodes(kept) == [0]  # one generation old: still consulted
+    spill.mark(0, kept)  # served there again: marked in the new generation
+    other = SpillMap(["a", "b"], tmp_path, slots=1 << 10, rotate_fill=0.1)  # another worker, same files
+    while other.generation(0) < 2:
+        last = next(it)
+        other.mark(0, last)
+    assert spill.nodes(old) == []  # two generations without a mark: forgotten
+    assert spill.nodes(kept) == [0]
+    assert spill.nodes(last) == [0] and spill.generation(1) == 0  # node b untouched
+
+
+def test_spill_map_keeps_the_marks_of_a_single_generation_file(tmp_path):
+    slots = 1 << 10
+    probe = SpillMap(["a"], None, slots=slots)
+    key = "/photos/legacy/1_s/small"
+    legacy = bytearray(slots)
+    legacy[probe._slot(key)] = 1
+    (tmp_path / "spill-a.bin").write_bytes(bytes(legacy))  # the layout before generations
+    assert SpillMap(["a"], tmp_path, slots=slots).nodes(key) == [0]
