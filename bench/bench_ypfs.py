@@ -70,6 +70,19 @@ def _measure(fn, jobs: int, concurrency: int, servers: dict[str, int]) -> dict:
     }
 
 
+def _settle(pid: int, quiet: float = 0.02, timeout: float = 30.0) -> None:
+    """Wait until a server tree is idle: /healthz answers from the first worker up while the
+    others still import pyvips and friends, and that CPU must not land in the first measurement."""
+    deadline = time.monotonic() + timeout
+    before = procs.cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = procs.cpu_seconds(pid)
+        if now - before < quiet:
+            return
+        before = now
+
+
 def main() -> None:
     data = PHOTO.read_bytes()
     tmp = Path(tempfile.mkdtemp(prefix="bench-ypfs-"))
@@ -96,6 +109,7 @@ def main() -> None:
         proc = procs.start(procs.python_module("ypfs", "serve", "--node", "ypfs1"), log=tmp / "ypfs.log",
                            env={"YUPOO_CONFIG": str(cfg_path), "PYTHONPATH": str(REPO)})
         procs.wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        _settle(proc.pid)
 
         sessions = threading.local()
         counter = iter(range(10**9))
