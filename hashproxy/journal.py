@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from cluster.locks import try_flock
+
 HEADER = struct.Struct("<4sB3xQQQ")  # magic, flush, gen, count, used
 MAGIC = b"YPJ1"
 
@@ -162,13 +164,7 @@ class PurgeJournal:
 
     def try_replay_lock(self, node: int) -> int | None:
         """An fd holding the node's replay lock, or None if another process is replaying it."""
-        fd = os.open(self._path(node, "replay"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
+        return try_flock(self._path(node, "replay"), 0o600)
 
     @staticmethod
     def release(fd: int) -> None:

@@ -15,7 +15,6 @@ crashed worker can never leak a slot the way a shared counter would.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from contextlib import contextmanager
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import xxhash
+
+from cluster.locks import try_flock
 
 from .errors import Busy, Unavailable
 
@@ -76,13 +77,7 @@ class Admission:
 
     # -- plumbing ----------------------------------------------------------------------
     def _try(self, path: Path) -> int | None:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
+        return try_flock(path)
 
     def _try_any(self, kind: str, count: int) -> int | None:
         start = os.getpid() % count  # spread first tries so workers do not all contend on lock 0

@@ -20,13 +20,13 @@ URLs, so ids cannot be enumerated into photos.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import secrets
 import threading
 import time
 from pathlib import Path
 from typing import Callable
+
+from cluster.locks import try_flock
 
 NODE_BITS, SLOT_BITS, SEQ_BITS = 8, 4, 10
 MAX_NODE, MAX_SLOT, MAX_SEQ = (1 << NODE_BITS) - 1, (1 << SLOT_BITS) - 1, (1 << SEQ_BITS) - 1
@@ -45,13 +45,9 @@ def claim_slot(lock_dir: Path) -> tuple[int, int]:
     """Hold an exclusive flock on a free slot file; return (slot, fd). The fd must stay open."""
     lock_dir.mkdir(parents=True, exist_ok=True)
     for slot in range(MAX_SLOT + 1):
-        fd = os.open(lock_dir / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        return slot, fd
+        fd = try_flock(lock_dir / f"slot-{slot}.lock")
+        if fd is not None:
+            return slot, fd
     raise IdError(f"all {MAX_SLOT + 1} id slots in {lock_dir} are held; too many workers on one node")
 
 
