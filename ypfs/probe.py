@@ -125,8 +125,8 @@ def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int
     if fmt in _ANIMATED and pages > 1 and width * height * pages <= limits.max_pixels:
         opts["n"] = -1  # every frame, when the whole animation fits the pixel budget
     # the two decoders release the GIL: the cross-check runs beside the libvips decode
-    cross_check = (background().submit(_pillow_strict_decode, path, fmt, limits.decode_timeout)
-                   if fmt in _PILLOW_STRICT else None)
+    cross_check = (background().submit(_pillow_cross_check, path, fmt, limits.decode_timeout)
+                   if fmt in _PILLOW_CROSS_CHECK else None)
     try:
         image = loader(path, **opts)
         _decode_with_deadline(image, limits.decode_timeout)
@@ -160,7 +160,7 @@ def _check_jpeg_structure(path: str | bytes) -> None:
 #: CRCs, truncated pHYs/cHRM chunks, text-chunk bombs. PNG uses verify() (walks
 #: every chunk and CRC without allocating pixels); GIF a decode of the first frame
 #: (1 byte a pixel), which sees truncated LZW data.
-_PILLOW_STRICT = {"png": "PNG", "gif": "GIF"}
+_PILLOW_CROSS_CHECK = {"png": "PNG", "gif": "GIF"}
 
 
 class DecodeTimeout(Exception):
@@ -183,7 +183,7 @@ class _DeadlineReader:
         return getattr(self._fh, name)
 
 
-def _pillow_strict_decode(path: str | bytes, fmt: str, timeout: float) -> None:
+def _pillow_cross_check(path: str | bytes, fmt: str, timeout: float) -> None:
     from PIL import Image
 
     try:
@@ -191,7 +191,7 @@ def _pillow_strict_decode(path: str | bytes, fmt: str, timeout: float) -> None:
             warnings.simplefilter("error")
             # the declared pixels were checked against our own limit already
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open(path) as fh, Image.open(_DeadlineReader(fh, timeout), formats=[_PILLOW_STRICT[fmt]]) as im:
+            with _open(path) as fh, Image.open(_DeadlineReader(fh, timeout), formats=[_PILLOW_CROSS_CHECK[fmt]]) as im:
                 if fmt == "png":
                     im.verify()
                 else:

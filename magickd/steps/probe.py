@@ -2,8 +2,9 @@
 
 Nothing is decoded here, so a 4-gigapixel PNG bomb costs a header parse and is
 refused before any pixel buffer exists; a JPEG's markers are walked too, so a
-scan bomb (cluster.jpeg) is refused before libjpeg spends a minute on it. The format is decided by content, not
-by the record or a file name, and only the formats the cluster accepts pass.
+scan bomb (cluster.jpeg) is refused before libjpeg spends seconds on it. The
+format is decided by content, not by the record or a file name, and only the
+formats the cluster accepts pass.
 """
 
 from __future__ import annotations
