@@ -2,10 +2,16 @@
 
 ``image + amount * (image - gaussian(sigma))`` folds into a single 3x3 (sigma
 < 0.75) or 5x5 kernel applied to the colour bands in sRGB: a few ms on a 2048px
-image, where libvips' ``sharpen`` (which works in Lab) costs tens of ms. The
-kernel's fixed-point scale is kept small enough (positive taps x 255 within 16
-bits) for libvips' vectorised integer path, which is ~15x faster than the
-general one.
+image, where libvips' ``sharpen`` (which works in Lab) costs tens of ms.
+
+The kernel is built for libvips' vectorised integer path (~10x faster than its
+general one), which does not apply a mask as given: it requantises the taps to
+8-bit mantissas over one power-of-two exponent (``vips_convi_intize``), so a
+kernel over 64 loses its small corner taps there and stops summing to one,
+brightening flat areas by 6%, and a kernel it finds too inaccurate falls back
+to the slow path. So the scale is the power of two that path uses for the
+kernel's centre tap, and every tap is an integer it holds exactly: the
+vectorised path, the general path and the kernel agree to the bit.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import pyvips
 
 from ..context import RenderContext
 
-MAX_POSITIVE = 127  # sum of positive taps: x 255 must fit a signed 16-bit accumulator
+MAX_POSITIVE = 127  # sum of positive mantissas: x 255 must fit a signed 16-bit accumulator
 
 
 @lru_cache(maxsize=64)
@@ -29,13 +35,31 @@ def kernel(sigma: float, amount: float) -> tuple[tuple[tuple[int, ...], ...], in
     total = sum(map(sum, gauss))
     rows = [[-amount * g / total for g in row] for row in gauss]
     rows[radius][radius] += 1 + amount
-    scale = 64
+    scale = 1 << max(0, _exponent(rows[radius][radius]))
     while True:
         ints = [[round(v * scale) for v in row] for row in rows]
         ints[radius][radius] += scale - sum(map(sum, ints))  # exact sum despite rounding
-        if sum(v for row in ints for v in row if v > 0) <= MAX_POSITIVE or scale <= 4:
+        if vector_exact(ints, scale) or scale == 1:
             return _trim(ints), scale
         scale //= 2
+
+
+def _exponent(largest: float) -> int:
+    """The exponent libvips' vector path gives a mask whose largest tap is ``largest``:
+    mantissas are taps x 2**exponent (vips_convi_intize: shift = ceil(log2(max) + 1))."""
+    return 7 - math.ceil(math.log2(largest) + 1)
+
+
+def vector_exact(taps: list[list[int]], scale: int) -> bool:
+    """Whether libvips' vectorised integer convolution applies ``taps / scale`` exactly
+    (and takes it at all: mantissas within 8 bits, positive ones within the accumulator)."""
+    flat = [v for row in taps for v in row]
+    exponent = _exponent(max(flat) / scale)
+    if exponent < 0 or (1 << exponent) % scale:
+        return False
+    mantissas = [v * (1 << exponent) // scale for v in flat]
+    return (all(-128 <= m <= 127 for m in mantissas)
+            and sum(m for m in mantissas if m > 0) <= MAX_POSITIVE)
 
 
 def _trim(rows: list[list[int]]) -> tuple[tuple[int, ...], ...]:
