@@ -14,6 +14,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from cluster.config import SizeProfile
 
@@ -24,6 +25,7 @@ from .keys import EXTENSIONS, PhotoRef, record_key, user_key, valid_user
 PIPELINE_REVISION = 2  # 2: sharpening kernels exact on libvips' vector path (no 6% brightening)
 
 
+@lru_cache(maxsize=256)  # every rendition URL carries one: pages and upload answers make many
 def profile_version(profile: SizeProfile, revision: int = PIPELINE_REVISION) -> str:
     """8 hex chars derived from everything that shapes a rendition's pixels and bytes.
 
