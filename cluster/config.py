@@ -155,6 +155,7 @@ class YpwsSection:
     signed_url_max_ttl: int = 604800
     unversioned_max_age: int = 300
     client_timeout: float = 10.0
+    max_connections: int = 1000
     cache_policy: str = "s4lru"
     threads: int = 8
     timeout: int = 60
@@ -177,6 +178,7 @@ class HashproxySection:
     connect_timeout: float = 2.0
     read_timeout: float = 60.0
     client_timeout: float = 30.0
+    max_connections: int = 1000
     max_request_line: int = 8190
     max_header_bytes: int = 65536
     image_balance: str = "hash"

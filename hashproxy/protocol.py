@@ -19,6 +19,8 @@ import httptools
 from . import responses
 from .cycle import Cycle, Reply
 
+SHED_LINGER = 1.0  # seconds a connection refused at the cap may take to close its side
+
 if TYPE_CHECKING:
     from .app import ProxyApp
 
@@ -60,6 +62,20 @@ class ProxyProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0]).encode()
+        if len(self.app.connections) >= self.app.settings.max_connections:
+            # File descriptors are finite: shed the newest rather than fail accept() for everyone.
+            # Its request is still coming in, and closing on unread data would reset the
+            # connection and lose the answer: shut our side, drop what arrives (closing is
+            # set), and close when the client does, or after SHED_LINGER.
+            self.closing = True
+            self.transport.write(responses.error(503, "overloaded", "too many open connections; try again shortly",
+                                                 keep_alive=False, headers=[(b"Retry-After", b"1")]))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.loop.call_later(SHED_LINGER, self.transport.close)
+            else:
+                self.transport.close()
+            return
         self.app.connections.add(self)
         self._arm_idle_timer()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,29 @@ def seed_photo(store, user: str, path: Path, *, photo_id: str | None = None, pri
 
 
 _SEED_IDS = iter(range(int(__import__("time").time() * 1000) * 1000, 10**18))
+
+
+def check_connection_cap(port: int, cap: int) -> None:
+    """A server capped at ``cap`` connections per worker (one worker): with ``cap`` idle ones
+    held open, the next is answered 503 and closed at once; once they go, it serves again."""
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(cap)]
+    try:
+        time.sleep(0.3)  # let the worker take them all
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while chunk := extra.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        assert b'"overloaded"' in answer and b"Retry-After: 1" in answer
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if sock.recv(65536).startswith(b"HTTP/1.1 200"):
+                return
+        assert time.monotonic() < deadline, "still refusing after the held connections closed"
+        time.sleep(0.1)

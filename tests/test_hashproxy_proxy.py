@@ -15,7 +15,7 @@ from cluster.config import dump_toml, load
 from hashproxy.ring import Ring
 
 from .hashproxy_support import ProxyCluster, image_urls
-from .helpers import Services, deep_update
+from .helpers import Services, check_connection_cap, deep_update
 
 pytestmark = pytest.mark.slow
 
@@ -317,6 +317,11 @@ def test_metrics_show_per_node_requests_and_url_share(cluster):
 
 
 # -- node removal -------------------------------------------------------------------------------------------------
+
+
+def test_connections_past_the_cap_get_503_and_the_proxy_keeps_serving(tmp_path, services):
+    pc = ProxyCluster(tmp_path, services, ypws=1, hashproxy={"workers": 1, "max_connections": 3}).start()
+    check_connection_cap(pc.cfg.hashproxy.port, 3)
 
 
 def test_removing_a_node_from_the_config_moves_only_its_urls(tmp_path, services):

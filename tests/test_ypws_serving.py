@@ -23,7 +23,7 @@ from storage import open_store
 from storage.records import profile_version
 from ypws.signing import sign_url
 
-from .helpers import CORPUS, REPO, Services, cluster_tree, deep_update, seed_photo
+from .helpers import CORPUS, REPO, Services, check_connection_cap, cluster_tree, deep_update, seed_photo
 from .ypws_support import access_lines, decode, metric, raw_http, seed_rendition, start_ypws, wait_for
 
 pytestmark = pytest.mark.slow
@@ -383,6 +383,12 @@ def test_malformed_requests_never_500(world):
         assert 400 <= status < 500 and b'"error"' in answer, answer[:200]
     # the node still serves afterwards
     assert requests.get(url_of(world, "land", "thumb"), timeout=30).status_code == 200
+
+
+def test_connections_past_the_cap_get_503_and_the_node_keeps_serving(tmp_path, services):
+    tree = cluster_tree(tmp_path, ypws_nodes=1, overrides={"ypws": {"workers": 1, "max_connections": 3}})
+    cfg, _ = start_ypws(services, tmp_path, tree)
+    check_connection_cap(cfg.ypws.nodes[0].port, 3)
 
 
 def test_a_slow_loris_client_gets_408_instead_of_holding_the_connection(world):

@@ -135,6 +135,7 @@ class ImageService:
         self.max_ttl = y.signed_url_max_ttl
         self.max_age = y.max_age
         self.client_timeout = y.client_timeout  # read by the worker's connection sweep
+        self.max_connections = y.max_connections  # read by the worker as connections arrive
         self.hotlink = HotlinkPolicy.from_config(cfg)
         self.hotlink_placeholder = y.hotlink_action == "placeholder"
         self.profiles = {p.name: p for p in cfg.sizes}

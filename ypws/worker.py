@@ -47,6 +47,9 @@ HEAD_MEMO_MAX = 4096
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 
 
+SHED_LINGER = 1.0  # seconds a refused connection may take to close its side
+
+
 class _Refused(Exception):
     def __init__(self, status: int, code: str, message: str):
         self.status, self.code, self.message = status, code, message
@@ -86,6 +89,7 @@ class HttpProtocol(asyncio.Protocol):
         self.peer = ("", 0)
         self.pending: deque[_Request] = deque()
         self.busy = False
+        self.shed = False  # refused at the connection cap: incoming data is dropped
         self.last_active = self.loop.time()
         self.started: float | None = None  # when the request being received sent its first byte
         self.can_write = threading.Event()
@@ -105,6 +109,11 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.peer = transport.get_extra_info("peername") or ("", 0)
+        if len(self.worker.connections) >= self.worker.max_connections:
+            # file descriptors are finite: shed the newest rather than fail accept() for everyone
+            self._refuse(503, "overloaded", "too many open connections; try again shortly", b"Retry-After: 1\r\n",
+                         linger=True)
+            return
         self.worker.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -119,6 +128,8 @@ class HttpProtocol(asyncio.Protocol):
         self.can_write.set()
 
     def data_received(self, data: bytes) -> None:
+        if self.shed:
+            return  # read and dropped: closing with unread data would reset the connection
         self.last_active = self.loop.time()
         try:
             self.parser.feed_data(data)
@@ -223,8 +234,13 @@ class HttpProtocol(asyncio.Protocol):
         transport.writelines(head)
         return 0
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer a request we could not even parse, then close."""
+    def _refuse(self, status: int, code: str, message: str, extra: bytes = b"", linger: bool = False) -> None:
+        """Answer a request we could not even parse (or take), then close.
+
+        ``linger``: for a connection refused before its request was read. Its request is
+        then still coming in, and closing on unread data would make the kernel reset the
+        connection, losing the answer: so our side is shut for writing, what arrives is
+        dropped, and the connection is closed when the client closes it (or in a second)."""
         if self.transport is None:
             return
         import json
@@ -232,11 +248,16 @@ class HttpProtocol(asyncio.Protocol):
         body = json.dumps({"error": code, "message": message}).encode()
         self.transport.writelines([
             STATUS_LINES[status], b"Content-Type: application/json\r\nContent-Length: ", str(len(body)).encode(),
-            b"\r\nConnection: close\r\n", self.worker.date_header(), b"\r\n", body,
+            b"\r\nConnection: close\r\n", extra, self.worker.date_header(), b"\r\n", body,
         ])
         if self.log.enabled:
             self.log.write(b"-", self.url[:200], status, len(body), "-", 0.0, None, None, self.peer[0])
-        self.transport.close()
+        if linger and self.transport.can_write_eof():
+            self.shed = True
+            self.transport.write_eof()
+            self.loop.call_later(SHED_LINGER, self.transport.close)
+        else:
+            self.transport.close()
 
     # -- the WSGI route ------------------------------------------------------------------------
     def _dispatch(self, req: _Request) -> None:
@@ -378,6 +399,7 @@ class YpwsWorker(base.Worker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.connections: set[HttpProtocol] = set()
+        self.max_connections = self.cfg.worker_connections  # the node's own limit once the app is loaded
         self.servers: list = []
         self.head_memo: dict[tuple, bytes] = {}  # encoded header blocks of recent replies
         self._date = (0, b"")
@@ -396,6 +418,7 @@ class YpwsWorker(base.Worker):
         super().load_wsgi()
         self.service = getattr(self.wsgi, "service", None)
         self.cache = getattr(self.wsgi, "cache", None)
+        self.max_connections = int(getattr(self.service, "max_connections", self.cfg.worker_connections))
         self.access = getattr(self.wsgi, "access_log", None) or AccessLog.off()
         self.executor = ThreadPoolExecutor(max(1, self.cfg.threads), thread_name_prefix="ypws-wsgi")
 
