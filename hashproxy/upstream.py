@@ -235,6 +235,8 @@ async def call(pool: UpstreamPool, node: int, method: str, path: str, headers: S
         conn = (pool.idle(node) if pooled else None) or await pool.connect(node)
     except ConnectFailed as exc:
         raise UpstreamError(str(exc)) from None
+    if conn.closed:  # closed by the node between connecting and now: no callback would come
+        raise UpstreamError("connection closed by the node at once")
     fut = asyncio.get_running_loop().create_future()
     collector = _Collector(fut)
     conn.begin(collector)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -82,6 +83,44 @@ def test_node_killed_mid_load_fails_over_then_rejoins(tmp_path, services):
         time.sleep(0.3)
     assert seen == owner
     assert metric(pc.base, "hashproxy_node_url_share", 'node="ypws2"') > 0.25
+
+
+def test_a_node_that_drops_connections_at_once_never_stalls_a_request(tmp_path, services):
+    """A node going away can accept a connection (the kernel does) and close it before the
+    proxy has used it. Such a request once waited out the whole read timeout with no
+    callback left to come; it must move on to the next node at once. The node here stays
+    "up" (no health checks in the test's time, a huge failure threshold), so every one of
+    its URLs meets the dropping node first; about one in ten hit the race before the fix."""
+    pc = ProxyCluster(tmp_path, services, ypws=2, hashproxy={
+        "health_interval": 60.0, "fail_threshold": 100000, "read_timeout": 30.0, "workers": 1})
+    dropper = socket.create_server(("127.0.0.1", pc.cfg.node("ypws", "ypws1").port), backlog=128)
+    stop = threading.Event()
+
+    def drop() -> None:
+        dropper.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = dropper.accept()
+            except OSError:  # timeout, or closed at the end
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=drop, daemon=True)
+    thread.start()
+    try:
+        pc.start_node("ypws2")
+        pc.start_proxy()
+        ring = Ring([n.name for n in pc.cfg.ypws.nodes])
+        urls = [u for u in image_urls(200, user="lou") if ring.owner(u.rsplit(".", 1)[0]) == "ypws1"][:60]
+        assert len(urls) >= 40
+        s = requests.Session()
+        for u in urls:
+            r = s.get(pc.base + u, timeout=10)  # a stalled request would wait 30 s: ReadTimeout here
+            assert (r.status_code, r.headers["X-Served-By"]) == (200, "ypws2"), r.text
+    finally:
+        stop.set()
+        thread.join(5)
+        dropper.close()
 
 
 def test_all_ypws_nodes_down_gives_a_503_json(tmp_path, services):
