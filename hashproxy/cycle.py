@@ -225,10 +225,6 @@ class ProxyCycle(Cycle):
         if self.finished:
             conn.close()
             return
-        if conn.closed:  # the node closed it while this task waited to run: it is going away
-            self._exchange_done(Failure(502, "upstream_failed",
-                                        f"{self.nodes.names[node]} closed the connection at once", retry=True))
-            return
         self._begin(conn)
 
     def _begin(self, conn: UpstreamConnection) -> None:

@@ -173,6 +173,12 @@ class UpstreamPool:
             raise ConnectFailed(f"connect to {host}:{port} timed out") from None
         except OSError as exc:
             raise ConnectFailed(f"connect to {host}:{port}: {exc.strerror or exc}") from None
+        if conn.closed:
+            # A node going away can accept (the kernel does) and close before we resume here:
+            # its connection_lost has come and gone, so a request written now would wait out
+            # the read timeout with no callback left to come. Callers use the connection in
+            # this same step, so checking here covers them all.
+            raise ConnectFailed(f"connect to {host}:{port}: closed by the node at once")
         return conn
 
     async def acquire(self, node: int) -> UpstreamConnection:
@@ -235,8 +241,6 @@ async def call(pool: UpstreamPool, node: int, method: str, path: str, headers: S
         conn = (pool.idle(node) if pooled else None) or await pool.connect(node)
     except ConnectFailed as exc:
         raise UpstreamError(str(exc)) from None
-    if conn.closed:  # closed by the node between connecting and now: no callback would come
-        raise UpstreamError("connection closed by the node at once")
     fut = asyncio.get_running_loop().create_future()
     collector = _Collector(fut)
     conn.begin(collector)
