@@ -27,13 +27,14 @@ extended in place; its marks become generation 0.
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import os
 from pathlib import Path
 from typing import Sequence
 
 import xxhash
+
+from cluster.locks import try_flock
 
 SLOTS = 1 << 20     # 1 MiB per map and node
 ROTATE_FILL = 0.05  # a generation ends when 5% of its slots are marked (~5e4 keys at SLOTS)
@@ -93,13 +94,10 @@ class SpillMap:
     def _rotate(self, node: int) -> None:
         """Start a new generation: clear the previous map and make it current (one process at a time)."""
         path = self._files[node]
-        fd = os.open(path, os.O_RDWR) if path is not None else -1
+        fd = try_flock(path, 0o600) if path is not None else None
+        if path is not None and fd is None:
+            return  # another worker is rotating this node
         try:
-            if fd >= 0:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return  # another worker is rotating this node
             head = self._heads[node]
             if head[1] < self._limit:
                 return  # rotated meanwhile
@@ -108,5 +106,5 @@ class SpillMap:
             head[1] = 0
             head[0] += 1
         finally:
-            if fd >= 0:
+            if fd is not None:
                 os.close(fd)
