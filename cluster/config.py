@@ -129,7 +129,7 @@ class MagickdSection:
     render_timeout: float = 30.0
     failure_ttl: float = 300.0
     vips_concurrency: int = 1
-    vips_cache_max_mem: int = 50 * 1024 * 1024
+    vips_cache_max_mem: int = 0
     client_timeout: float = 60.0
     client_retries: int = 2
     webp_effort: int = 4

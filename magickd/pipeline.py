@@ -6,8 +6,10 @@
 
 Sizes run largest first, so each one is resized from the nearest larger image
 already in memory. The deadline is checked between steps and enforced inside
-libvips while a step runs. Every failure leaves as a RenderFailure: a libvips or
-Pillow error on a bad original is ``undecodable`` (422), never a crash.
+libvips while a step runs. The heap's free pages go back to the OS after each
+render (vips_setup.release_memory), so a worker's peak memory is one render's.
+Every failure leaves as a RenderFailure: a libvips or Pillow error on a bad
+original is ``undecodable`` (422), never a crash.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pyvips
 from .context import Output, RenderContext
 from .deadline import Deadline
 from .errors import RenderFailure, RenderTimeout, Undecodable
+from . import vips_setup
 from .options import RenderOptions
 from .steps.crop import crop
 from .steps.encode import encode
@@ -76,6 +79,7 @@ def render(data: bytes, options: RenderOptions, clock: Callable[[], float] = tim
     finally:
         ctx.base = ctx.image = ctx.encoded = None
         ctx.intermediates.clear()
+        vips_setup.release_memory()
     order_index = {t: i for i, t in enumerate(options.targets)}
     return sorted(ctx.outputs, key=lambda o: order_index[o.target])
 

@@ -7,6 +7,7 @@ import io
 import math
 
 import pytest
+import pyvips
 from PIL import Image, ImageCms, ImageStat
 
 from cluster.config import load
@@ -14,6 +15,7 @@ from magickd import pipeline, vips_setup
 from magickd.errors import RenderFailure, RenderTimeout, TooLarge, UnsupportedFormat
 from magickd.geometry import box_for
 from magickd.options import Limits, RenderOptions, parse_targets
+from magickd.steps.scale_on_load import jpeg_shrink
 from magickd.steps.sharpen import kernel, vector_exact
 
 from .helpers import CORPUS
@@ -149,6 +151,26 @@ def test_adobe_rgb_is_converted_to_srgb(tmp_path):
     converted = mean_abs_diff(outs["adobe"], outs["srgb"])
     naive = mean_abs_diff(outs["untagged"], outs["srgb"])
     assert converted < 3 and naive > converted + 1.5, (converted, naive)
+
+
+@pytest.mark.parametrize("size, box, shrink", [
+    ((6000, 4000), (2048, 1365), 2), ((6000, 4000), (1024, 683), 4), ((6000, 4000), (500, 333), 8),
+    ((2560, 1600), (2048, 1280), 1), ((3264, 2448), (500, 375), 4), ((1536, 2048), (768, 1024), 2),
+    ((100, 100), (75, 75), 1), ((80_000, 60_000), (500, 375), 8)])
+def test_jpeg_shrink_on_load_is_the_largest_scale_that_still_covers_the_box(size, box, shrink):
+    assert jpeg_shrink(*size, *box) == shrink
+
+
+def test_a_dct_scaled_decode_renders_what_a_full_decode_would():
+    """The 3264x2448 photo shrinks 4x while it loads for the 500 px size; unsharpened, that render
+    matches Pillow's full decode + Lanczos as closely as libvips' own full-decode thumbnail does."""
+    out = decode(render(IPHONE, sizes=["medium"], cfg=UNSHARPENED)[("medium", "jpeg")].data)
+    reference = pillow_reference(IPHONE, out.size)
+    full = pyvips.Image.thumbnail(str(IPHONE), 500, height=500)  # libvips keeps a 2x margin: shrink 2
+    full = decode(full.jpegsave_buffer(Q=85, keep=0))
+    assert out.size == full.size == (500, 375)
+    assert mean_abs_diff(out, full) < 3
+    assert mean_abs_diff(out, reference) < mean_abs_diff(full, reference) + 0.5
 
 
 def test_cmyk_without_profile_and_sixteen_bit_and_grey_become_8bit_rgb():

@@ -6,6 +6,13 @@ embedded ICC profile (Adobe RGB, CMYK, P3, ...) to sRGB; CMYK without a profile
 gets libvips' fallback CMYK profile; untagged RGB is taken as sRGB.
 ``fail_on=warning`` (as strict as ypfs' upload check) makes truncated or
 corrupt data an error instead of grey fill. Only the first frame/page is loaded.
+
+A JPEG is DCT-scaled by the largest power of two that still leaves the largest
+box covered ("one shrink-on-load decode for the largest size asked"), then
+resized by ``thumbnail_image``. libvips' own thumbnail keeps a 2x margin above
+the target instead (a 24 MP photo for a 2048 box gets a full decode); the
+renditions of the two differ by ~50 dB PSNR, while the full decode costs ~35%
+more time and ~16 MB more peak memory per 24 MP render (bench_magickd).
 """
 
 from __future__ import annotations
@@ -26,11 +33,25 @@ def scale_on_load(ctx: RenderContext) -> None:
         # output_profile: without it libvips converts only CMYK and leaves e.g. Adobe RGB as it is;
         # it is given only with an embedded profile (on an untagged image it costs ~10x the decode)
         icc = {"output_profile": "srgb"} if source.has_icc else {}
-        ctx.base = pyvips.Image.thumbnail_buffer(
-            ctx.data, base_w, height=base_h, size="down", option_string="fail_on=warning", **icc)
+        if source.fmt == "jpeg":
+            shrink = jpeg_shrink(source.width, source.height, base_w, base_h)
+            image = pyvips.Image.new_from_buffer(ctx.data, "", shrink=shrink, fail_on="warning",
+                                                 access="sequential")
+            ctx.base = image.thumbnail_image(base_w, height=base_h, size="down", **icc)
+        else:
+            ctx.base = pyvips.Image.thumbnail_buffer(
+                ctx.data, base_w, height=base_h, size="down", option_string="fail_on=warning", **icc)
         return
     formats = [k for k, v in PILLOW_FORMATS.items() if v == source.fmt]
     image = pillow_decode.decode(ctx.data, formats)
     if image.get_typeof("icc-profile-data"):
         image = image.icc_transform("srgb", embedded=True)
     ctx.base = image.thumbnail_image(base_w, height=base_h, size="down")
+
+
+def jpeg_shrink(width: int, height: int, box_w: int, box_h: int) -> int:
+    """The largest DCT scale (1, 2, 4 or 8) whose decode still covers a box_w x box_h box."""
+    shrink = 1
+    while shrink < 8 and width // (shrink * 2) >= box_w and height // (shrink * 2) >= box_h:
+        shrink *= 2
+    return shrink
