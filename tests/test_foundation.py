@@ -12,7 +12,7 @@ from cluster.config import ConfigError, dump_toml, from_dict, load, load_dict
 from storage import ids
 from storage.keys import InvalidName, PhotoRef, parse_photo_segment, parse_record_key, record_key, valid_user
 from storage.records import PhotoRecord, UserRecord, profile_version, rendition_url
-from ypfs.sniff import sniff
+from ypfs.sniff import headless_heif, sniff
 
 from .helpers import CORPUS
 
@@ -202,6 +202,15 @@ def test_photo_record_round_trip_ignores_unknown_fields():
 ])
 def test_sniff_by_content_not_name(name, fmt):
     assert sniff((CORPUS / name).read_bytes()[:64]) == fmt
+
+
+@pytest.mark.parametrize("name,headless", [
+    ("hostile/github_46_2.heic", True), ("formats/image.heic", False), ("hostile/text_file_renamed.jpg", False),
+    ("hostile/empty.jpg", False), ("hostile/psd-oob-write-overflow.psd", False)])
+def test_heif_boxes_without_ftyp_are_damaged_heif_not_an_unknown_format(name, headless):
+    head = (CORPUS / name).read_bytes()[:64]
+    assert headless_heif(head) is headless
+    assert sniff(head) == ("heif" if name.startswith("formats/") else None)
 
 
 # -- process helpers ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from storage.records import PhotoRecord, original_url, rendition_url
 
 from .pool import background
 from .probe import ImageRejected, probe
-from .sniff import SUPPORTED, sniff
+from .sniff import SUPPORTED, headless_heif, sniff
 from .spool import Spool
 
 
@@ -53,6 +53,8 @@ class Ingestor:
         if fmt is None:
             if (existing := lookup.result()) is not None:
                 return existing, False
+            if headless_heif(spool.head):
+                raise ImageRejected(422, "undecodable", "HEIF data without the ftyp box a HEIF file starts with")
             raise ImageRejected(415, "unsupported_format",
                                 f"not a supported image (by its content); accepted: {', '.join(SUPPORTED)}")
         ref = PhotoRef(user, self.next_id(), new_secret())

@@ -2,7 +2,9 @@
 
 The name and the declared Content-Type are ignored: an EPS file named .jpg must
 never reach a decoder that would hand it to Ghostscript, and an SVG never the
-SVG loader. Anything not positively recognised here is refused with 415.
+SVG loader. Anything not positively recognised here is refused with 415, except
+HEIF boxes with the file's ``ftyp`` box missing (a cut or fuzzed HEIF): that is a
+damaged image of a format we take (422), though no parser ever sees it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ HEAD_BYTES = 64
 
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
+#: HEIF-only box types (ISO/IEC 23008-12) a headless fragment may start with
+_HEIF_BOXES = {b"meta", b"iprp", b"ipco", b"ipma", b"iinf", b"iloc", b"pitm", b"iref", b"idat", b"ispe"}
 
 
 def sniff(head: bytes) -> str | None:
@@ -49,3 +53,8 @@ def _iso_bmff_brand(head: bytes) -> str | None:
     if any(b in _HEIF_BRANDS for b in brands):
         return "heif"
     return None
+
+
+def headless_heif(head: bytes) -> bool:
+    """True for HEIF boxes without the leading ``ftyp`` box: damaged HEIF, not another format."""
+    return len(head) >= 8 and int.from_bytes(head[:4], "big") >= 8 and head[4:8] in _HEIF_BOXES
