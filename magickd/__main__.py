@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     pool_width = cfg.magickd.effective_workers * len(cfg.magickd.nodes)
     concurrency = args.concurrency or pool_width
     if args.command == "rerender":
-        from .purge import Purger
+        from cluster.purge import Purger
         from .rerender import Rerenderer, RerenderJob, format_summary
 
         job = RerenderJob(size=args.size, user=None if args.all else args.user, since=args.since,

@@ -18,6 +18,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from cluster.config import Config, SizeProfile
+from cluster.purge import Purger
 from storage import StorageError
 from storage.base import BlobStore
 from storage.keys import EXTENSIONS, FORMAT_BY_EXT, PhotoRef
@@ -26,7 +27,6 @@ from storage.records import profile_version
 from . import catalog
 from .checkpoint import Checkpoint
 from .client import RenderClient, RenderError, RenderUnavailable
-from .purge import Purger
 
 SAVE_EVERY = 1.0  # seconds between checkpoint writes
 

@@ -21,6 +21,8 @@ import requests
 from PIL import Image
 
 from cluster import procs
+from storage import open_store
+from storage.keys import PhotoRef
 
 from .helpers import CORPUS, REPO, cluster_tree, write_config
 
@@ -89,6 +91,28 @@ def test_upload_and_view_through_the_proxy_then_ctrl_c(cluster):
     # the API answers through the proxy too, and GPS never leaks
     api = requests.get(f"{base}/api/photos/alice/{photo['id']}", timeout=30)
     assert api.status_code == 200 and "gps" not in api.text.lower()
+
+    # the owner makes it private: the cached copies are purged, so an unsigned URL stops working
+    owner = {"Authorization": f"Bearer {token}"}
+    api_url = f"{base}/api/photos/alice/{photo['id']}"
+    r = requests.patch(api_url, json={"private": True}, headers=owner, timeout=30)
+    assert r.status_code == 200 and r.json()["private"] is True and r.json()["cache"] == {"purged": True}, r.text
+    assert requests.get(photo["urls"]["small"], timeout=30).status_code == 404
+    r = requests.patch(api_url, json={"private": False}, headers=owner, timeout=30)
+    assert r.status_code == 200 and r.json()["cache"] == {"purged": True}
+    assert requests.get(photo["urls"]["small"], timeout=60).status_code == 200
+
+    # ... and deletes it: every object goes, every URL of it answers 404, from any cache node too
+    store = open_store(cfg)
+    ref = PhotoRef("alice", photo["id"], photo["secret"])
+    assert store.exists(ref.original_key) and list(store.list(ref.rendition_prefix))
+    r = requests.delete(api_url, headers=owner, timeout=30)
+    assert r.status_code == 200 and r.json()["cache"] == {"purged": True}, r.text
+    for size in served_by:
+        assert requests.get(photo["urls"][size], timeout=30).status_code == 404, size
+    assert requests.get(api_url, timeout=30).status_code == 404
+    assert not store.exists(ref.original_key) and not store.exists(ref.record_key)
+    assert list(store.list(ref.rendition_prefix)) == []
 
     # Ctrl-C: SIGINT to the supervisor stops every process it started
     proc.send_signal(signal.SIGINT)

@@ -12,7 +12,7 @@ import pytest
 
 from cluster import procs
 from magickd.client import RenderClient
-from magickd.purge import Purger
+from cluster.purge import Purger
 from magickd.rerender import Rerenderer, RerenderJob
 from storage import open_store
 from storage.records import profile_version

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 from cluster import procs
 from storage import open_store
-from storage.keys import dedupe_key
+from storage.keys import dedupe_key, record_key
 from storage.records import PhotoRecord
 
 from .helpers import CORPUS, REPO, Services, cluster_tree, write_config
@@ -381,6 +381,76 @@ def test_private_photos_are_hidden_from_everyone_but_their_owner(ypfs):
     assert owner.status_code == 200 and owner.json()["id"] == photo
     listing = requests.get(f"{ypfs.url}/api/users/carol/photos", timeout=10).json()
     assert photo not in [p["id"] for p in listing["photos"]]
+
+
+def _as(ypfs, user: str | None) -> dict:
+    return {"Authorization": f"Bearer {ypfs.token(user)}"} if user else {}
+
+
+def test_the_owner_edits_title_and_visibility_and_nobody_else_may(ypfs):
+    photo = ypfs.upload("erin", jpeg_variant("formats/DSCN0010.jpg", 11)).json()["id"]
+    url = f"{ypfs.url}/api/photos/erin/{photo}"
+    assert requests.patch(url, json={"title": "x"}, timeout=10).status_code == 401
+    other = requests.patch(url, json={"title": "x"}, headers=_as(ypfs, "frank"), timeout=10)
+    assert other.status_code == 403 and other.json()["error"] == "forbidden"
+    for body, status, code in [({"colour": "red"}, 400, "bad_changes"), ({"private": "yes"}, 400, "bad_changes"),
+                               ({"title": "t" * 500}, 400, "bad_changes"), ({}, 400, "bad_changes"),
+                               ([1, 2], 400, "bad_changes")]:
+        r = requests.patch(url, json=body, headers=_as(ypfs, "erin"), timeout=10)
+        assert (r.status_code, r.json()["error"]) == (status, code), body
+    r = requests.patch(url, data="title=x", headers={**_as(ypfs, "erin"), "Content-Type": "text/plain"}, timeout=10)
+    assert r.status_code == 415 and r.json()["error"] == "not_json"
+    assert PhotoRecord.load(ypfs.store, "erin", photo).title == ""  # no refused edit changed anything
+
+    r = requests.patch(url, json={"title": "  Harbour\x07 ", "private": True, "original_public": False},
+                       headers=_as(ypfs, "erin"), timeout=10)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["title"], body["private"], body["original_public"]) == ("Harbour", True, False)
+    assert "original" not in body["urls"]
+    # the cache tier must forget the old visibility; no hashproxy runs here, which the answer says
+    assert body["cache"]["purged"] is False and "purge" in body["cache"]["error"]
+    rec = PhotoRecord.load(ypfs.store, "erin", photo)
+    assert (rec.title, rec.private, rec.original_public) == ("Harbour", True, False)
+    assert requests.get(url, timeout=10).status_code == 404  # private now
+    assert requests.patch(url, json={"title": "x"}, headers=_as(ypfs, "frank"), timeout=10).status_code == 404
+    r = requests.patch(url, json={"title": "Harbour at dusk"}, headers=_as(ypfs, "erin"), timeout=10)
+    assert r.status_code == 200 and "cache" not in r.json()  # a title is not cached with the images
+
+
+def test_the_owner_deletes_a_photo_and_every_object_of_it_goes(ypfs):
+    data = jpeg_variant("formats/DSCN0010.jpg", 12)
+    rec = PhotoRecord.from_json(ypfs.store.get(record_key("gina", ypfs.upload("gina", data).json()["id"])))
+    ref = rec.ref
+    for key in (ref.rendition_key("small", "0123abcd", "jpeg"), ref.rendition_key("medium", "0123abcd", "webp")):
+        ypfs.store.put(key, b"rendition")  # what magickd would have written
+    keys = [ref.record_key, ref.original_key, dedupe_key("gina", rec.sha256), *ypfs.store.list(ref.rendition_prefix)]
+    assert len(keys) == 5 and all(ypfs.store.exists(k) for k in keys)
+    url = f"{ypfs.url}/api/photos/gina/{rec.id}"
+    assert requests.delete(url, timeout=10).status_code == 401
+    assert requests.delete(url, headers=_as(ypfs, "frank"), timeout=10).status_code == 403
+    assert all(ypfs.store.exists(k) for k in keys)
+
+    r = requests.delete(url, headers=_as(ypfs, "gina"), timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["deleted"] == rec.id and r.json()["objects_removed"] == 5
+    assert [k for k in keys if ypfs.store.exists(k)] == []
+    assert requests.get(url, timeout=10).status_code == 404
+    assert requests.delete(url, headers=_as(ypfs, "gina"), timeout=10).status_code == 404  # a retry: nothing left
+    listing = requests.get(f"{ypfs.url}/api/users/gina/photos", timeout=10).json()
+    assert rec.id not in [p["id"] for p in listing["photos"]]
+    again = ypfs.upload("gina", data)  # the same bytes again: a new photo, not the deleted one
+    assert again.status_code == 201 and again.json()["id"] != rec.id
+
+
+def test_deleting_a_photo_keeps_a_newer_upload_of_the_same_bytes(ypfs):
+    """The duplicate entry belongs to whichever photo it names: deleting an older one leaves it."""
+    data = jpeg_variant("formats/DSCN0010.jpg", 13)
+    old = ypfs.upload("hana", data).json()["id"]
+    entry = dedupe_key("hana", hashlib.sha256(data).hexdigest())
+    ypfs.store.put(entry, json.dumps({"id": "1"}).encode())  # as if a later photo had claimed these bytes
+    assert requests.delete(f"{ypfs.url}/api/photos/hana/{old}", headers=_as(ypfs, "hana"), timeout=10).status_code == 200
+    assert json.loads(ypfs.store.get(entry)) == {"id": "1"}
 
 
 def test_large_uploads_are_spooled_to_disk_not_memory(ypfs):

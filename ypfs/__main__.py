@@ -29,6 +29,7 @@ def serve(args: argparse.Namespace) -> int:
         # a strict decode is sequential (one entropy stream): more threads only add hand-offs,
         # and the upload's other work (the original's PUT) has the other core
         pyvips.concurrency_set(1)
+        from cluster.purge import Purger
         from magickd.client import RenderClient
         from storage import open_store
 
@@ -38,7 +39,7 @@ def serve(args: argparse.Namespace) -> int:
 
         notifier = RenderNotifier(RenderClient(cfg), cfg.ypfs.render_retries,
                                   on_outcome=lambda o: metrics.RENDER_REQUESTS.labels(outcome=o).inc())
-        return create_app(cfg, open_store(cfg), node.name, notifier=notifier)
+        return create_app(cfg, open_store(cfg), node.name, notifier=notifier, purger=Purger.from_config(cfg))
 
     run(load_app, node.bind, cfg.ypfs.workers, timeout=cfg.ypfs.timeout, name=f"ypfs-{node.name}")
     return 0

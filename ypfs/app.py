@@ -2,6 +2,8 @@
 
     POST /upload                      multipart/form-data: photo (file), title, private
     GET  /api/photos/{user}/{id}      a photo's public JSON (private ones only to their owner)
+    PATCH /api/photos/{user}/{id}     the owner edits title, private, original_public (JSON)
+    DELETE /api/photos/{user}/{id}    the owner deletes the photo: record, original, renditions
     GET  /api/users/{user}/photos     a user's public photos, oldest first (?after=ID&limit=N)
     GET  /healthz, /metrics
 """
@@ -17,6 +19,7 @@ from typing import Callable
 import falcon
 
 from cluster.config import Config
+from cluster.purge import Purger
 from cluster.web import fail, json_errors, metrics_body
 from storage import BlobStore, NotFound, StorageError
 from storage.ids import IdGenerator, claim_slot
@@ -25,6 +28,7 @@ from storage.records import PhotoRecord, UserRecord
 
 from . import metrics
 from .ingest import Ingestor, UploadMeta, photo_view
+from .manage import BadChanges, PhotoChanges, apply_changes, delete_photo
 from .notify import RenderNotifier
 from .probe import ImageRejected
 from .spool import Spool, TooLarge, receive
@@ -139,19 +143,62 @@ class UploadResource:
 
 
 class PhotoResource:
-    def __init__(self, cfg: Config, store: BlobStore, auth: TokenAuth):
-        self.cfg, self.store, self.auth = cfg, store, auth
+    def __init__(self, cfg: Config, store: BlobStore, auth: TokenAuth, purger: Purger | None):
+        self.cfg, self.store, self.auth, self.purger = cfg, store, auth, purger
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, user: str, photo_id: str) -> None:
+    def _load(self, user: str, photo_id: str) -> PhotoRecord:
         try:
-            rec = PhotoRecord.load(self.store, valid_user(user), valid_photo_id(photo_id))
+            return PhotoRecord.load(self.store, valid_user(user), valid_photo_id(photo_id))
         except (InvalidName, NotFound):
             raise fail(404, "not_found", "no such photo") from None
+        except StorageError as exc:
+            raise fail(503, "storage_unavailable", f"storage failed: {exc}", {"Retry-After": "5"}) from None
+
+    def _owned(self, req: falcon.Request, user: str, photo_id: str) -> PhotoRecord:
+        """The record, if the token is its owner's (401 without one; 404 hides a private photo)."""
+        viewer = self.auth.user(req)
+        rec = self._load(user, photo_id)
+        if viewer.name != rec.owner:
+            if rec.private:
+                raise fail(404, "not_found", "no such photo")
+            raise fail(403, "forbidden", "only the photo's owner may change or delete it")
+        return rec
+
+    def _purge(self, rec: PhotoRecord) -> dict:
+        """Tell the cache tier; its failure is reported, not fatal (the store has changed already)."""
+        error = self.purger.purge(rec.ref) if self.purger is not None else "no cache purge configured"
+        return {"purged": error is None, **({"error": error} if error else {})}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user: str, photo_id: str) -> None:
+        rec = self._load(user, photo_id)
         if rec.private:
             viewer = self.auth.user(req, required=False)
             if viewer is None or viewer.name != rec.owner:
                 raise fail(404, "not_found", "no such photo")
         resp.media = photo_view(self.cfg, rec)
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, user: str, photo_id: str) -> None:
+        rec = self._owned(req, user, photo_id)
+        if not (req.content_type or "").startswith("application/json"):
+            raise fail(415, "not_json", "send the changes as application/json")
+        try:
+            changes = PhotoChanges.from_json(req.get_media(), self.cfg.limits.max_title_chars)
+            rec = apply_changes(self.store, rec, changes)
+        except BadChanges as exc:
+            raise fail(400, "bad_changes", str(exc)) from None
+        except StorageError as exc:
+            raise fail(503, "storage_unavailable", f"the change was not stored: {exc}", {"Retry-After": "5"}) from None
+        resp.media = {**photo_view(self.cfg, rec), **({"cache": self._purge(rec)} if changes.touches_cache else {})}
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, user: str, photo_id: str) -> None:
+        rec = self._owned(req, user, photo_id)
+        try:
+            removed = delete_photo(self.store, rec)
+        except StorageError as exc:
+            raise fail(503, "storage_unavailable", f"the photo was not (fully) deleted: {exc}; retry",
+                       {"Retry-After": "5"}) from None
+        metrics.DELETES.inc()
+        resp.media = {"deleted": rec.id, "owner": rec.owner, "objects_removed": removed, "cache": self._purge(rec)}
 
 
 class UserPhotosResource:
@@ -211,7 +258,7 @@ def lazy_id_generator(cfg: Config, node_id: int, slot_dir: Path) -> Callable[[],
 
 
 def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[], str] | None = None,
-               notifier: RenderNotifier | None = None) -> falcon.App:
+               notifier: RenderNotifier | None = None, purger: Purger | None = None) -> falcon.App:
     node_cfg = cfg.node("ypfs", node)
     work_dir = cfg.data_dir / "ypfs" / node
     next_id = next_id or lazy_id_generator(cfg, node_cfg.node_id, work_dir / "slots")
@@ -226,7 +273,7 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
     form_opts.max_body_part_count = 16
     form_opts.max_body_part_buffer_size = 64 * 1024  # small text fields only; the file is streamed
     app.add_route("/upload", UploadResource(cfg, Ingestor(cfg, store, next_id), auth, work_dir / "spool", after_store))
-    app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(cfg, store, auth))
+    app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(cfg, store, auth, purger))
     app.add_route("/api/users/{user}/photos", UserPhotosResource(cfg, store))
     app.add_route("/healthz", HealthResource(node, store))
     app.add_route("/metrics", MetricsResource())

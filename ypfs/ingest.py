@@ -111,7 +111,7 @@ def photo_view(cfg: Config, rec: PhotoRecord) -> dict:
         "id": rec.id, "owner": rec.owner, "secret": rec.secret, "title": rec.title,
         "width": rec.width, "height": rec.height, "format": rec.format, "bytes": rec.bytes, "sha256": rec.sha256,
         "pages": rec.pages, "taken_at": rec.taken_at, "camera": rec.camera, "private": rec.private,
-        "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.uploaded_at)),
+        "original_public": rec.original_public, "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.uploaded_at)),
         "urls": urls,
     }
 

@@ -4,7 +4,9 @@
     PURGE {public_url}/photos/{user}/{id}_{secret}/         every size of the photo
 
 with ``Authorization: Bearer {admin_token}``. A proxy that is down is reported,
-never fatal: the renditions are already written under new versioned keys.
+never fatal: magickd has written renditions under new versioned keys already, and ypfs
+reports it in its answer (a deleted photo is gone from storage, and ypws never serves
+a miss without its record).
 """
 
 from __future__ import annotations
