@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import re
 import subprocess
 import sys
 import time
@@ -414,3 +415,30 @@ def test_a_slow_loris_client_gets_408_instead_of_holding_the_connection(world):
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b'"request_timeout"' in answer
     assert elapsed < 6  # the 2 s deadline, checked once a second
+
+
+def test_the_gallery_pages_newest_first_and_skips_private_photos(world):
+    """230 photos: pages of 100, newest first, each 'Older photos' link starting below the
+    last photo shown; private ones never appear, and nothing is shown twice or skipped."""
+    import dataclasses
+
+    template = seed_photo(world.store, "pager", CORPUS / "formats" / "hopper.jpg", photo_id=str(10**17))
+    ids = [str(10**17 + i) for i in range(1, 231)]
+    private = set(ids[5::40])
+    for pid in ids:
+        dataclasses.replace(template, id=pid, title=f"p{pid}", private=pid in private).save(world.store)
+    expected = [pid for pid in reversed([template.id, *ids]) if pid not in private]
+    shown, url, pages_seen = [], f"{world.url}/u/pager", 0
+    while url and pages_seen < 5:
+        r = requests.get(url, timeout=30)
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+        page = re.findall(r'data-photo="(\d+)"', r.text)
+        assert len(page) <= 100 and (len(page) == 100 or 'id="older"' not in r.text)
+        shown += page
+        pages_seen += 1
+        older = re.search(r'id="older" href="([^"]+)"', r.text)
+        url = f"{world.url}{older.group(1)}" if older else None
+    assert pages_seen == 3 and shown == expected
+    assert requests.get(f"{world.url}/u/pager?before=notanid", timeout=10).status_code == 404
+    last = requests.get(f"{world.url}/u/pager?before={template.id}", timeout=10)
+    assert last.status_code == 200 and "No older photos." in last.text

@@ -4,7 +4,7 @@
     PURGE    /photos/{user}/{id}_{secret}/{size}[.{ext}]  drop cached entries (admin token)
     PURGE    /photos/{user}/{id}_{secret}/                 drop every cached entry of the photo
     PURGE    /photos/                                      drop every cached entry (hashproxy's replay)
-    GET      /u/{user}                                    gallery
+    GET      /u/{user}[?before={id}]                      gallery, newest first, a page at a time
     GET      /p/{user}/{id}                               photo page
     GET      /upload                                      upload page (the POST goes to ypfs)
     GET      /healthz, /metrics
@@ -18,6 +18,7 @@ WSGI server (tests use falcon's TestClient).
 from __future__ import annotations
 
 import hmac
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ import falcon.routing
 from cluster.config import Config
 from cluster.web import fail, json_errors
 from storage import BlobStore, NotFound, StorageError
-from storage.keys import InvalidName, PhotoRef, parse_photo_segment, photo_prefix, valid_photo_id, valid_user
+from storage.keys import (InvalidName, PhotoRef, parse_photo_segment, photo_prefix, record_key, valid_photo_id,
+                          valid_user)
 from storage.records import PhotoRecord, UserRecord
 
 from . import pages
@@ -188,25 +190,30 @@ class GalleryResource:
         self.store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
+        """Newest first, a page at a time: ``?before={id}`` starts below that photo."""
+        before = req.get_param("before")
         try:
             valid_user(user)
-            keys = list(self.store.list(photo_prefix(user)))
+            stop = record_key(user, valid_photo_id(before)) if before else None
         except InvalidName:
-            raise fail(404, "not_found", "no such user") from None
+            raise fail(404, "not_found", "no such user or photo") from None
+        try:  # ids are time-ordered, keys list oldest first: keep those older than ``before``
+            keys = list(itertools.takewhile(lambda k: stop is None or k < stop, self.store.list(photo_prefix(user))))
         except StorageError as exc:
             raise fail(503, "storage_unavailable", f"storage failed: {exc}") from None
-        records = []
-        for key in reversed(keys):  # ids are time-ordered: newest first
-            if len(records) >= GALLERY_LIMIT:
-                break
+        records: list[PhotoRecord] = []
+        while keys and len(records) < GALLERY_LIMIT:
             try:
-                rec = PhotoRecord.from_json(self.store.get(key))
+                rec = PhotoRecord.from_json(self.store.get(keys.pop()))
             except (NotFound, ValueError, TypeError):
                 continue
+            except StorageError as exc:
+                raise fail(503, "storage_unavailable", f"storage failed: {exc}") from None
             if not rec.private:
                 records.append(rec)
+        older = records[-1].id if keys and records else None
         resp.content_type = falcon.MEDIA_HTML
-        resp.text = pages.gallery_html(self.cfg, user, records)
+        resp.text = pages.gallery_html(self.cfg, user, records, older=older, paged=bool(before))
         resp.set_header("Cache-Control", "no-cache")
 
 

@@ -55,8 +55,9 @@ def _srcset(cfg: Config, record: PhotoRecord, names: tuple[str, ...]) -> tuple[s
     return ", ".join(parts), last, dims
 
 
-def gallery_html(cfg: Config, user: str, records: list[PhotoRecord]) -> str:
-    """Thumbnails of a user's public photos, newest first."""
+def gallery_html(cfg: Config, user: str, records: list[PhotoRecord], older: str | None = None,
+                 paged: bool = False) -> str:
+    """Thumbnails of a user's public photos, newest first; ``older``: the id the next page starts below."""
     items = []
     for rec in records:
         srcset, largest, _ = _srcset(cfg, rec, GALLERY_SIZES)
@@ -71,8 +72,15 @@ def gallery_html(cfg: Config, user: str, records: list[PhotoRecord]) -> str:
             f'sizes="240px" width="{box.out_w}" height="{box.out_h}" alt="{escape(title)}" loading="lazy" '
             f'data-photo="{escape(rec.id)}"></a><div>{escape(title)}</div></li>'
         )
-    listing = f'<ul class="gallery">{"".join(items)}</ul>' if items else '<p class="meta">No photos yet.</p>'
-    return _page(f"{user}'s photos", f"<h1>{escape(user)}</h1>{listing}")
+    empty = "No older photos." if paged else "No photos yet."
+    listing = f'<ul class="gallery">{"".join(items)}</ul>' if items else f'<p class="meta">{empty}</p>'
+    nav = []
+    if paged:
+        nav.append(f'<a href="/u/{escape(user)}">Newest</a>')
+    if older:
+        nav.append(f'<a rel="next" id="older" href="/u/{escape(user)}?before={escape(older)}">Older photos</a>')
+    footer = f'<nav class="meta">{" · ".join(nav)}</nav>' if nav else ""
+    return _page(f"{user}'s photos", f"<h1>{escape(user)}</h1>{listing}{footer}")
 
 
 def photo_html(cfg: Config, record: PhotoRecord, original_allowed: bool) -> str:
