@@ -373,3 +373,16 @@ def test_unknown_size_or_unoffered_format_is_a_bad_request():
     with pytest.raises(RenderFailure) as info:
         parse_targets(CFG, ["small"], ["gif"])
     assert info.value.status == 400
+
+
+def test_free_heap_pages_go_back_to_the_os_only_above_what_a_worker_keeps():
+    """Holes in the heap (what a render's freed buffers leave) are returned by release_memory
+    once RSS is over ``keep``; under it they are kept for the next render to reuse."""
+    blocks = [bytes(50_000) for _ in range(2000)]  # ~100 MB from malloc's heap (under the mmap threshold)
+    del blocks[::2]  # ~50 MB of holes that free() alone cannot hand back (live blocks above them)
+    before = vips_setup.resident_bytes()
+    assert before > 50 * 2**20
+    assert vips_setup.release_memory(keep=before + 2**30) is False
+    assert vips_setup.release_memory(keep=0) is True
+    assert vips_setup.resident_bytes() < before - 30 * 2**20
+    del blocks

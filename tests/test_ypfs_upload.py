@@ -400,6 +400,11 @@ def test_the_owner_edits_title_and_visibility_and_nobody_else_may(ypfs):
         assert (r.status_code, r.json()["error"]) == (status, code), body
     r = requests.patch(url, data="title=x", headers={**_as(ypfs, "editor"), "Content-Type": "text/plain"}, timeout=10)
     assert r.status_code == 415 and r.json()["error"] == "not_json"
+    json_type = {**_as(ypfs, "editor"), "Content-Type": "application/json"}
+    r = requests.patch(url, data="{", headers=json_type, timeout=10)
+    assert r.status_code == 400 and set(r.json()) == {"error", "message"}
+    r = requests.patch(url, data=json.dumps({"title": "t" * 20_000}), headers=json_type, timeout=10)
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
     assert PhotoRecord.load(ypfs.store, "editor", photo).title == ""  # no refused edit changed anything
 
     r = requests.patch(url, json={"title": "  Harbour\x07 ", "private": True, "original_public": False},

@@ -36,6 +36,7 @@ from .spool import Spool, TooLarge, receive
 #: multipart framing around the file (boundaries, part headers, small fields)
 MULTIPART_SLACK = 64 * 1024
 TRUE_WORDS = {"1", "true", "yes", "on"}
+MAX_EDIT_BYTES = 16 * 1024  # a PATCH body: a title and two flags
 
 
 class TokenAuth:
@@ -181,6 +182,8 @@ class PhotoResource:
         rec = self._owned(req, user, photo_id)
         if not (req.content_type or "").startswith("application/json"):
             raise fail(415, "not_json", "send the changes as application/json")
+        if (req.content_length or 0) > MAX_EDIT_BYTES:
+            raise fail(413, "too_large", f"an edit is at most {MAX_EDIT_BYTES} bytes of JSON")
         try:
             changes = PhotoChanges.from_json(req.get_media(), self.cfg.limits.max_title_chars)
             rec = apply_changes(self.store, rec, changes)
