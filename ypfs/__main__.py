@@ -5,6 +5,7 @@
     python -m ypfs user token NAME          issue another token for a user (prints it once)
     python -m ypfs user revoke NAME         revoke every token of a user
     python -m ypfs user list                list users
+    python -m ypfs photo delete USER ID     take a photo down (admin): storage, then the caches
 """
 
 from __future__ import annotations
@@ -88,6 +89,31 @@ def user(args: argparse.Namespace) -> int:
     return 0
 
 
+def photo(args: argparse.Namespace) -> int:
+    """An operator's takedown: the owner's DELETE, without the owner's token."""
+    from cluster.purge import Purger
+    from storage import NotFound, open_store
+    from storage.keys import InvalidName, valid_photo_id, valid_user
+    from storage.records import PhotoRecord
+
+    from .manage import delete_photo
+
+    cfg = load(args.config)
+    store = open_store(cfg)
+    try:
+        rec = PhotoRecord.load(store, valid_user(args.user), valid_photo_id(args.id))
+    except (InvalidName, NotFound):
+        print(f"no photo {args.user}/{args.id}", file=sys.stderr)
+        return 1
+    removed = delete_photo(store, rec)
+    print(f"deleted {rec.owner}/{rec.id} ({removed} objects)")
+    error = Purger.from_config(cfg).purge(rec.ref)
+    if error:
+        print(f"warning: {error}; cached copies live until evicted or purged "
+              f"(PURGE {cfg.public_url}{rec.ref.url_path}/ with the admin token)", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ypfs", description="ypfs: the upload server and its admin commands")
     ap.add_argument("--config", default=None, help="cluster TOML (default: $YUPOO_CONFIG, else built-in defaults)")
@@ -99,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("action", choices=["add", "token", "revoke", "list"])
     u.add_argument("name", nargs="?")
     u.set_defaults(func=user)
+    ph = sub.add_parser("photo", help="operator actions on one photo")
+    ph.add_argument("action", choices=["delete"])
+    ph.add_argument("user")
+    ph.add_argument("id")
+    ph.set_defaults(func=photo)
     args = ap.parse_args(argv)
     try:
         return args.func(args)
