@@ -1,10 +1,12 @@
 """ypfs upload throughput vs the raw S3 ceiling, into the same SeaweedFS, in one run.
 
-The same ~2 MB real JPEG (an iPhone photo from the corpus) is
+The same ~2 MB real JPEG (an iPhone photo from the corpus), made distinct for each
+upload by a comment segment carrying its number (so de-duplication never
+short-circuits the work), is
 - uploaded through ypfs (multipart POST, auth, validation decode, original + record
-  + dedupe entry written to S3), each by a different user so de-duplication never
-  short-circuits the work, and
-- PUT raw with the minio client to the same SeaweedFS (the ceiling),
+  + dedupe entry written to S3), each load-generator thread being one user uploading
+  a series of photos, as an upload client does, and
+- PUT raw with the minio client to the same SeaweedFS (the ceiling), the same bytes,
 at concurrency 1 and 8. Reports MB/s, the ypfs/raw ratio (goal >= 0.6), p50/p99, and
 the CPU milliseconds each upload cost ypfs, SeaweedFS and the load generator: with
 two cores shared by all three, that sum is what bounds throughput at c=8.
@@ -39,6 +41,12 @@ WORKERS = 4
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def numbered(jpeg: bytes, n: int) -> bytes:
+    """The JPEG with a comment segment right after SOI naming upload ``n``: distinct bytes, same image."""
+    text = f"bench upload {n}".encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
 
 
 def _measure(fn, jobs: int, concurrency: int, servers: dict[str, int]) -> dict:
@@ -102,7 +110,7 @@ def main() -> None:
         cfg = load(cfg_path)
         store = open_store(cfg)
         tokens = []
-        for i in range(sum(RUNS.values()) + len(RUNS) + 1):
+        for i in range(sum(RUNS) + 1):  # one user per load-generator thread (concurrency), + the warm-up
             user = UserRecord(f"bench{i}")
             tokens.append(user.new_token())
             user.save(store)
@@ -111,26 +119,24 @@ def main() -> None:
         procs.wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         _settle(proc.pid)
 
-        sessions = threading.local()
-        counter = iter(range(10**9))
+        clients = threading.local()  # per load-generator thread: its HTTP session and its user
+        users, numbers = iter(range(len(tokens))), iter(range(10**9))  # every upload's bytes are distinct
         counter_lock = threading.Lock()
 
         def upload(_i: int) -> None:
             with counter_lock:
-                n = next(counter)
-            s = getattr(sessions, "s", None) or requests.Session()
-            sessions.s = s
-            r = s.post(f"http://127.0.0.1:{port}/upload", files={"photo": ("p.jpg", data)},
-                       headers={"Authorization": f"Bearer {tokens[n]}"}, timeout=60)
+                i = next(numbers)
+                if not hasattr(clients, "session"):
+                    clients.session, clients.token = requests.Session(), tokens[next(users)]
+            r = clients.session.post(f"http://127.0.0.1:{port}/upload", files={"photo": ("p.jpg", numbered(data, i))},
+                                     headers={"Authorization": f"Bearer {clients.token}"}, timeout=60)
             if r.status_code != 201:
                 raise RuntimeError(f"upload failed: {r.status_code} {r.text[:200]}")
 
-        raw_counter = iter(range(10**9))
-
         def raw_put(_i: int) -> None:
             with counter_lock:
-                n = next(raw_counter)
-            store.put(f"rawput/{n}.jpg", data, "image/jpeg")
+                i = next(numbers)
+            store.put(f"rawput/{i}.jpg", numbered(data, i), "image/jpeg")
 
         rows, figures = [], {}
         servers = {"ypfs": proc.pid, "seaweedfs": weed.proc.pid}
