@@ -141,3 +141,12 @@ def parse_photo_segment(segment: str) -> tuple[str, str]:
     if not sep:
         raise InvalidName("photo segment must be {id}_{secret}")
     return valid_photo_id(photo_id), valid_secret(secret)
+
+
+def photo_of_key(key: str) -> PhotoRef:
+    """The photo an ``originals/`` or ``renditions/`` key belongs to; InvalidName for any other key."""
+    parts = key.split("/")
+    if (len(parts) == 3 and parts[0] == "originals") or (len(parts) == 4 and parts[0] == "renditions"):
+        photo_id, secret = parse_photo_segment(parts[2])
+        return PhotoRef(parts[1], photo_id, secret)
+    raise InvalidName(f"not an original or rendition key: {key!r}"[:120])

@@ -14,16 +14,7 @@ from storage.local import LocalStore
 from storage.s3 import S3Store
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def store(request, tmp_path):
-    if request.param == "local":
-        yield LocalStore(tmp_path / "store")
-    else:
-        weed = request.getfixturevalue("seaweed")
-        s = S3Store(S3StoreConfig(endpoint=weed.endpoint, access_key=weed.access_key, secret_key=weed.secret_key,
-                                  bucket=f"contract-{os.urandom(4).hex()}", part_size=5 * 1024 * 1024))
-        yield s
-        s.close()
+# the ``store`` fixture (local, and S3 on the session's SeaweedFS) lives in conftest.py
 
 
 def test_put_get_roundtrip(store):

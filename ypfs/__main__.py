@@ -6,6 +6,8 @@
     python -m ypfs user revoke NAME         revoke every token of a user
     python -m ypfs user list                list users
     python -m ypfs photo delete USER ID     take a photo down (admin): storage, then the caches
+    python -m ypfs gc [--grace-minutes N] [--dry-run]
+                                            remove objects no photo record reaches (crash leftovers)
 """
 
 from __future__ import annotations
@@ -114,6 +116,24 @@ def photo(args: argparse.Namespace) -> int:
     return 0
 
 
+def gc(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from storage import open_store
+
+    from .gc import sweep
+
+    store = open_store(load(args.config))
+    with tqdm(unit=" objects", desc="gc", disable=args.quiet) as bar:
+        report = sweep(store, args.grace_minutes * 60, dry_run=args.dry_run, on_key=lambda _k: bar.update())
+    for key in report.orphans:
+        print(("would remove " if args.dry_run else "removed ") + key)
+    print(f"{report.examined} objects examined, {len(report.orphans)} unreachable "
+          f"({'none removed: dry run' if args.dry_run else f'{report.removed} removed'}), "
+          f"{report.young} unreachable but younger than {args.grace_minutes:g} minutes (kept)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ypfs", description="ypfs: the upload server and its admin commands")
     ap.add_argument("--config", default=None, help="cluster TOML (default: $YUPOO_CONFIG, else built-in defaults)")
@@ -130,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     ph.add_argument("user")
     ph.add_argument("id")
     ph.set_defaults(func=photo)
+    g = sub.add_parser("gc", help="remove originals, renditions and duplicate entries no photo record reaches")
+    g.add_argument("--grace-minutes", type=float, default=60.0,
+                   help="keep unreachable objects younger than this (an upload in flight has its original "
+                        "stored before its record); default 60")
+    g.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=gc)
     args = ap.parse_args(argv)
     try:
         return args.func(args)
