@@ -381,6 +381,12 @@ def test_private_photos_are_hidden_from_everyone_but_their_owner(ypfs):
     assert owner.status_code == 200 and owner.json()["id"] == photo
     listing = requests.get(f"{ypfs.url}/api/users/carol/photos", timeout=10).json()
     assert photo not in [p["id"] for p in listing["photos"]]
+    mine = requests.get(f"{ypfs.url}/api/users/carol/photos", timeout=10,
+                        headers={"Authorization": f"Bearer {ypfs.token('carol')}"}).json()
+    assert photo in [p["id"] for p in mine["photos"]]
+    theirs = requests.get(f"{ypfs.url}/api/users/carol/photos", timeout=10,
+                          headers={"Authorization": f"Bearer {ypfs.token('alice')}"}).json()
+    assert photo not in [p["id"] for p in theirs["photos"]]
 
 
 def _as(ypfs, user: str | None) -> dict:

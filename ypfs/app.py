@@ -4,7 +4,8 @@
     GET  /api/photos/{user}/{id}      a photo's public JSON (private ones only to their owner)
     PATCH /api/photos/{user}/{id}     the owner edits title, private, original_public (JSON)
     DELETE /api/photos/{user}/{id}    the owner deletes the photo: record, original, renditions
-    GET  /api/users/{user}/photos     a user's public photos, oldest first (?after=ID&limit=N)
+    GET  /api/users/{user}/photos     a user's public photos, oldest first (?after=ID&limit=N);
+                                      with the owner's token, the private ones too
     GET  /healthz, /metrics
 """
 
@@ -205,10 +206,12 @@ class PhotoResource:
 
 
 class UserPhotosResource:
+    """A user's photos, oldest first; their private ones too when the owner asks (with the token)."""
+
     MAX_LIMIT = 500
 
-    def __init__(self, cfg: Config, store: BlobStore):
-        self.cfg, self.store = cfg, store
+    def __init__(self, cfg: Config, store: BlobStore, auth: TokenAuth):
+        self.cfg, self.store, self.auth = cfg, store, auth
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
         try:
@@ -218,6 +221,8 @@ class UserPhotosResource:
         except InvalidName as exc:
             raise fail(400, "bad_request", str(exc)) from None
         limit = req.get_param_as_int("limit", min_value=1, max_value=self.MAX_LIMIT, default=100)
+        viewer = self.auth.user(req, required=False)
+        owner = viewer is not None and viewer.name == user
         photos = []
         for key in self.store.list(prefix, start_after=start_after):
             try:
@@ -225,7 +230,7 @@ class UserPhotosResource:
                 rec = PhotoRecord.from_json(self.store.get(key))
             except (InvalidName, NotFound, ValueError):
                 continue
-            if not rec.private:
+            if owner or not rec.private:
                 photos.append(photo_view(self.cfg, rec))
             if len(photos) >= limit:
                 break
@@ -277,7 +282,7 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
     form_opts.max_body_part_buffer_size = 64 * 1024  # small text fields only; the file is streamed
     app.add_route("/upload", UploadResource(cfg, Ingestor(cfg, store, next_id), auth, work_dir / "spool", after_store))
     app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(cfg, store, auth, purger))
-    app.add_route("/api/users/{user}/photos", UserPhotosResource(cfg, store))
+    app.add_route("/api/users/{user}/photos", UserPhotosResource(cfg, store, auth))
     app.add_route("/healthz", HealthResource(node, store))
     app.add_route("/metrics", MetricsResource())
     return app
