@@ -88,3 +88,13 @@ def test_gc_command_lists_then_removes(tmp_path):
     real = subprocess.run(cli, capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
     assert real.returncode == 0 and "7 unreachable (7 removed)" in real.stdout, real.stdout + real.stderr
     assert _all_keys(store) & garbage == set() and keep <= _all_keys(store)
+
+
+def test_gc_against_an_unreachable_store_is_a_clear_error(tmp_path):
+    tree = cluster_tree(tmp_path)
+    tree["storage"] = {"backend": "s3", "s3": {"endpoint": "127.0.0.1:1", "access_key": "a", "secret_key": "b",
+                                               "bucket": "nowhere", "retries": 1}}
+    _, path = write_config(tmp_path, tree)
+    out = subprocess.run([sys.executable, "-m", "ypfs", "--config", str(path), "gc", "--quiet"], capture_output=True,
+                         text=True, cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 1 and out.stderr.startswith("storage error: ") and "Traceback" not in out.stderr

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from cluster.config import ConfigError, load
+from storage import StorageError
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -163,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # the admin commands talk to the store directly
+        print(f"storage error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
