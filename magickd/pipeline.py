@@ -6,9 +6,9 @@
 
 Sizes run largest first, so each one is resized from the nearest larger image
 already in memory. The deadline is checked between steps and enforced inside
-libvips while a step runs. The heap's free pages go back to the OS after each
-render (vips_setup.release_memory), so a worker's peak memory is one render's.
-Every failure leaves as a RenderFailure: a libvips or Pillow error on a bad
+libvips while a step runs. After a render that leaves the worker over
+``vips_setup.KEEP_RSS``, the heap's free pages go back to the OS, so one large
+original does not keep a worker big. Every failure leaves as a RenderFailure: a libvips or Pillow error on a bad
 original is ``undecodable`` (422), never a crash.
 """
 
@@ -20,10 +20,10 @@ from typing import Callable, Iterable
 
 import pyvips
 
+from . import vips_setup
 from .context import Output, RenderContext
 from .deadline import Deadline
 from .errors import RenderFailure, RenderTimeout, Undecodable
-from . import vips_setup
 from .options import RenderOptions
 from .steps.crop import crop
 from .steps.encode import encode
