@@ -8,8 +8,8 @@ Sizes run largest first, so each one is resized from the nearest larger image
 already in memory. The deadline is checked between steps and enforced inside
 libvips while a step runs. After a render that leaves the worker over
 ``vips_setup.KEEP_RSS``, the heap's free pages go back to the OS, so one large
-original does not keep a worker big. Every failure leaves as a RenderFailure: a libvips or Pillow error on a bad
-original is ``undecodable`` (422), never a crash.
+original does not keep a worker big. Every failure leaves as a RenderFailure: a
+libvips or Pillow error on a bad original is ``undecodable`` (422), never a crash.
 """
 
 from __future__ import annotations
