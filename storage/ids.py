@@ -11,8 +11,13 @@ decimal, laid out like Twitter's Snowflake:
              when its process dies, even by SIGKILL
     10 bits  sequence within the millisecond (1024 ids/ms per worker)
 
-Ids sort by time, so a user's photos list in upload order. The clock going
-backwards is waited out (briefly) rather than risking a repeat.
+Ids sort by time, so a user's photos list in upload order. Store keys sort as
+text, not as numbers, so every id is printed with the same 19 digits: the
+Snowflake value plus ``ID_OFFSET`` (10**18). Without it the ids would grow from 18
+to 19 digits in mid-2031 (at the 2024 epoch), and from then on a user's newest
+photos would list before their oldest. The offset keeps the value under 2**63 for
+about 62 years after the epoch. The clock going backwards is waited out (briefly)
+rather than risking a repeat.
 
 Each photo also gets a random secret (40 bits, hex) that is part of its public
 URLs, so ids cannot be enumerated into photos.
@@ -29,6 +34,7 @@ from typing import Callable
 from cluster.locks import try_flock
 
 NODE_BITS, SLOT_BITS, SEQ_BITS = 8, 4, 10
+ID_OFFSET = 10**18  # every id has 19 decimal digits, so ids sort the same as text and as numbers
 MAX_NODE, MAX_SLOT, MAX_SEQ = (1 << NODE_BITS) - 1, (1 << SLOT_BITS) - 1, (1 << SEQ_BITS) - 1
 MAX_BACKWARDS_MS = 5000
 
@@ -86,9 +92,15 @@ class IdGenerator:
             else:
                 self._seq = 0
             self._last_ms = now
-            return str((now << (NODE_BITS + SLOT_BITS + SEQ_BITS)) | self._prefix | self._seq)
+            value = ID_OFFSET + ((now << (NODE_BITS + SLOT_BITS + SEQ_BITS)) | self._prefix | self._seq)
+            if value >= 2**63:
+                raise IdError("the id space of this epoch is used up (63 bits); configure a later ids.epoch_ms")
+            return str(value)
 
 
 def id_time_ms(photo_id: str, epoch_ms: int) -> int:
-    """Unix time in ms at which an id was issued."""
-    return (int(photo_id) >> (NODE_BITS + SLOT_BITS + SEQ_BITS)) + epoch_ms
+    """Unix time in ms at which an id was issued (ids from before ``ID_OFFSET`` had none)."""
+    value = int(photo_id)
+    if value >= ID_OFFSET:
+        value -= ID_OFFSET
+    return (value >> (NODE_BITS + SLOT_BITS + SEQ_BITS)) + epoch_ms

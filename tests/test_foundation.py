@@ -139,6 +139,23 @@ def test_ids_from_different_nodes_and_slots_never_collide():
     assert ids.id_time_ms(seen[0], 1704067200000) == int(t * 1000)
 
 
+def test_ids_sort_as_text_in_time_order_for_decades():
+    """Keys list as text: ids keep one width, across the point (mid-2031 at the 2024 epoch)
+    where the bare Snowflake value would have grown from 18 to 19 digits."""
+    epoch = 1704067200000
+    moments = [1_704_067_200.001, 1_800_000_000.0, 1_942_500_000.0, 1_942_600_000.0, 1_950_000_000.0,
+               2_500_000_000.0, 3_600_000_000.0]  # from the epoch to 2084
+    issued = []
+    for t in moments:
+        gen = ids.IdGenerator(255, 15, epoch, clock=lambda t=t: t)
+        issued += [gen.next_id() for _ in range(3)]
+    assert {len(x) for x in issued} == {19}
+    assert issued == sorted(issued) == sorted(issued, key=int)
+    assert all(int(x) < 2**63 for x in issued)
+    assert [ids.id_time_ms(x, epoch) // 1000 for x in issued[::3]] == [int(t) for t in moments]
+    assert sorted(record_key("u", x) for x in reversed(issued)) == [record_key("u", x) for x in issued]
+
+
 def test_clock_going_far_back_refuses_instead_of_repeating():
     now = [1_800_000_000.0]
     gen = ids.IdGenerator(1, 0, 1704067200000, clock=lambda: now[0])
