@@ -35,6 +35,7 @@ from cluster.locks import try_flock
 
 NODE_BITS, SLOT_BITS, SEQ_BITS = 8, 4, 10
 ID_OFFSET = 10**18  # every id has 19 decimal digits, so ids sort the same as text and as numbers
+TIME_SHIFT = NODE_BITS + SLOT_BITS + SEQ_BITS  # an id's milliseconds sit above this many bits
 MAX_NODE, MAX_SLOT, MAX_SEQ = (1 << NODE_BITS) - 1, (1 << SLOT_BITS) - 1, (1 << SEQ_BITS) - 1
 MAX_BACKWARDS_MS = 5000
 
@@ -92,10 +93,15 @@ class IdGenerator:
             else:
                 self._seq = 0
             self._last_ms = now
-            value = ID_OFFSET + ((now << (NODE_BITS + SLOT_BITS + SEQ_BITS)) | self._prefix | self._seq)
+            value = ID_OFFSET + ((now << TIME_SHIFT) | self._prefix | self._seq)
             if value >= 2**63:
                 raise IdError("the id space of this epoch is used up (63 bits); configure a later ids.epoch_ms")
             return str(value)
+
+
+def first_id_at(unix_ms: int, epoch_ms: int) -> int:
+    """The smallest id issued at ``unix_ms``: every later id is larger."""
+    return ID_OFFSET + (max(0, unix_ms - epoch_ms) << TIME_SHIFT)
 
 
 def id_time_ms(photo_id: str, epoch_ms: int) -> int:
@@ -103,4 +109,4 @@ def id_time_ms(photo_id: str, epoch_ms: int) -> int:
     value = int(photo_id)
     if value >= ID_OFFSET:
         value -= ID_OFFSET
-    return (value >> (NODE_BITS + SLOT_BITS + SEQ_BITS)) + epoch_ms
+    return (value >> TIME_SHIFT) + epoch_ms

@@ -118,7 +118,7 @@ def seed_photo(store, user: str, path: Path, *, photo_id: str | None = None, pri
     return rec
 
 
-_SEED_IDS = iter(range(int(__import__("time").time() * 1000) * 1000, 10**18))
+_SEED_IDS = iter(range(10**18 + (int(__import__("time").time() * 1000) << 22), 2**63))  # 19 digits, like real ids
 
 
 def check_connection_cap(port: int, cap: int) -> None:

@@ -226,3 +226,35 @@ def test_disk_cache_is_shared_between_processes_and_counts(tmp_path):
     cache.stats.inc("hits")
     totals = cache.totals()
     assert totals["entries"] == 1 and totals["fills"] == 1 and totals["hits"] == 1
+
+
+def test_newest_first_listing_reads_about_a_page_not_every_photo(tmp_path):
+    """1000 photos over three years, the newest 30 from the last day: the first 30 keys come
+    from one short listing; walking on reaches every key once, in newest-first order."""
+    import itertools
+
+    from storage.ids import IdGenerator
+    from storage.keys import record_key
+    from storage.local import LocalStore
+    from ypws.listing import newest_record_keys
+
+    class CountingStore(LocalStore):
+        listed = 0
+
+        def list(self, prefix="", start_after=""):
+            for key in super().list(prefix, start_after):
+                CountingStore.listed += 1
+                yield key
+
+    store, epoch, now = CountingStore(tmp_path), 1704067200000, 1_800_000_000.0
+    times = [now - 3 * 365 * 86400 + i * 86400 for i in range(970)] + [now - 3600 + i for i in range(30)]
+    ids = [IdGenerator(1, 0, epoch, clock=lambda t=t: t).next_id() for t in times]
+    for pid in ids:
+        store.put(record_key("u", pid), b"{}")
+    newest = list(itertools.islice(newest_record_keys(store, "u", epoch, lambda: int(now * 1000)), 30))
+    assert newest == [record_key("u", pid) for pid in reversed(ids[-30:])]
+    assert CountingStore.listed <= 31  # not 1000
+    every = list(newest_record_keys(store, "u", epoch, lambda: int(now * 1000)))
+    assert every == [record_key("u", pid) for pid in reversed(ids)]
+    below = list(newest_record_keys(store, "u", epoch, lambda: int(now * 1000), before=ids[500]))
+    assert below == [record_key("u", pid) for pid in reversed(ids[:500])]

@@ -418,16 +418,21 @@ def test_a_slow_loris_client_gets_408_instead_of_holding_the_connection(world):
 
 
 def test_the_gallery_pages_newest_first_and_skips_private_photos(world):
-    """230 photos: pages of 100, newest first, each 'Older photos' link starting below the
-    last photo shown; private ones never appear, and nothing is shown twice or skipped."""
+    """231 photos uploaded over two years: pages of 100, newest first, each 'Older photos'
+    link starting below the last photo shown; private ones never appear, and nothing is
+    shown twice or skipped (the listing walks back in growing time windows)."""
     import dataclasses
 
-    template = seed_photo(world.store, "pager", CORPUS / "formats" / "hopper.jpg", photo_id=str(10**17))
-    ids = [str(10**17 + i) for i in range(1, 231)]
+    from storage.ids import IdGenerator
+
+    now = time.time()
+    ids = [IdGenerator(1, 0, world.cfg.ids.epoch_ms, clock=lambda i=i: now - (230 - i) * 3 * 86400).next_id()
+           for i in range(231)]
+    template = seed_photo(world.store, "pager", CORPUS / "formats" / "hopper.jpg", photo_id=ids[0])
     private = set(ids[5::40])
-    for pid in ids:
+    for pid in ids[1:]:
         dataclasses.replace(template, id=pid, title=f"p{pid}", private=pid in private).save(world.store)
-    expected = [pid for pid in reversed([template.id, *ids]) if pid not in private]
+    expected = [pid for pid in reversed(ids) if pid not in private]
     shown, url, pages_seen = [], f"{world.url}/u/pager", 0
     while url and pages_seen < 5:
         r = requests.get(url, timeout=30)
@@ -440,5 +445,5 @@ def test_the_gallery_pages_newest_first_and_skips_private_photos(world):
         url = f"{world.url}{older.group(1)}" if older else None
     assert pages_seen == 3 and shown == expected
     assert requests.get(f"{world.url}/u/pager?before=notanid", timeout=10).status_code == 404
-    last = requests.get(f"{world.url}/u/pager?before={template.id}", timeout=10)
+    last = requests.get(f"{world.url}/u/pager?before={ids[0]}", timeout=10)
     assert last.status_code == 200 and "No older photos." in last.text

@@ -18,10 +18,10 @@ WSGI server (tests use falcon's TestClient).
 from __future__ import annotations
 
 import hmac
-import itertools
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import falcon
 import falcon.routing
@@ -29,14 +29,14 @@ import falcon.routing
 from cluster.config import Config
 from cluster.web import fail, json_errors
 from storage import BlobStore, NotFound, StorageError
-from storage.keys import (InvalidName, PhotoRef, parse_photo_segment, photo_prefix, record_key, valid_photo_id,
-                          valid_user)
+from storage.keys import InvalidName, PhotoRef, parse_photo_segment, valid_photo_id, valid_user
 from storage.records import PhotoRecord, UserRecord
 
 from . import pages
 from .accesslog import AccessLog
 from .diskcache import DiskCache
 from .images import ImageRequest, ImageService, Reply
+from .listing import newest_record_keys
 from .metrics import exposition
 from .urls import BadPath, NoSuchImage, check_path, parse_image_path
 
@@ -185,33 +185,36 @@ class MetricsResource:
 
 
 class GalleryResource:
-    def __init__(self, cfg: Config, store: BlobStore):
+    def __init__(self, cfg: Config, store: BlobStore, clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self.store = store
+        self.clock = clock
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
         """Newest first, a page at a time: ``?before={id}`` starts below that photo."""
         before = req.get_param("before")
         try:
             valid_user(user)
-            stop = record_key(user, valid_photo_id(before)) if before else None
+            if before:
+                valid_photo_id(before)
         except InvalidName:
             raise fail(404, "not_found", "no such user or photo") from None
-        try:  # ids are time-ordered, keys list oldest first: keep those older than ``before``
-            keys = list(itertools.takewhile(lambda k: stop is None or k < stop, self.store.list(photo_prefix(user))))
+        keys = newest_record_keys(self.store, user, self.cfg.ids.epoch_ms, lambda: int(self.clock() * 1000), before)
+        records: list[PhotoRecord] = []
+        older = None
+        try:
+            for key in keys:
+                if len(records) == GALLERY_LIMIT:  # a photo beyond this page exists
+                    older = records[-1].id
+                    break
+                try:
+                    rec = PhotoRecord.from_json(self.store.get(key))
+                except (NotFound, ValueError, TypeError):
+                    continue
+                if not rec.private:
+                    records.append(rec)
         except StorageError as exc:
             raise fail(503, "storage_unavailable", f"storage failed: {exc}") from None
-        records: list[PhotoRecord] = []
-        while keys and len(records) < GALLERY_LIMIT:
-            try:
-                rec = PhotoRecord.from_json(self.store.get(keys.pop()))
-            except (NotFound, ValueError, TypeError):
-                continue
-            except StorageError as exc:
-                raise fail(503, "storage_unavailable", f"storage failed: {exc}") from None
-            if not rec.private:
-                records.append(rec)
-        older = records[-1].id if keys and records else None
         resp.content_type = falcon.MEDIA_HTML
         resp.text = pages.gallery_html(self.cfg, user, records, older=older, paged=bool(before))
         resp.set_header("Cache-Control", "no-cache")
