@@ -23,6 +23,7 @@ from storage.records import PhotoRecord, UserRecord, profile_version
 
 from .conditional import RangeError, http_date, if_range_matches, not_modified, parse_range
 from .diskcache import DiskCache, body_digest
+from .geoscrub import PatchedReader, apply_patches, location_patches, strip_location
 from .hotlink import HotlinkPolicy
 from .negotiation import pick_variant
 from .placeholder import placeholder_png
@@ -64,20 +65,22 @@ class Problem(Exception):
 
 @dataclass(slots=True)
 class StoredBody:
-    """An original too large for the cache: streamed from storage, validated by its SHA-256."""
+    """An original too large for the cache: streamed from storage with its location blanked."""
 
     store: BlobStore
     key: str
     size: int
     digest: str
     meta: dict
+    patches: list = field(default_factory=list)  # geoscrub patches, applied as the bytes pass
     body: None = None
 
     def open_body(self) -> BinaryIO:
-        return self.store.open(self.key)
+        raw = self.store.open(self.key)
+        return PatchedReader(raw, self.patches) if self.patches else raw
 
     def read_range(self, start: int, length: int) -> bytes:
-        return self.store.get_range(self.key, start, length)
+        return apply_patches(self.store.get_range(self.key, start, length), start, self.patches)
 
 
 @dataclass(slots=True)
@@ -101,6 +104,7 @@ class Transient:
 
 
 RESOLVED_MAX = 8192
+PATCHES_MEMO = 1024  # originals too large for the cache whose location patches are remembered
 
 
 @dataclass(slots=True)
@@ -146,6 +150,7 @@ class ImageService:
         self._placeholder = placeholder_png()
         self._resolved: dict[str, _Resolved] = {}
         self._heads: dict[tuple, tuple[tuple, tuple]] = {}
+        self._original_patches: dict[str, list] = {}
 
     # -- entry point -----------------------------------------------------------------------
     def respond(self, req: ImageRequest, fast: bool = False) -> Reply | None:
@@ -349,9 +354,25 @@ class ImageService:
         meta = {"type": CONTENT_TYPES.get(record.format, "application/octet-stream"), "mtime": record.uploaded_at,
                 "lm": http_date(record.uploaded_at), "private": record.private}
         if record.bytes + 4096 > self.cache.entry_capacity:
-            return StoredBody(self.store, target.ref.original_key, record.bytes, "sha256-" + record.sha256[:32], meta)
-        body = self._origin_get(target.ref.original_key)
+            return self._stored_original(target.ref.original_key, record, meta)
+        body = strip_location(self._origin_get(target.ref.original_key), record.format)
         return self.cache.put(key, body, meta) or Transient(body, meta)
+
+    def _stored_original(self, key: str, record: PhotoRecord, meta: dict) -> StoredBody:
+        """An original served from storage as it streams; its location patches are found once
+        (one pass of ranged reads) and remembered, since an original's bytes never change."""
+        patches = self._original_patches.get(key)
+        if patches is None:
+            try:
+                patches = location_patches(lambda start, length: self.store.get_range(key, start, length),
+                                           record.bytes, record.format)
+            except StorageError as exc:
+                raise Problem(503, "storage_unavailable", f"storage failed: {exc}", [("Retry-After", "2")]) from None
+            if len(self._original_patches) >= PATCHES_MEMO:
+                self._original_patches.clear()
+            self._original_patches[key] = patches
+        digest = "sha256-" + record.sha256[:32] + ("-nogps" if patches else "")
+        return StoredBody(self.store, key, record.bytes, digest, meta, patches)
 
     def _record(self, ref: PhotoRef) -> PhotoRecord:
         try:

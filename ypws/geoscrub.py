@@ -1,0 +1,283 @@
+"""Take the location out of an original before anyone is sent it.
+
+GPS coordinates stay in the stored original only: ypfs keeps the upload as it
+came, and the public ``original.{ext}`` URL serves a copy without them. The copy
+differs from the original only where location was: every change here replaces
+bytes with as many other bytes (zeros, spaces), so no offset, length or box
+size moves and every container format stays valid without being rewritten.
+Pixels are never touched.
+
+What is blanked:
+
+- every EXIF GPS IFD, wherever a TIFF structure sits: the file itself (TIFF),
+  a JPEG or MPO APP1 segment (each image of an MPO), a PNG ``eXIf`` chunk, a
+  WebP ``EXIF`` chunk, a HEIF/AVIF ``Exif`` item. The IFD is emptied and the
+  values it points at zeroed, so no coordinate is left in the bytes;
+- in every XMP packet, each property whose name contains "GPS" (``exif:GPS…``,
+  and the like of drone makers), as an attribute or as an element; a packet
+  where "GPS" still shows after that is blanked whole;
+- a compressed PNG text chunk whose text mentions GPS: its data is zeroed and
+  its type renamed to a private ancillary chunk (``skIp``) that decoders skip.
+  PNG chunks carry a CRC, so each chunk touched gets its CRC recomputed.
+
+The work is a list of patches ``(offset, replacement)`` computed through a
+``read_at(offset, length)`` function, so an original too large for the cache
+is scrubbed while it streams: one pass to find the patches, then every chunk
+served gets the patches that fall in it.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+Patch = tuple[int, bytes]  # offset, replacement of the same length
+ReadAt = Callable[[int, int], bytes]
+
+#: a TIFF header whose first IFD follows it, as every EXIF writer lays it out
+_TIFF_HEADERS = (b"MM\x00\x2a\x00\x00\x00\x08", b"II\x2a\x00\x08\x00\x00\x00")
+_RDF_OPEN, _RDF_CLOSE = b"<rdf:RDF", b"</rdf:RDF>"
+_GPS_IFD_TAG = 0x8825
+_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_MAX_IFDS = 8           # IFD0, IFD1 (the thumbnail) and a few more
+_MAX_ENTRIES = 1000
+_MAX_VALUE = 1 << 16    # no GPS value is near this; larger ones are not ours to zero
+_MAX_XMP = 8 << 20
+_MAX_TEXT = 8 << 20     # decompressed PNG text looked at
+_SCAN_CHUNK = 1 << 20
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COMPRESSED_TEXT = (b"zTXt", b"iTXt")
+_PNG_INERT_TYPE = b"skIp"  # ancillary, private, safe to copy: decoders skip it
+
+_GPS_NAME = rb"[\w.-]+:[\w.-]*[Gg][Pp][Ss][\w.-]*"
+_GPS_ATTRIBUTE = re.compile(rb"(?<=\s)" + _GPS_NAME + rb"\s*=\s*(?:\"[^\"]*\"|'[^']*')")
+_GPS_ELEMENT = re.compile(rb"<(" + _GPS_NAME + rb")(?:\s[^>]*)?(?:/>|>.*?</\1\s*>)", re.S)
+_GPS_WORD = re.compile(rb"[Gg][Pp][Ss]")
+
+
+def strip_location(data: bytes, fmt: str) -> bytes:
+    """``data`` (an original in format ``fmt``) without its location; the same bytes if it has none."""
+    patches = location_patches(lambda start, length: data[start:start + length], len(data), fmt)
+    return apply_patches(data, 0, patches) if patches else data
+
+
+def location_patches(read_at: ReadAt, size: int, fmt: str) -> list[Patch]:
+    """The patches that blank every location in an object of ``size`` bytes read through ``read_at``."""
+    patches: dict[int, bytes] = {}
+    tiffs, packets = _scan(read_at, size)
+    if fmt == "tiff":
+        tiffs.add(0)
+    for base in sorted(tiffs):
+        patches.update(_gps_ifd_patches(read_at, size, base))
+    for start in sorted(packets):
+        patches.update(_xmp_patches(read_at, size, start))
+    if fmt == "png":
+        chunks = _png_patches(read_at, size, patches)  # each holds the patches inside it
+        patches = {at: repl for at, repl in patches.items()
+                   if not any(c <= at and at + len(repl) <= c + len(r) for c, r in chunks.items())}
+        patches.update(chunks)
+    return sorted(patches.items())
+
+
+def apply_patches(chunk: bytes, offset: int, patches: Iterable[Patch]) -> bytes:
+    """``chunk`` (the object's bytes from ``offset``) with the patches that overlap it applied."""
+    end = offset + len(chunk)
+    out: bytearray | None = None
+    for at, repl in patches:
+        lo, hi = max(at, offset), min(at + len(repl), end)
+        if lo < hi:
+            out = out if out is not None else bytearray(chunk)
+            out[lo - offset:hi - offset] = repl[lo - at:hi - at]
+    return bytes(out) if out is not None else chunk
+
+
+class PatchedReader:
+    """A readable stream of an object, from its start, with the patches applied as it is read."""
+
+    def __init__(self, raw: BinaryIO, patches: list[Patch]):
+        self._raw, self._patches, self._offset = raw, patches, 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._raw.read(size)
+        out = apply_patches(chunk, self._offset, self._patches)
+        self._offset += len(chunk)
+        return out
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+# -- finding what to look at ---------------------------------------------------------------------------
+
+
+def _scan(read_at: ReadAt, size: int) -> tuple[set[int], set[int]]:
+    """Offsets of TIFF headers and of XMP RDF openings, in one pass of overlapping chunks."""
+    tiffs: set[int] = set()
+    packets: set[int] = set()
+    overlap = max(len(_RDF_OPEN), *(len(h) for h in _TIFF_HEADERS)) - 1
+    pos = 0
+    while pos < size:
+        chunk = read_at(pos, _SCAN_CHUNK + overlap)
+        if not chunk:
+            break
+        for needle, found in ((_TIFF_HEADERS[0], tiffs), (_TIFF_HEADERS[1], tiffs), (_RDF_OPEN, packets)):
+            at = chunk.find(needle)
+            while at != -1:
+                found.add(pos + at)
+                at = chunk.find(needle, at + 1)
+        pos += _SCAN_CHUNK
+    return tiffs, packets
+
+
+# -- EXIF ----------------------------------------------------------------------------------------------
+
+
+class _Tiff:
+    """Bounded reads of one TIFF structure at ``base`` (offsets inside it are relative to ``base``)."""
+
+    def __init__(self, read_at: ReadAt, size: int, base: int):
+        self.read_at, self.size, self.base = read_at, size, base
+        head = read_at(base, 8)
+        self.order = "big" if head[:2] == b"MM" else "little"
+        self.ok = len(head) == 8 and head[:2] in (b"MM", b"II") and self.u(head[2:4]) == 42
+        self.first_ifd = self.u(head[4:8]) if self.ok else 0
+
+    def u(self, raw: bytes) -> int:
+        return int.from_bytes(raw, self.order)
+
+    def inside(self, offset: int, length: int) -> bool:
+        return offset >= 8 and self.base + offset + length <= self.size
+
+    def ifd(self, offset: int) -> tuple[list[tuple[int, int, int, bytes]], int] | None:
+        """(entries as (tag, type, count, value field), next IFD offset), or None if out of bounds."""
+        if not self.inside(offset, 2):
+            return None
+        count = self.u(self.read_at(self.base + offset, 2))
+        if count > _MAX_ENTRIES or not self.inside(offset, 2 + 12 * count + 4):
+            return None
+        raw = self.read_at(self.base + offset + 2, 12 * count + 4)
+        entries = [(self.u(raw[i:i + 2]), self.u(raw[i + 2:i + 4]), self.u(raw[i + 4:i + 8]), raw[i + 8:i + 12])
+                   for i in range(0, 12 * count, 12)]
+        return entries, self.u(raw[12 * count:])
+
+
+def _gps_ifd_patches(read_at: ReadAt, size: int, base: int) -> dict[int, bytes]:
+    """Zeros over the GPS IFD of the TIFF structure at ``base`` and over every value it points at."""
+    tiff = _Tiff(read_at, size, base)
+    if not tiff.ok:
+        return {}
+    patches: dict[int, bytes] = {}
+    offset, seen = tiff.first_ifd, set()
+    while offset and offset not in seen and len(seen) < _MAX_IFDS:
+        seen.add(offset)
+        parsed = tiff.ifd(offset)
+        if parsed is None:
+            break
+        entries, offset = parsed
+        for tag, type_, count, value in entries:
+            if tag != _GPS_IFD_TAG:
+                continue
+            if count == 1 and type_ in (4, 13):  # LONG or IFD: the pointer it should be
+                patches.update(_blank_ifd(tiff, tiff.u(value)))
+            else:  # a malformed GPS entry: whatever value it points at goes
+                patches.update(_blank_value(tiff, type_, count, value))
+    return patches
+
+
+def _blank_value(tiff: _Tiff, type_: int, count: int, value: bytes) -> dict[int, bytes]:
+    """Zeros over an entry's out-of-line value (an inline one goes with its IFD)."""
+    length = _TYPE_SIZES.get(type_, 1) * count
+    at = tiff.u(value)
+    if 4 < length <= _MAX_VALUE and tiff.inside(at, length):
+        return {tiff.base + at: bytes(length)}
+    return {}
+
+
+def _blank_ifd(tiff: _Tiff, offset: int) -> dict[int, bytes]:
+    parsed = tiff.ifd(offset)
+    if parsed is None:
+        return {}
+    entries, _next = parsed
+    patches = {}
+    for _tag, type_, count, value in entries:
+        patches.update(_blank_value(tiff, type_, count, value))
+    # an IFD of no entries and no successor: every reader sees an empty GPS IFD
+    patches[tiff.base + offset] = bytes(2 + 12 * len(entries) + 4)
+    return patches
+
+
+# -- XMP -----------------------------------------------------------------------------------------------
+
+
+def _xmp_patches(read_at: ReadAt, size: int, start: int) -> dict[int, bytes]:
+    """Spaces over every GPS property of the RDF packet opening at ``start``."""
+    text = read_at(start, min(_MAX_XMP, size - start))
+    end = text.find(_RDF_CLOSE)
+    if end == -1:
+        return {}
+    packet = text[:end + len(_RDF_CLOSE)]
+    if not _GPS_WORD.search(packet):
+        return {}
+    blanked = _GPS_ELEMENT.sub(lambda m: b" " * len(m.group(0)), packet)
+    blanked = _GPS_ATTRIBUTE.sub(lambda m: b" " * len(m.group(0)), blanked)
+    if _GPS_WORD.search(blanked) and b"\xff" not in packet:
+        # a serialisation the patterns do not cover: the packet goes whole. XMP is
+        # UTF-8, which never holds 0xFF, so such a range lies in one segment of a JPEG.
+        blanked = _RDF_OPEN + b" " * (len(packet) - len(_RDF_OPEN) - len(_RDF_CLOSE)) + _RDF_CLOSE
+    return {start: blanked} if blanked != packet else {}
+
+
+# -- PNG -----------------------------------------------------------------------------------------------
+
+
+def _png_chunks(read_at: ReadAt, size: int) -> Iterator[tuple[int, int, bytes]]:
+    """(offset of the chunk, data length, type) for each chunk of a PNG."""
+    if read_at(0, 8) != _PNG_SIGNATURE:
+        return
+    pos = 8
+    while pos + 12 <= size:
+        head = read_at(pos, 8)
+        length, type_ = int.from_bytes(head[:4], "big"), head[4:8]
+        if pos + 12 + length > size:
+            return
+        yield pos, length, type_
+        if type_ == b"IEND":
+            return
+        pos += 12 + length
+
+
+def _png_patches(read_at: ReadAt, size: int, patches: dict[int, bytes]) -> dict[int, bytes]:
+    """Compressed text chunks that mention GPS made inert, and the CRC of every chunk changed."""
+    out: dict[int, bytes] = {}
+    for pos, length, type_ in _png_chunks(read_at, size):
+        data_at = pos + 8
+        if type_ in _PNG_COMPRESSED_TEXT and _compressed_text_mentions_gps(type_, read_at(data_at, length)):
+            new_type, data = _PNG_INERT_TYPE, bytes(length)
+        elif any(at < data_at + length and at + len(repl) > data_at for at, repl in patches.items()):
+            new_type, data = type_, apply_patches(read_at(data_at, length), data_at, patches.items())
+        else:
+            continue
+        out[pos + 4] = new_type + data + zlib.crc32(new_type + data).to_bytes(4, "big")
+    return out
+
+
+def _compressed_text_mentions_gps(type_: bytes, data: bytes) -> bool:
+    keyword_end = data.find(b"\x00")
+    if keyword_end == -1:
+        return False
+    if type_ == b"zTXt":
+        compressed = data[keyword_end + 2:]
+    else:  # iTXt: keyword, NUL, compression flag, method, language NUL, translated keyword NUL, text
+        if keyword_end + 2 >= len(data) or data[keyword_end + 1] != 1:
+            return False  # uncompressed: the XMP patterns saw it
+        rest = data[keyword_end + 3:]
+        parts = rest.split(b"\x00", 2)
+        if len(parts) < 3:
+            return False
+        compressed = parts[2]
+    try:
+        text = zlib.decompressobj().decompress(compressed, _MAX_TEXT)
+    except zlib.error:
+        return False
+    return bool(_GPS_WORD.search(text))
