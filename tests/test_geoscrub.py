@@ -184,3 +184,14 @@ def test_patches_apply_the_same_however_the_bytes_are_cut():
         start = rng.randrange(len(original))
         length = rng.randint(1, len(original) - start)
         assert apply_patches(original[start:start + length], start, patches) == whole[start:start + length]
+
+
+def test_crafted_floods_of_packets_and_headers_are_scrubbed_in_bounded_work():
+    """Thousands of RDF openings, packets or TIFF headers (each once cost a pass over the rest of the
+    file): the first packets are still scrubbed, and no offset or length moves."""
+    packet = b'<rdf:RDF><rdf:Description exif:GPSLatitude="51,30.2083N"/></rdf:RDF>'
+    for flood in (b"<rdf:RDF a:gps" * 100_000, b"<rdf:RDF a:gps</rdf:RDF>" * 100_000,
+                  b"MM\x00\x2a\x00\x00\x00\x08" * 200_000):
+        data = b"\xff\xd8" + packet + flood
+        served = strip_location(data, "jpeg")
+        assert len(served) == len(data) and b"51,30.2083N" not in served

@@ -28,6 +28,8 @@ served gets the patches that fall in it.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 import zlib
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -44,16 +46,25 @@ _MAX_IFDS = 8           # IFD0, IFD1 (the thumbnail) and a few more
 _MAX_ENTRIES = 1000
 _MAX_VALUE = 1 << 16    # no GPS value is near this; larger ones are not ours to zero
 _MAX_XMP = 8 << 20
+# A real file holds a few EXIF blocks (an MPO one per image) and an XMP packet or two;
+# only a crafted one holds thousands, and the work on it stays bounded: the first
+# _MAX_STRUCTURES of each are scrubbed.
+_MAX_STRUCTURES = 64
+_MAX_FOUND = 4096
 _MAX_TEXT = 8 << 20     # decompressed PNG text looked at
 _SCAN_CHUNK = 1 << 20
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COMPRESSED_TEXT = (b"zTXt", b"iTXt")
 _PNG_INERT_TYPE = b"skIp"  # ancillary, private, safe to copy: decoders skip it
 
-_GPS_NAME = rb"[\w.-]+:[\w.-]*[Gg][Pp][Ss][\w.-]*"
-_GPS_ATTRIBUTE = re.compile(rb"(?<=\s)" + _GPS_NAME + rb"\s*=\s*(?:\"[^\"]*\"|'[^']*')")
-_GPS_ELEMENT = re.compile(rb"<(" + _GPS_NAME + rb")(?:\s[^>]*)?(?:/>|>.*?</\1\s*>)", re.S)
+# Bounded patterns (a property value is short; an element holds a few values at most), and
+# at most _MAX_GPS_WORDS mentions are worked through one by one: a packet crafted with
+# many more is blanked whole, so no packet costs more than a few ms.
+_GPS_NAME = rb"[\w.-]{1,64}:[\w.-]{0,64}[Gg][Pp][Ss][\w.-]{0,64}"
+_GPS_ATTRIBUTE = re.compile(rb"(?<=\s)" + _GPS_NAME + rb"\s{0,16}=\s{0,16}(?:\"[^\"]{0,4096}\"|'[^']{0,4096}')")
+_GPS_ELEMENT = re.compile(rb"<(" + _GPS_NAME + rb")(?:\s[^>]{0,4096})?(?:/>|>.{0,16384}?</\1\s{0,16}>)", re.S)
 _GPS_WORD = re.compile(rb"[Gg][Pp][Ss]")
+_MAX_GPS_WORDS = 64
 
 
 def strip_location(data: bytes, fmt: str) -> bytes:
@@ -65,13 +76,13 @@ def strip_location(data: bytes, fmt: str) -> bytes:
 def location_patches(read_at: ReadAt, size: int, fmt: str) -> list[Patch]:
     """The patches that blank every location in an object of ``size`` bytes read through ``read_at``."""
     patches: dict[int, bytes] = {}
-    tiffs, packets = _scan(read_at, size)
+    tiffs, opens, closes = _scan(read_at, size)
     if fmt == "tiff":
         tiffs.add(0)
-    for base in sorted(tiffs):
+    for base in sorted(tiffs)[:_MAX_STRUCTURES]:
         patches.update(_gps_ifd_patches(read_at, size, base))
-    for start in sorted(packets):
-        patches.update(_xmp_patches(read_at, size, start))
+    for start, end in itertools.islice(_packets(opens, closes), _MAX_STRUCTURES):
+        patches.update(_xmp_patches(read_at(start, end - start), start))
     if fmt == "png":
         chunks = _png_patches(read_at, size, patches)  # each holds the patches inside it
         patches = {at: repl for at, repl in patches.items()
@@ -111,23 +122,41 @@ class PatchedReader:
 # -- finding what to look at ---------------------------------------------------------------------------
 
 
-def _scan(read_at: ReadAt, size: int) -> tuple[set[int], set[int]]:
-    """Offsets of TIFF headers and of XMP RDF openings, in one pass of overlapping chunks."""
+def _scan(read_at: ReadAt, size: int) -> tuple[set[int], list[int], list[int]]:
+    """Offsets of TIFF headers, of XMP RDF openings and of RDF closings, in one pass of overlapping chunks."""
     tiffs: set[int] = set()
-    packets: set[int] = set()
-    overlap = max(len(_RDF_OPEN), *(len(h) for h in _TIFF_HEADERS)) - 1
+    opens: set[int] = set()
+    closes: set[int] = set()
+    needles = ((_TIFF_HEADERS[0], tiffs), (_TIFF_HEADERS[1], tiffs), (_RDF_OPEN, opens), (_RDF_CLOSE, closes))
+    overlap = max(len(n) for n, _ in needles) - 1
     pos = 0
     while pos < size:
         chunk = read_at(pos, _SCAN_CHUNK + overlap)
         if not chunk:
             break
-        for needle, found in ((_TIFF_HEADERS[0], tiffs), (_TIFF_HEADERS[1], tiffs), (_RDF_OPEN, packets)):
+        for needle, found in needles:
             at = chunk.find(needle)
-            while at != -1:
+            while at != -1 and len(found) < _MAX_FOUND:
                 found.add(pos + at)
                 at = chunk.find(needle, at + 1)
         pos += _SCAN_CHUNK
-    return tiffs, packets
+    return tiffs, sorted(opens), sorted(closes)
+
+
+def _packets(opens: list[int], closes: list[int]) -> Iterator[tuple[int, int]]:
+    """(start, end) of each RDF packet: an opening and the first closing after it, no longer than
+    _MAX_XMP; openings inside a packet already taken are part of it, so each byte is read once."""
+    taken_to = -1
+    for start in opens:
+        if start < taken_to:
+            continue
+        at = bisect.bisect_left(closes, start)
+        if at == len(closes):
+            return
+        end = closes[at] + len(_RDF_CLOSE)
+        if end - start <= _MAX_XMP:
+            yield start, end
+            taken_to = end
 
 
 # -- EXIF ----------------------------------------------------------------------------------------------
@@ -210,17 +239,14 @@ def _blank_ifd(tiff: _Tiff, offset: int) -> dict[int, bytes]:
 # -- XMP -----------------------------------------------------------------------------------------------
 
 
-def _xmp_patches(read_at: ReadAt, size: int, start: int) -> dict[int, bytes]:
-    """Spaces over every GPS property of the RDF packet opening at ``start``."""
-    text = read_at(start, min(_MAX_XMP, size - start))
-    end = text.find(_RDF_CLOSE)
-    if end == -1:
-        return {}
-    packet = text[:end + len(_RDF_CLOSE)]
+def _xmp_patches(packet: bytes, start: int) -> dict[int, bytes]:
+    """Spaces over every GPS property of the RDF packet ``packet`` found at ``start``."""
     if not _GPS_WORD.search(packet):
         return {}
-    blanked = _GPS_ELEMENT.sub(lambda m: b" " * len(m.group(0)), packet)
-    blanked = _GPS_ATTRIBUTE.sub(lambda m: b" " * len(m.group(0)), blanked)
+    blanked = packet
+    if len(_GPS_WORD.findall(packet)) <= _MAX_GPS_WORDS:
+        blanked = _GPS_ELEMENT.sub(lambda m: b" " * len(m.group(0)), blanked)
+        blanked = _GPS_ATTRIBUTE.sub(lambda m: b" " * len(m.group(0)), blanked)
     if _GPS_WORD.search(blanked) and b"\xff" not in packet:
         # a serialisation the patterns do not cover: the packet goes whole. XMP is
         # UTF-8, which never holds 0xFF, so such a range lies in one segment of a JPEG.
@@ -250,9 +276,12 @@ def _png_chunks(read_at: ReadAt, size: int) -> Iterator[tuple[int, int, bytes]]:
 def _png_patches(read_at: ReadAt, size: int, patches: dict[int, bytes]) -> dict[int, bytes]:
     """Compressed text chunks that mention GPS made inert, and the CRC of every chunk changed."""
     out: dict[int, bytes] = {}
+    texts = 0
     for pos, length, type_ in _png_chunks(read_at, size):
         data_at = pos + 8
-        if type_ in _PNG_COMPRESSED_TEXT and _compressed_text_mentions_gps(type_, read_at(data_at, length)):
+        texts += type_ in _PNG_COMPRESSED_TEXT
+        if (type_ in _PNG_COMPRESSED_TEXT and texts <= _MAX_STRUCTURES
+                and _compressed_text_mentions_gps(type_, read_at(data_at, length))):
             new_type, data = _PNG_INERT_TYPE, bytes(length)
         elif any(at < data_at + length and at + len(repl) > data_at for at, repl in patches.items()):
             new_type, data = type_, apply_patches(read_at(data_at, length), data_at, patches.items())
