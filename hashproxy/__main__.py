@@ -49,9 +49,7 @@ def cmd_route(args: argparse.Namespace) -> int:
         targets = [names[i] for i in balancer.purge_targets(target.key)]
         print(f"{','.join(targets)}\tkey={target.key}")
     elif target.route is Route.PURGE_PHOTO:
-        for size in [p.name for p in cfg.sizes] + ["original"]:
-            key = f"{target.key}/{size}"
-            print(f"{','.join(names[i] for i in balancer.purge_targets(key))}\tkey={key}")
+        print(f"{','.join(names)}\tphoto={target.key}/")
     else:
         where = {Route.YPFS: "ypfs (least-connections)", Route.PAGE: "ypws (least-connections)",
                  Route.HEALTH: "hashproxy itself", Route.METRICS: "hashproxy itself"}[target.route]

@@ -93,7 +93,6 @@ class ProxyApp:
         self.journal = PurgeJournal(self.ypws.names, spill_dir(cfg), s.purge_journal_paths, s.purge_journal_bytes)
         self.replayer = Replayer(self.journal, self.ypws, self.pools["ypws"], cfg.cluster.admin_token)
         self.replayer.hold_pending()
-        self.size_names = [p.name for p in cfg.sizes] + ["original"]
         self.pid = os.getpid()
 
     def route(self, proto: "ProxyProtocol", method: str, raw_target: bytes, headers: list[tuple[bytes, bytes]],

@@ -3,10 +3,17 @@
 ``PURGE /photos/u/id_s/small.jpg`` goes to the purge targets of its routing key
 ``/photos/u/id_s/small`` (HashBalancer.purge_targets: the key's first
 ``purge_fanout`` nodes, plus any further node that the spill map says served it
-during bounded-load spill or failover), with the path as given. ``PURGE
-/photos/u/id_s/`` purges the whole photo: for each size profile and
-``original``, an extension-less ``PURGE /photos/u/id_s/{size}`` (ypws reads it as
-"every format of this size") on that key's targets.
+during bounded-load spill or failover), with the path as given: a re-render's
+purge reaches exactly the nodes that may hold the URL.
+
+``PURGE /photos/u/id_s/`` purges the whole photo, and goes to every node, once
+each: the node drops every size, format and version of the photo, and its
+original, by key prefix. Deletes, privacy changes and takedowns come this way,
+and for them no copy may survive anywhere. Sending each size to its own targets
+would miss a node that served one by spill or failover so long ago that the
+spill map has forgotten it (its marks live one to two generations); and a
+photo's six sizes and original, two nodes each, reach nearly every node of a
+small tier anyway, in more calls than this.
 
 A node that is down (in this worker's view), or whose call fails (connect error,
 timeout, 5xx), does not lose the purge: it is appended to that node's journal
@@ -41,11 +48,7 @@ def purge_jobs(app: "ProxyApp", req: Request) -> list[tuple[int, str]]:
     target = req.target
     if target.route is Route.PURGE:
         return [(node, target.path) for node in app.images.purge_targets(target.key)]
-    jobs = []
-    for size in app.size_names:
-        key = f"{target.key}/{size}"
-        jobs += [(node, key) for node in app.images.purge_targets(key)]
-    return jobs
+    return [(node, target.key + "/") for node in range(len(app.images.nodes))]  # a whole photo
 
 
 class PurgeCycle(Cycle):

@@ -34,7 +34,7 @@ class Route(enum.Enum):
     METRICS = "metrics"       # answered by the proxy itself
     IMAGE = "image"           # one ypws node by hash of the routing key
     PURGE = "purge"           # PURGE of one size: the nodes that may hold it
-    PURGE_PHOTO = "purge_photo"  # PURGE of a whole photo: every size on its nodes
+    PURGE_PHOTO = "purge_photo"  # PURGE of a whole photo: every node, once each
     YPFS = "ypfs"             # uploads and the API: least-connections over ypfs
     PAGE = "page"             # everything else: any healthy ypws node
 
