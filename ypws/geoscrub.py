@@ -9,10 +9,13 @@ Pixels are never touched.
 
 What is blanked:
 
-- every EXIF GPS IFD, wherever a TIFF structure sits: the file itself (TIFF),
-  a JPEG or MPO APP1 segment (each image of an MPO), a PNG ``eXIf`` chunk, a
-  WebP ``EXIF`` chunk, a HEIF/AVIF ``Exif`` item. The IFD is emptied and the
-  values it points at zeroed, so no coordinate is left in the bytes;
+- every EXIF GPS IFD, wherever the format keeps EXIF: the file itself (TIFF),
+  each APP1 ``Exif`` segment of a JPEG (and of every image of an MPO), a PNG
+  ``eXIf`` chunk, a WebP ``EXIF`` chunk, a HEIF/AVIF ``Exif`` item (found
+  through its ``iinf`` and ``iloc`` boxes). The IFD is emptied and the values
+  it points at zeroed, so no coordinate is left in the bytes. Every offset is
+  held to the segment, chunk or item the EXIF sits in: a malformed pointer out
+  of it is ignored, never followed into the image data;
 - in every XMP packet, each property whose name contains "GPS" (``exif:GPS…``,
   and the like of drone makers), as an attribute or as an element; a packet
   where "GPS" still shows after that is blanked whole;
@@ -37,8 +40,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 Patch = tuple[int, bytes]  # offset, replacement of the same length
 ReadAt = Callable[[int, int], bytes]
 
-#: a TIFF header whose first IFD follows it, as every EXIF writer lays it out
-_TIFF_HEADERS = (b"MM\x00\x2a\x00\x00\x00\x08", b"II\x2a\x00\x08\x00\x00\x00")
+_EXIF_ID = b"Exif\x00\x00"  # opens a JPEG APP1 segment's EXIF, the TIFF structure right after it
 _RDF_OPEN, _RDF_CLOSE = b"<rdf:RDF", b"</rdf:RDF>"
 _GPS_IFD_TAG = 0x8825
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
@@ -76,11 +78,9 @@ def strip_location(data: bytes, fmt: str) -> bytes:
 def location_patches(read_at: ReadAt, size: int, fmt: str) -> list[Patch]:
     """The patches that blank every location in an object of ``size`` bytes read through ``read_at``."""
     patches: dict[int, bytes] = {}
-    tiffs, opens, closes = _scan(read_at, size)
-    if fmt == "tiff":
-        tiffs.add(0)
-    for base in sorted(tiffs)[:_MAX_STRUCTURES]:
-        patches.update(_gps_ifd_patches(read_at, size, base))
+    exif_ids, opens, closes = _scan(read_at, size)
+    for base, end in itertools.islice(_exif_blocks(read_at, size, fmt, exif_ids), _MAX_STRUCTURES):
+        patches.update(_gps_ifd_patches(read_at, base, end))
     for start, end in itertools.islice(_packets(opens, closes), _MAX_STRUCTURES):
         patches.update(_xmp_patches(read_at(start, end - start), start))
     if fmt == "png":
@@ -122,25 +122,25 @@ class PatchedReader:
 # -- finding what to look at ---------------------------------------------------------------------------
 
 
-def _scan(read_at: ReadAt, size: int) -> tuple[set[int], list[int], list[int]]:
-    """Offsets of TIFF headers, of XMP RDF openings and of RDF closings, in one pass of overlapping chunks."""
-    tiffs: set[int] = set()
-    opens: set[int] = set()
-    closes: set[int] = set()
-    needles = ((_TIFF_HEADERS[0], tiffs), (_TIFF_HEADERS[1], tiffs), (_RDF_OPEN, opens), (_RDF_CLOSE, closes))
-    overlap = max(len(n) for n, _ in needles) - 1
+def _scan(read_at: ReadAt, size: int) -> tuple[list[int], list[int], list[int]]:
+    """Offsets of EXIF identifiers, of XMP RDF openings and of RDF closings, in one pass of
+    overlapping chunks."""
+    needles = (_EXIF_ID, _RDF_OPEN, _RDF_CLOSE)
+    found: tuple[set[int], ...] = tuple(set() for _ in needles)
+    overlap = max(len(n) for n in needles) - 1
     pos = 0
     while pos < size:
         chunk = read_at(pos, _SCAN_CHUNK + overlap)
         if not chunk:
             break
-        for needle, found in needles:
+        for needle, offsets in zip(needles, found):
             at = chunk.find(needle)
-            while at != -1 and len(found) < _MAX_FOUND:
-                found.add(pos + at)
+            while at != -1 and len(offsets) < _MAX_FOUND:
+                offsets.add(pos + at)
                 at = chunk.find(needle, at + 1)
         pos += _SCAN_CHUNK
-    return tiffs, sorted(opens), sorted(closes)
+    exif_ids, opens, closes = (sorted(offsets) for offsets in found)
+    return exif_ids, opens, closes
 
 
 def _packets(opens: list[int], closes: list[int]) -> Iterator[tuple[int, int]]:
@@ -162,21 +162,161 @@ def _packets(opens: list[int], closes: list[int]) -> Iterator[tuple[int, int]]:
 # -- EXIF ----------------------------------------------------------------------------------------------
 
 
-class _Tiff:
-    """Bounded reads of one TIFF structure at ``base`` (offsets inside it are relative to ``base``)."""
+def _exif_blocks(read_at: ReadAt, size: int, fmt: str, exif_ids: list[int]) -> Iterator[tuple[int, int]]:
+    """(start, end) of each TIFF structure holding EXIF, bounded by the segment, chunk or item
+    that contains it: a malformed offset must never reach the image data around it."""
+    if fmt == "tiff":
+        yield 0, size
+    elif fmt == "jpeg":  # each APP1 "Exif" segment, in the primary image and every MPO image
+        for at in exif_ids:
+            head = read_at(at - 4, 4) if at >= 4 else b""
+            if head[:2] == b"\xff\xe1":
+                yield at + 6, min(size, at - 2 + int.from_bytes(head[2:4], "big"))
+    elif fmt == "png":
+        for pos, length, type_ in _png_chunks(read_at, size):
+            if type_ == b"eXIf":
+                yield pos + 8, pos + 8 + length
+    elif fmt == "webp":
+        for pos, length, fourcc in _riff_chunks(read_at, size):
+            if fourcc == b"EXIF":
+                skip = len(_EXIF_ID) if read_at(pos + 8, len(_EXIF_ID)) == _EXIF_ID else 0
+                yield pos + 8 + skip, pos + 8 + length
+    elif fmt in ("heif", "avif"):  # an Exif item: a 32-bit offset to the TIFF header, then the data
+        for start, length in _heif_exif_items(read_at, size):
+            if length > 4:
+                yield start + 4 + int.from_bytes(read_at(start, 4), "big"), start + length
 
-    def __init__(self, read_at: ReadAt, size: int, base: int):
-        self.read_at, self.size, self.base = read_at, size, base
+
+def _riff_chunks(read_at: ReadAt, size: int) -> Iterator[tuple[int, int, bytes]]:
+    """(offset of the chunk, data length, fourcc) for each top-level chunk of a WebP."""
+    head = read_at(0, 12)
+    if head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return
+    pos = 12
+    while pos + 8 <= size:
+        h = read_at(pos, 8)
+        length = int.from_bytes(h[4:8], "little")
+        if pos + 8 + length > size:
+            return
+        yield pos, length, h[:4]
+        pos += 8 + length + (length & 1)
+
+
+def _boxes(read_at: ReadAt, start: int, end: int) -> Iterator[tuple[int, int, bytes]]:
+    """(payload start, box end, type) of each ISOBMFF box between ``start`` and ``end``."""
+    pos = start
+    while pos + 8 <= end:
+        h = read_at(pos, 16)
+        length, type_, header = int.from_bytes(h[:4], "big"), h[4:8], 8
+        if length == 1:
+            length, header = int.from_bytes(h[8:16], "big"), 16
+        elif length == 0:
+            length = end - pos
+        if length < header or pos + length > end:
+            return
+        yield pos + header, pos + length, type_
+        pos += length
+
+
+class _Fields:
+    """Big-endian fields read in order from one box payload; IndexError past its end."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> int:
+        if self.pos + n > len(self.data):
+            raise IndexError
+        value = int.from_bytes(self.data[self.pos:self.pos + n], "big")
+        self.pos += n
+        return value
+
+
+def _heif_exif_items(read_at: ReadAt, size: int) -> list[tuple[int, int]]:
+    """(file offset, length) of each single-extent Exif item of a HEIF/AVIF file."""
+    meta = next(((s, e) for s, e, t in _boxes(read_at, 0, size) if t == b"meta"), None)
+    if meta is None:
+        return []
+    ids: set[int] = set()
+    locations: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+    idat = None
+    try:
+        for start, end, type_ in _boxes(read_at, meta[0] + 4, meta[1]):  # meta is a FullBox
+            if type_ == b"iinf":
+                ids = _exif_item_ids(read_at, start, end)
+            elif type_ == b"iloc" and end - start <= _MAX_XMP:
+                locations = _item_locations(_Fields(read_at(start, end - start)))
+            elif type_ == b"idat":
+                idat = start
+    except IndexError:  # a truncated box: no EXIF found, nothing touched
+        return []
+    items = []
+    for item in ids:
+        method, extents = locations.get(item, (0, []))
+        if len(extents) == 1 and (method == 0 or (method == 1 and idat is not None)):
+            offset, length = extents[0]
+            offset += idat if method == 1 else 0
+            if offset + length <= size:
+                items.append((offset, length))
+    return items
+
+
+def _exif_item_ids(read_at: ReadAt, start: int, end: int) -> set[int]:
+    version = read_at(start, 1)[:1]
+    first = start + 4 + (2 if version == b"\x00" else 4)  # FullBox, then the entry count
+    ids = set()
+    for pos, box_end, type_ in itertools.islice(_boxes(read_at, first, end), _MAX_FOUND):
+        if type_ != b"infe":
+            continue
+        f = _Fields(read_at(pos, min(box_end - pos, 16)))
+        version = f.take(1)
+        f.take(3)
+        if version >= 2:
+            item_id = f.take(2 if version == 2 else 4)
+            f.take(2)  # protection index
+            if f.take(4) == int.from_bytes(b"Exif", "big"):
+                ids.add(item_id)
+    return ids
+
+
+def _item_locations(f: _Fields) -> dict[int, tuple[int, list[tuple[int, int]]]]:
+    """item id -> (construction method, [(offset, length)]) from an iloc payload."""
+    version = f.take(1)
+    f.take(3)
+    sizes = f.take(1)
+    offset_size, length_size = sizes >> 4, sizes & 15
+    sizes = f.take(1)
+    base_offset_size, index_size = sizes >> 4, (sizes & 15) if version in (1, 2) else 0
+    out = {}
+    for _ in range(min(f.take(2 if version < 2 else 4), _MAX_FOUND)):
+        item_id = f.take(2 if version < 2 else 4)
+        method = f.take(2) & 15 if version in (1, 2) else 0
+        f.take(2)  # data reference index
+        base = f.take(base_offset_size)
+        extents = []
+        for _ in range(min(f.take(2), _MAX_FOUND)):
+            f.take(index_size)
+            extents.append((base + f.take(offset_size), f.take(length_size)))
+        out[item_id] = (method, extents)
+    return out
+
+
+class _Tiff:
+    """Bounded reads of one TIFF structure at ``base`` that must end by ``end`` (offsets inside
+    it are relative to ``base``)."""
+
+    def __init__(self, read_at: ReadAt, base: int, end: int):
+        self.read_at, self.base, self.end = read_at, base, end
         head = read_at(base, 8)
         self.order = "big" if head[:2] == b"MM" else "little"
-        self.ok = len(head) == 8 and head[:2] in (b"MM", b"II") and self.u(head[2:4]) == 42
+        self.ok = base + 8 <= end and len(head) == 8 and head[:2] in (b"MM", b"II") and self.u(head[2:4]) == 42
         self.first_ifd = self.u(head[4:8]) if self.ok else 0
 
     def u(self, raw: bytes) -> int:
         return int.from_bytes(raw, self.order)
 
     def inside(self, offset: int, length: int) -> bool:
-        return offset >= 8 and self.base + offset + length <= self.size
+        return offset >= 8 and self.base + offset + length <= self.end
 
     def ifd(self, offset: int) -> tuple[list[tuple[int, int, int, bytes]], int] | None:
         """(entries as (tag, type, count, value field), next IFD offset), or None if out of bounds."""
@@ -191,9 +331,9 @@ class _Tiff:
         return entries, self.u(raw[12 * count:])
 
 
-def _gps_ifd_patches(read_at: ReadAt, size: int, base: int) -> dict[int, bytes]:
+def _gps_ifd_patches(read_at: ReadAt, base: int, end: int) -> dict[int, bytes]:
     """Zeros over the GPS IFD of the TIFF structure at ``base`` and over every value it points at."""
-    tiff = _Tiff(read_at, size, base)
+    tiff = _Tiff(read_at, base, end)
     if not tiff.ok:
         return {}
     patches: dict[int, bytes] = {}
