@@ -103,6 +103,11 @@ class Transient:
         return self.body[start:start + length]
 
 
+def storage_unavailable(exc: StorageError) -> Problem:
+    """The 503 every storage failure of a request becomes: the client may retry shortly."""
+    return Problem(503, "storage_unavailable", f"storage failed: {exc}", [("Retry-After", "2")])
+
+
 RESOLVED_MAX = 8192
 PATCHES_MEMO = 1024  # originals too large for the cache whose location patches are remembered
 
@@ -367,7 +372,7 @@ class ImageService:
                 patches = location_patches(lambda start, length: self.store.get_range(key, start, length),
                                            record.bytes, record.format)
             except StorageError as exc:
-                raise Problem(503, "storage_unavailable", f"storage failed: {exc}", [("Retry-After", "2")]) from None
+                raise storage_unavailable(exc) from None
             if len(self._original_patches) >= PATCHES_MEMO:
                 self._original_patches.clear()
             self._original_patches[key] = patches
@@ -380,7 +385,7 @@ class ImageService:
         except (NotFound, InvalidName, ValueError):
             raise NoSuchImage() from None
         except StorageError as exc:
-            raise Problem(503, "storage_unavailable", f"storage failed: {exc}", [("Retry-After", "2")]) from None
+            raise storage_unavailable(exc) from None
         if record.secret != ref.secret or record.owner != ref.user:
             raise NoSuchImage()
         return record
@@ -391,7 +396,7 @@ class ImageService:
         except (NotFound, InvalidName, ValueError):
             return True  # no user record (seeded data): the photo's own flag decides
         except StorageError as exc:
-            raise Problem(503, "storage_unavailable", f"storage failed: {exc}", [("Retry-After", "2")]) from None
+            raise storage_unavailable(exc) from None
 
     def _origin_get(self, key: str) -> bytes:
         t0 = time.perf_counter()
@@ -400,7 +405,7 @@ class ImageService:
         except NotFound:
             raise
         except StorageError as exc:
-            raise Problem(503, "storage_unavailable", f"storage failed: {exc}", [("Retry-After", "2")]) from None
+            raise storage_unavailable(exc) from None
         finally:
             self.cache.stats.observe("origin_seconds", time.perf_counter() - t0)
 
