@@ -77,3 +77,93 @@ def start_seaweed(workdir: Path, s3_port: int | None = None, timeout: float = 60
         procs.stop(proc)
         raise
     return Seaweed(proc=proc, s3_port=s3_port, access_key=access, secret_key=secret, workdir=workdir)
+
+
+# -- SeaweedFS across hosts ---------------------------------------------------------------
+#
+# On several machines SeaweedFS runs as separate servers: one master (or three, with
+# -peers), two or more volume servers, and a filer with the S3 gateway. The functions
+# below build their command lines with every address and port explicit: ``-ip`` is the
+# address the others dial (it is also the server's identity in the topology), ``-ip.bind``
+# where it listens. A peer is named "ip:port.grpcport" so a non-default gRPC port travels
+# with it. What replication and fsync give us is in the README ("Across hosts" ->
+# "SeaweedFS"); the multi-host test runs exactly these command lines.
+
+#: two copies of every volume, on two different volume servers of the same rack:
+#: reads survive one server down; writes need both copies (see the README)
+DEFAULT_REPLICATION = "001"
+
+
+@dataclass(frozen=True)
+class WeedAddress:
+    """Where one SeaweedFS server is reached: its advertised ip, http port and gRPC port."""
+
+    ip: str
+    port: int
+    grpc_port: int
+
+    @property
+    def peer(self) -> str:
+        """The ``host:port.grpcport`` form SeaweedFS takes for -master / -mserver."""
+        return f"{self.ip}:{self.port}.{self.grpc_port}"
+
+
+def master_argv(at: WeedAddress, mdir: Path, *, bind: str = "", replication: str = DEFAULT_REPLICATION,
+                volume_size_limit_mb: int = 1024) -> list[str]:
+    """`weed master`: the topology and file-id assignment. Single-master (-peers=none)."""
+    return [
+        weed_binary(), "master", f"-ip={at.ip}", f"-ip.bind={bind or at.ip}", f"-port={at.port}",
+        f"-port.grpc={at.grpc_port}", f"-mdir={mdir}", f"-defaultReplication={replication}",
+        f"-volumeSizeLimitMB={volume_size_limit_mb}", "-peers=none", "-telemetry=false",
+    ]
+
+
+def volume_argv(at: WeedAddress, data_dir: Path, master: WeedAddress, *, bind: str = "",
+                data_center: str = "dc1", rack: str = "rack1", max_volumes: int = 0) -> list[str]:
+    """`weed volume`: stores the volumes; replicas of a volume go to servers the replication code picks
+    by -dataCenter / -rack (001: another server, same rack)."""
+    return [
+        weed_binary(), "volume", f"-ip={at.ip}", f"-ip.bind={bind or at.ip}", f"-port={at.port}",
+        f"-port.grpc={at.grpc_port}", f"-dir={data_dir}", f"-mserver={master.peer}",
+        f"-dataCenter={data_center}", f"-rack={rack}", f"-max={max_volumes}",
+    ]
+
+
+def filer_argv(at: WeedAddress, store_dir: Path, master: WeedAddress, s3_port: int, s3_config: Path, *,
+               s3_grpc_port: int, bind: str = "") -> list[str]:
+    """`weed filer -s3`: the namespace (embedded leveldb store in ``store_dir``) and the S3 gateway
+    the cluster's storage.s3.endpoint points at (``{at.ip}:{s3_port}``)."""
+    return [
+        weed_binary(), "filer", f"-ip={at.ip}", f"-ip.bind={bind or at.ip}", f"-port={at.port}",
+        f"-port.grpc={at.grpc_port}", f"-master={master.peer}", f"-defaultStoreDir={store_dir}",
+        "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_grpc_port}", f"-s3.config={s3_config}",
+        "-s3.iam=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+    ]
+
+
+def write_s3_config(path: Path, access_key: str | None = None, secret_key: str | None = None) -> tuple[str, str]:
+    """The S3 gateway's identity file (one admin identity for the cluster); returns (access, secret)."""
+    access, secret = access_key or "yp" + secrets.token_hex(8), secret_key or secrets.token_hex(20)
+    path.write_text(json.dumps({
+        "identities": [{
+            "name": "yupoo",
+            "credentials": [{"accessKey": access, "secretKey": secret}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]
+    }))
+    os.chmod(path, 0o600)
+    return access, secret
+
+
+def configure_fsync_argv(master: WeedAddress, filer: WeedAddress, location_prefix: str = "/buckets/",
+                         replication: str = DEFAULT_REPLICATION) -> tuple[list[str], str]:
+    """`weed shell` argv and its stdin that make every write under ``location_prefix`` (S3 buckets live
+    under /buckets/) fsynced on every replica before it is acknowledged, with ``replication``.
+
+    SeaweedFS does not fsync by default: a write is acknowledged once it is in the page cache
+    of every replica. The filer's path configuration (`fs.configure -fsync`) turns it on.
+    """
+    argv = [weed_binary(), "shell", f"-master={master.peer}", f"-filer={filer.peer}"]
+    script = (f"fs.configure -locationPrefix={location_prefix} -fsync -replication={replication} -apply\n"
+              "exit\n")
+    return argv, script

@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,10 @@ def missing_requirements() -> str | None:
     if not shutil.which("ip"):
         return "iproute2's `ip` is not installed"
     return None
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -75,9 +80,13 @@ class NetLab:
         self.gateway = f"10.77.{self.subnet}.1"        # the test process's own address on the bridge
         self.hosts: dict[str, Host] = {}
         self._bridge_made = False
+        self._old_sigterm = None
 
     # -- building --------------------------------------------------------------------
     def __enter__(self) -> "NetLab":
+        # a SIGTERM (CI cancelling the job, `timeout`) must unwind through close() too
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             self._make_bridge()
         except BaseException:
@@ -189,6 +198,9 @@ class NetLab:
         if self._bridge_made:
             ip("link", "del", self.bridge, check=False)
             self._bridge_made = False
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
 
     def leftovers(self) -> list[str]:
         """Namespaces and interfaces of ours still present (empty after close())."""
