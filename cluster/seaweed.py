@@ -129,16 +129,26 @@ def volume_argv(at: WeedAddress, data_dir: Path, master: WeedAddress, *, bind: s
     ]
 
 
-def filer_argv(at: WeedAddress, store_dir: Path, master: WeedAddress, s3_port: int, s3_config: Path, *,
+def filer_argv(at: WeedAddress, config_dir: Path, master: WeedAddress, s3_port: int, s3_config: Path, *,
                s3_grpc_port: int, bind: str = "") -> list[str]:
-    """`weed filer -s3`: the namespace (embedded leveldb store in ``store_dir``) and the S3 gateway
-    the cluster's storage.s3.endpoint points at (``{at.ip}:{s3_port}``)."""
+    """`weed filer -s3`: the namespace and the S3 gateway the cluster's storage.s3.endpoint points
+    at (``{at.ip}:{s3_port}``). Its store is what ``config_dir``/filer.toml says (write_filer_toml)."""
     return [
-        weed_binary(), "filer", f"-ip={at.ip}", f"-ip.bind={bind or at.ip}", f"-port={at.port}",
-        f"-port.grpc={at.grpc_port}", f"-master={master.peer}", f"-defaultStoreDir={store_dir}",
+        weed_binary(), f"-config_dir={config_dir}", "filer", f"-ip={at.ip}", f"-ip.bind={bind or at.ip}",
+        f"-port={at.port}", f"-port.grpc={at.grpc_port}", f"-master={master.peer}",
         "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_grpc_port}", f"-s3.config={s3_config}",
         "-s3.iam=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
+
+
+def write_filer_toml(config_dir: Path, db_file: Path) -> Path:
+    """filer.toml choosing the embedded SQLite store, which fsyncs each commit: an object's metadata
+    is on the filer's disk before the S3 PUT is answered. (The default leveldb2 store never
+    fsyncs, so the newest entries can be lost with the filer host's power.)"""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / "filer.toml"
+    path.write_text(f'[leveldb2]\nenabled = false\n\n[sqlite]\nenabled = true\ndbFile = "{db_file}"\n')
+    return path
 
 
 def write_s3_config(path: Path, access_key: str | None = None, secret_key: str | None = None) -> tuple[str, str]:

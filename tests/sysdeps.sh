@@ -5,6 +5,7 @@ set -e
 need=""
 check() { command -v "$1" >/dev/null 2>&1 || need="$need $2"; }
 # (components add their lines here)
+check ip iproute2                  # the multi-host test: network namespaces, veth pairs, a bridge
 check chromium chromium            # ypws: the browser test (upload page -> gallery), driven by playwright
 if [ -n "$need" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -123,8 +123,8 @@ def start_seaweed(c: Cluster) -> tuple[str, str]:
                                                       wd / host / "volumes", master))
     filer = seaweed.WeedAddress(c.addr["weedf"], 8888, 18888)
     access, secret = seaweed.write_s3_config(wd / "weedf" / "s3.json")
-    (wd / "weedf" / "filerdb").mkdir()
-    s3 = lab.start("weedf", "filer", seaweed.filer_argv(filer, wd / "weedf" / "filerdb", master, PORTS["s3"],
+    seaweed.write_filer_toml(wd / "weedf" / "etc", wd / "weedf" / "filer.db")
+    s3 = lab.start("weedf", "filer", seaweed.filer_argv(filer, wd / "weedf" / "etc", master, PORTS["s3"],
                                                         wd / "weedf" / "s3.json", s3_grpc_port=18333))
     procs.wait_http(f"http://{filer.ip}:{PORTS['s3']}/", timeout=90, proc=s3, ok=(200, 403))
     # fsync on every replica before a write is acknowledged (SeaweedFS does not by default)
@@ -232,6 +232,9 @@ def test_upload_render_and_pinning_across_hosts(cluster, photo):
     assert set(served.values()) <= {"ypws1", "ypws2", "ypws3"}
     api = requests.get(f"{cluster.public}/api/photos/alice/{photo['id']}", timeout=30)
     assert api.status_code == 200 and api.json()["id"] == photo["id"]
+    # the filer keeps its metadata in the SQLite store (fsync per commit), not in leveldb2
+    weedf = cluster.lab.workdir / "weedf"
+    assert (weedf / "filer.db").stat().st_size > 0 and not list(weedf.rglob("filerldb2"))
 
 
 def test_private_photo_signed_url_works_on_every_cache_host(cluster):
@@ -304,11 +307,13 @@ def test_a_cache_host_killed_fails_over_and_rejoins(cluster, photo):
 def test_a_volume_server_down_reads_work_uploads_503_fast(cluster, photo):
     """Replication 001 on two volume servers: reads use the surviving copy; a write needs both
     copies, so uploads are refused with 503 + Retry-After within the S3 client's bound."""
+    large = photo["urls"]["large"]
+    assert requests.get(large, timeout=60).status_code == 200  # rendered and stored before the fault
     cluster.lab.stop("weedv2", "volume")
     try:
         # reads: the original and renditions come from the surviving replica (cold: straight from storage)
         for node in ("ypws1", "ypws2", "ypws3"):
-            got = requests.get(direct(cluster, node, photo["urls"]["large"]), timeout=30)
+            got = requests.get(direct(cluster, node, large), timeout=30)
             assert got.status_code == 200, (node, got.text[:200])
             assert jpeg_size(got.content) == (768, 1024)
         api = requests.get(f"{cluster.public}/api/photos/alice/{photo['id']}", timeout=30)
@@ -329,6 +334,7 @@ def test_a_volume_server_down_reads_work_uploads_503_fast(cluster, photo):
     while True:
         r = upload(cluster, data=variant(4), timeout=60)
         if r.status_code == 201:
+            print(f"writes resumed {60 - (deadline - time.monotonic()):.1f}s after the volume server restarted")
             break
         assert r.status_code == 503 and time.monotonic() < deadline, (r.status_code, r.text[:300])
         time.sleep(1)

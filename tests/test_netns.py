@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pytest
+import requests
 
 from .netns import NetLab, ip, missing_requirements
 
@@ -32,11 +34,9 @@ def test_two_hosts_reach_each_other_and_nothing_else_then_vanish(tmp_path):
             res = lab.run("a", [sys.executable, "-c", PROBE, b.address, "8000"], timeout=10)
             if res.stdout.strip() == "0":
                 break
-            import time
             time.sleep(0.1)
         assert res.stdout.strip() == "0", res
         # the test process reaches it too, through the bridge
-        import requests
         assert requests.get(f"http://{b.address}:8000/", timeout=5).status_code == 200
         # a's loopback is its own: b's server is not on it
         assert lab.run("a", [sys.executable, "-c", PROBE, "127.0.0.1", "8000"]).stdout.strip() != "0"
