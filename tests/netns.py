@@ -44,12 +44,33 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the process group a child leads (procs.start gives each its own session)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run `ip ...` (bounded in time), raising with its stderr on failure when ``check``."""
     res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
     if check and res.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)} failed: {res.stderr.strip()}")
     return res
+
+
+def _free_subnet(start: int) -> int:
+    """The first 10.77.N.0/24 from ``start`` on that no interface of this machine uses yet."""
+    used = ip("-4", "-o", "addr", "show").stdout
+    for i in range(250):
+        n = 1 + (start - 1 + i) % 250
+        if f" 10.77.{n}." not in used:
+            return n
+    raise RuntimeError("every 10.77.N.0/24 is in use")
 
 
 @dataclass
@@ -75,7 +96,7 @@ class NetLab:
         self.workdir = workdir
         tag = os.getpid() % 100000
         self.prefix = prefix or f"yp{tag:05d}"            # <= 7 chars, so interface names fit in 15
-        self.subnet = 1 + tag % 250                    # 10.77.{subnet}.0/24
+        self.subnet = _free_subnet(1 + tag % 250)      # 10.77.{subnet}.0/24
         self.bridge = f"{self.prefix}br"
         self.gateway = f"10.77.{self.subnet}.1"        # the test process's own address on the bridge
         self.hosts: dict[str, Host] = {}
@@ -156,6 +177,11 @@ class NetLab:
         proc = self.hosts[host].procs.pop(name, None)
         return procs.stop(proc, timeout) if proc else None
 
+    def set_link(self, host: str, up: bool) -> None:
+        """Cut ``host`` off the network (or reconnect it), its processes still running: what the
+        others see of a host that lost power or its switch port (no refusal, only silence)."""
+        ip("netns", "exec", self.hosts[host].netns, "ip", "link", "set", "eth0", "up" if up else "down")
+
     def kill_host(self, host: str) -> list[int]:
         """SIGKILL every process inside ``host`` at once, as a crashed machine; returns their PIDs."""
         h = self.hosts[host]
@@ -175,14 +201,22 @@ class NetLab:
 
     # -- teardown --------------------------------------------------------------------
     def close(self) -> None:
-        """Stop every recorded process by PID, kill stragglers in our namespaces, delete every
-        namespace, veth and the bridge. Safe to call twice and after a partial set-up."""
-        for h in reversed(list(self.hosts.values())):
-            for name in list(h.procs):
+        """Stop every recorded process by PID (SIGTERM to all, SIGKILL to what is left after 5 s),
+        kill stragglers in our namespaces, delete every namespace, veth and the bridge.
+        Safe to call twice and after a partial set-up."""
+        running = [p for h in self.hosts.values() for p in h.procs.values()]
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):  # all at once, then each waited
+            for proc in running:
+                if proc.poll() is None:
+                    _signal_group(proc.pid, sig)
+            deadline = time.monotonic() + wait
+            for proc in running:
                 try:
-                    procs.stop(h.procs.pop(name), timeout=5)
-                except Exception:
+                    proc.wait(max(0.01, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
                     pass
+        for h in self.hosts.values():
+            h.procs.clear()
         for h in self.hosts.values():
             deadline = time.monotonic() + 10
             while (left := h.ns_pids()) and time.monotonic() < deadline:
