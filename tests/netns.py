@@ -183,21 +183,28 @@ class NetLab:
         ip("netns", "exec", self.hosts[host].netns, "ip", "link", "set", "eth0", "up" if up else "down")
 
     def kill_host(self, host: str) -> list[int]:
-        """SIGKILL every process inside ``host`` at once, as a crashed machine; returns their PIDs."""
+        """SIGKILL every process inside ``host``, as a crashed machine; returns their PIDs.
+
+        Repeated until the namespace is empty (bounded): a gunicorn arbiter may fork a new
+        worker between our listing its processes and killing it."""
         h = self.hosts[host]
-        pids = h.ns_pids()
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        killed: list[int] = []
+        deadline = time.monotonic() + 10
+        while (pids := h.ns_pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
         for proc in h.procs.values():
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 pass
         h.procs.clear()
-        return pids
+        return killed
 
     # -- teardown --------------------------------------------------------------------
     def close(self) -> None:
