@@ -68,8 +68,7 @@ class Cluster:
 
     def admin(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """An operator command on the admin host, e.g. admin("magickd", "verify")."""
-        res = self.lab.run("admin", [sys.executable, "-m", *argv], env=self.env("admin"), timeout=timeout)
-        return res
+        return self.lab.run("admin", [sys.executable, "-m", *argv], env=self.env("admin"), timeout=timeout)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
