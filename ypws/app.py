@@ -287,7 +287,8 @@ def cache_dir(cfg: Config, node: str) -> Path:
 
 
 def open_cache(cfg: Config, node: str) -> DiskCache:
-    return DiskCache(cache_dir(cfg, node), cfg.ypws.cache_bytes, cfg.ypws.cache_policy)
+    return DiskCache(cache_dir(cfg, node), cfg.ypws.cache_bytes, cfg.ypws.cache_policy,
+                     retry_after=cfg.ypws.cache_retry_seconds)
 
 
 def get_app(cfg: Config, node: str) -> NodeApp:
