@@ -297,6 +297,7 @@ def get_app(cfg: Config, node: str) -> NodeApp:
     from storage import open_store
 
     store, cache = open_store(cfg), open_cache(cfg, node)
+    cache.connect()
     service = ImageService(cfg, node, store, cache, RenderClient(cfg))
     access_log = AccessLog(cfg.ypws.access_log, node)
     return NodeApp(create_app(cfg, node, store, cache, service=service), service, cache, access_log)

@@ -437,13 +437,16 @@ class DiskCache:
         return Entry(key, meta, digest, len(body), inline, path, PREAMBLE.size + len(header), block, blocks, ino, self)
 
     # -- faults ----------------------------------------------------------------------------
-    def _failed(self, what: str, exc: BaseException) -> None:
+    def _failed(self, what: str, exc: BaseException, count: bool = True) -> None:
         """Count a failed write and stop writing for ``retry_after`` seconds."""
-        why = f"{what}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+        if count:
+            self.stats.inc("write_failures")
+        self._degrade(f"{what}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
+
+    def _degrade(self, why: str) -> None:
         if self._fault is None or self.clock() - self._fault[1] >= self.retry_after:
-            log.warning("cache write failed, serving uncached for %.1fs: %s", self.retry_after, why)
+            log.warning("cache degraded, serving uncached for %.1fs: %s", self.retry_after, why)
         self._fault = (why, self.clock())
-        self.stats.inc("write_failures")
 
     def _free_bytes(self) -> int:
         st = os.statvfs(self.root)
@@ -458,10 +461,10 @@ class DiskCache:
         try:
             free = self._free_bytes()
         except OSError as exc:
-            self._failed("checking free space", exc)
+            self._failed("checking free space", exc, count=False)
             return False
         if free < size + FULL_MARGIN:
-            self._fault = (f"cache disk full: {free} bytes free", self.clock())
+            self._degrade(f"cache disk full: {free} bytes free")
             return False
         return True
 
@@ -620,12 +623,25 @@ class DiskCache:
         self._unlink(evicted)
         return {"tmp": removed_tmp, "orphans": orphans, "missing": len(missing), "evicted": len(evicted)}
 
+    def connect(self) -> None:
+        """Open this process's index connection now (a worker, as it starts): SQLite creates its
+        WAL and shared-memory files with the first connection, which a full disk would refuse."""
+        try:
+            self.index.totals()
+        except sqlite3.Error as exc:
+            self._failed("opening the cache index", exc)
+
     def totals(self) -> dict[str, float]:
         """Node-wide figures: bytes and entries held, plus every counter (after flushing ours;
-        what this process could not flush is added from memory), and whether it is degraded."""
+        what this process could not flush is added from memory), and whether it is degraded.
+        An index that cannot be read leaves this process's own figures only."""
         self.flush()
-        size, entries = self.index.totals()
-        counters = self.index.counters()
+        try:
+            size, entries = self.index.totals()
+            counters = self.index.counters()
+        except sqlite3.Error as exc:
+            self._failed("reading the cache index", exc, count=False)
+            size, entries, counters = 0, 0, {}
         for name, value in self.stats.peek().items():
             counters[name] = counters.get(name, 0.0) + value
         return {"bytes": size, "entries": entries, "max_bytes": self.max_bytes, **counters,
