@@ -275,6 +275,58 @@ def test_a_full_disk_never_loses_a_write_silently(tmp_path):
         cache.close()
 
 
+@pytest.mark.filterwarnings("ignore:Unknown REQUEST_METHOD")  # PURGE, to wsgiref's validator
+def test_a_node_starting_on_a_full_disk_serves_and_says_so(tmp_path):
+    """Started on a full disk whose index has no WAL files yet (SQLite cannot even open it): the
+    start-up recovery, hits, misses and /metrics all work; a PURGE that needs the index is a 503."""
+    from falcon import testing
+
+    from cluster.config import from_dict, load_dict
+    from storage.local import LocalStore
+    from ypws.app import create_app
+
+    tree = load_dict()
+    tree["cluster"].update(admin_token="admin-token", url_key="url-key")
+    cfg = from_dict(tree)
+    store = LocalStore(tmp_path / "store")
+    cached, fresh = seed_photo(store, "alice", BIG), seed_photo(store, "alice", BIG)
+    with tmpfs(tmp_path / "fs", "size=8m") as fs:
+        cache = DiskCache(fs / "c", 256 << 20, retry_after=RETRY)
+        client = testing.TestClient(create_app(cfg, "ypws1", store, cache))
+        assert client.simulate_get(f"{cached.ref.url_path}/original.jpg").headers["X-Cache"] == "MISS"
+        cache.close()  # the last connection: SQLite removes the WAL files
+        fill_bytes(fs)
+        cache = DiskCache(fs / "c", 256 << 20, retry_after=RETRY)
+        assert cache.recover() == {"tmp": 0, "orphans": 0, "missing": 0, "evicted": 0}  # nothing lost either
+        cache.connect()
+        assert cache.degraded()
+        client = testing.TestClient(create_app(cfg, "ypws1", store, cache))
+        truth = strip_location(store.get(cached.ref.original_key), "jpeg")
+        hit = client.simulate_get(f"{cached.ref.url_path}/original.jpg")
+        assert hit.status_code == 200 and hit.headers["X-Cache"] == "HIT" and hit.content == truth
+        for _ in range(2):
+            miss = client.simulate_get(f"{fresh.ref.url_path}/original.jpg")
+            assert miss.status_code == 200 and miss.headers["X-Cache"] == "MISS"
+            assert miss.content == strip_location(store.get(fresh.ref.original_key), "jpeg")
+        m = client.simulate_get("/metrics")
+        assert m.status_code == 200 and metric(m.text, "ypws_cache_degraded") == 1.0
+        assert metric(m.text, "ypws_bypassed_total") == 2
+        purge = client.simulate_request("PURGE", f"{fresh.ref.url_path}/original",
+                                        headers={"Authorization": "Bearer admin-token"})
+        assert purge.status_code == 503 and purge.json["error"] == "cache_unavailable"
+        assert purge.headers["Retry-After"] == "2"
+        cache.close()
+
+
+def test_the_retry_setting_is_validated():
+    from cluster.config import ConfigError, from_dict, load_dict
+
+    tree = load_dict()
+    tree["ypws"]["cache_retry_seconds"] = 0
+    with pytest.raises(ConfigError, match="ypws.cache_retry_seconds"):
+        from_dict(tree)
+
+
 def test_a_full_cache_disk_serves_from_storage_and_recovers(tmp_path, services):
     with tmpfs(tmp_path / "cachefs", "size=8m,nr_inodes=2000") as fs:
         try:

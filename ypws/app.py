@@ -18,6 +18,7 @@ WSGI server (tests use falcon's TestClient).
 from __future__ import annotations
 
 import hmac
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,11 +251,18 @@ class UploadPageResource:
         resp.text = self.html
 
 
+def cache_index_unavailable(req: falcon.Request, resp: falcon.Response, exc: sqlite3.Error, params: dict) -> None:
+    """The cache index could not be read or written (its disk failing or full, and no way round it,
+    as for finding the keys a PURGE names): 503, so the caller (hashproxy's purge journal) retries."""
+    raise fail(503, "cache_unavailable", f"the cache index failed: {exc}", {"Retry-After": "2"})
+
+
 def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, renderer=None,
                service: ImageService | None = None) -> falcon.App:
     """The WSGI app of one ypws node; every dependency is passed in (tests inject their own)."""
     service = service or ImageService(cfg, node, store, cache, renderer)
     app = json_errors(falcon.App(router=Router(), middleware=[RejectBadPaths()]))
+    app.add_error_handler(sqlite3.Error, cache_index_unavailable)
     app.req_options.strip_url_path_trailing_slash = True  # PURGE /photos/u/id_s/ is the whole photo
     app.add_route("/photos/{user}/{segment}/{name}", ImageResource(service, cfg.cluster.admin_token))
     app.add_route("/photos/{user}/{segment}", PhotoResource(service, cfg.cluster.admin_token))

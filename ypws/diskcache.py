@@ -316,7 +316,8 @@ class DiskCache:
             os.close(fd)
         entry = self._parse(key, path, data, total)
         if entry is None:
-            self.drop_damaged(key, path, st.st_ino, "damaged header or body")
+            old = data[:4] == b"YPC1"  # the format before block digests: dropped once, on first read
+            self.drop_damaged(key, path, st.st_ino, "written by an older version" if old else "damaged header or body")
             return None
         entry.ino, entry.cache = st.st_ino, self
         if entry.body is not None and self.memo_bytes:
@@ -606,7 +607,11 @@ class DiskCache:
         for p in self._tmp.iterdir():
             p.unlink(missing_ok=True)
             removed_tmp += 1
-        known = {self.path_for(k): k for k in self.index.keys()}
+        try:
+            known = {self.path_for(k): k for k in self.index.keys()}
+        except sqlite3.Error as exc:  # no index to check the files against: keep them all
+            self._failed("reading the cache index", exc, count=False)
+            return {"tmp": removed_tmp, "orphans": 0, "missing": 0, "evicted": 0}
         orphans = 0
         for sub in self._entries.iterdir():
             for p in sub.iterdir():
