@@ -376,5 +376,17 @@ def test_a_full_cache_disk_serves_from_storage_and_recovers(tmp_path, services):
             assert wait_for(lambda: metric(metrics(url), "ypws_cache_degraded") == 0.0, timeout=10)
             # the counters the full disk kept in the workers' memory reached the index once it had room
             assert wait_for(lambda: (metric(metrics(url), "ypws_bypassed_total") or 0) >= 6, timeout=5)
+
+            # 4. restarted on a full disk (the purge log state, the index's WAL files: no room for
+            # any new file), the node still starts and serves from its cache and from storage
+            services.stop("ypws1")
+            filler = fill_bytes(fs)
+            start_ypws(services, tmp_path / "n2", tree, "ypws1")
+            for i in (2, 0):
+                answer = original(i)
+                assert_true_image(answer, truths[i])
+                assert answer[1]["X-Cache"] == ("HIT" if i == 2 else "MISS")
+            assert metric(metrics(url), "ypws_cache_degraded") == 1.0
+            filler.unlink()
         finally:
             services.stop_all()  # before the unmount
