@@ -19,7 +19,9 @@ What maps to what:
   failures take a node out, one success brings it back, ramping its weight over
   ``rampup_seconds`` (``slowstart``); connection errors on live traffic count too.
 * Limits: request line + headers must fit one buffer (``tune.bufsize``); timeouts
-  from [hashproxy]. Errors HAProxy writes itself are JSON, 503 with Retry-After.
+  from [hashproxy]. Errors HAProxy writes itself are JSON, 503 with Retry-After, except
+  those for a request head it cannot parse or that arrives too slowly (400, 408): HAProxy
+  2.6 answers those from its HTTP/1 parser with built-in HTML, before any rule applies.
 
 No secret is read: the admin token, URL key and S3 keys never reach the output.
 """
@@ -158,8 +160,8 @@ def render(cfg: Config, check_path: str = READY_PATH) -> str:
         f"    timeout check {_ms(s.health_timeout)}",
         "    retries 2",
         "    option redispatch",
-        f"    http-error status 400 content-type application/json string '{_json('bad_request', 'the request could not be parsed')}'",
-        f"    http-error status 408 content-type application/json string '{_json('client_timeout', 'the request was not received in time')}'",
+        "    # JSON for the errors a request meets once parsed; a head HAProxy cannot parse (400, too large",
+        "    # for tune.bufsize included) or that comes too slowly (408) gets HAProxy's built-in HTML page",
         f"    http-error status 502 content-type application/json string '{_json('upstream_failed', 'the node failed to answer')}'",
         f"    http-error status 503 content-type application/json string '{_json('no_healthy_node', 'no healthy node for this request')}' hdr Retry-After 1",
         f"    http-error status 504 content-type application/json string '{_json('upstream_timeout', 'the node did not answer in time')}'",
