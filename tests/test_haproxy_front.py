@@ -93,6 +93,8 @@ def test_generated_config_routes_like_hashproxy_and_haproxy_accepts_it(tmp_path)
 
     for secret in (*SECRETS.values(), S3_SECRET):
         assert secret not in text
+    v6 = cfg.replace(ypfs=dataclasses.replace(cfg.ypfs, nodes=(NodeConfig(name="ypfs1", host="::1", port=8101),)))
+    assert "server ypfs1 [::1]:8101 id " in render(v6)
     path = tmp_path / "haproxy.cfg"
     path.write_text(text)
     need_haproxy()
@@ -246,8 +248,10 @@ def test_real_cluster_behind_haproxy(tmp_path, services):
     odd = http.get(photo["urls"]["small"].replace("/photos/alice/", "/photos//alice/"), timeout=60)
     assert odd.status_code == 200 and odd.headers["X-Served-By"] == served_by["small"]
 
-    # URLs spread over the nodes: 30 keys (photos that do not exist: ypws answers 404, still pinned)
-    keys = [f"/photos/bob/{10**18 + i}_0123456789/medium.jpg" for i in range(30)]
+    # URLs spread over the nodes, the sizes of one photo too: 6 photos x 5 sizes (photos that do not
+    # exist: ypws answers 404, still pinned)
+    sizes = ("square", "small", "medium", "large", "original")
+    keys = [f"/photos/bob/{10**18 + i}_0123456789/{size}.jpg" for i in range(6) for size in sizes]
 
     def owners() -> dict[str, str]:
         out = {}
@@ -259,6 +263,7 @@ def test_real_cluster_behind_haproxy(tmp_path, services):
 
     before = owners()
     assert set(before.values()) == {n.name for n in cfg.ypws.nodes}
+    assert any(len({before[k] for k in keys[i:i + len(sizes)]}) > 1 for i in range(0, len(keys), len(sizes)))
     assert owners() == before
 
     # a second front, generated from a config that lists the nodes in another order, agrees on every URL
@@ -287,6 +292,10 @@ def test_real_cluster_behind_haproxy(tmp_path, services):
     assert huge.status_code == 400  # HAProxy's own page: the parser refuses it before any rule (README)
     bad = http.post(photo["urls"]["small"], data=b"x", timeout=30)
     assert bad.status_code == 405 and bad.json()["error"] == "method_not_allowed"
+    # smuggling: HAProxy refuses conflicting lengths itself (its defaults, kept by the config)
+    answer = raw_http(cfg.hashproxy.port, b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                      b"Content-Length: 2\r\n\r\nab")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     for target in (b"/photos/alice/../x.jpg", b"/photos/alice/%2E%2e/x.jpg"):  # raw: clients would resolve them
         answer = raw_http(cfg.hashproxy.port, b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target)
         assert answer.startswith(b"HTTP/1.1 400") and b'"bad_path"' in answer, answer[:300]
