@@ -278,8 +278,9 @@ def test_real_cluster_behind_haproxy(tmp_path, services):
     services.stop("haproxy2")
 
     # pages on any ypws node; the API and PURGE on ypfs
-    page = http.get(f"{front}/u/alice", timeout=30)
-    assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
+    for url in (f"{front}/u/alice", f"{front}/upload"):  # GET /upload is the upload page (ypws), POST goes to ypfs
+        page = http.get(url, timeout=30)
+        assert page.status_code == 200 and "text/html" in page.headers["Content-Type"], url
     api = http.get(f"{front}/api/photos/alice/{photo['id']}", timeout=30)
     assert api.status_code == 200 and api.json()["id"] == photo["id"]
     http.request("PURGE", f"{front}/photos/alice/{photo['id']}_{photo['secret']}/",
