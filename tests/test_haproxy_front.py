@@ -191,10 +191,14 @@ def test_real_cluster_behind_haproxy(tmp_path, services):
         for node in getattr(cfg, role).nodes:
             services.start_module(node.name, role, "serve", "--node", node.name, config_path=path,
                                   health_url=f"{node.url}/healthz", timeout=90)
-    # /readyz lands on every node in a parallel change; until then the nodes answer 404 and we check /healthz
-    probe = requests.get(f"{cfg.ypws.nodes[0].url}{READY_PATH}", timeout=10).status_code
-    assert probe in (200, 404)
-    check_path = READY_PATH if probe == 200 else "/healthz"
+    # /readyz lands on every component in a parallel change; until a node has it (404), all are checked on /healthz
+    def readyz(url: str) -> int:  # a node may say 503 until it is ready (a ypws node applies the purge log first)
+        return wait_until(lambda: (code := requests.get(f"{url}{READY_PATH}", timeout=10).status_code) != 503 and code,
+                          timeout=30) or 503
+
+    probes = {n.name: readyz(n.url) for n in (*cfg.ypws.nodes, *cfg.ypfs.nodes)}
+    assert set(probes.values()) <= {200, 404}, probes
+    check_path = READY_PATH if set(probes.values()) == {200} else "/healthz"
     gen = subprocess.run([sys.executable, "-m", "hashproxy", "haproxy-config", "--config", str(path),
                           "--check-path", check_path], capture_output=True, text=True, timeout=60, cwd=REPO,
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, check=True)
@@ -283,9 +287,15 @@ def test_real_cluster_behind_haproxy(tmp_path, services):
         assert page.status_code == 200 and "text/html" in page.headers["Content-Type"], url
     api = http.get(f"{front}/api/photos/alice/{photo['id']}", timeout=30)
     assert api.status_code == 200 and api.json()["id"] == photo["id"]
-    http.request("PURGE", f"{front}/photos/alice/{photo['id']}_{photo['secret']}/",
-                     headers={"Authorization": f"Bearer {SECRETS['admin_token']}"}, timeout=30)
+    purge = http.request("PURGE", f"{front}/photos/alice/{photo['id']}_{photo['secret']}/small",
+                         headers={"Authorization": f"Bearer {SECRETS['admin_token']}"}, timeout=30)
+    assert purge.status_code == 200 and purge.json()["logged"] is True, purge.text
     assert wait_until(lambda: any(line["method"] == "PURGE" for line in access_lines(services.log("ypfs1"))), 10)
+    purged = http.get(photo["urls"]["small"], timeout=60)  # gone from its node's cache: rendered/read again
+    assert purged.status_code == 200 and purged.headers["X-Cache"] != "HIT"
+    assert purged.headers["X-Served-By"] == served_by["small"]
+    unauthorized = http.request("PURGE", f"{front}/photos/alice/{photo['id']}_{photo['secret']}/", timeout=30)
+    assert unauthorized.status_code == 401
     # the request head limit is hashproxy's (line + headers), not HAProxy's default 16 KB buffer
     pad = {f"X-Pad-{i}": "p" * 7000 for i in range(5)}  # 35 KB of headers, each within gunicorn's field limit
     assert http.get(f"{front}/u/alice", headers=pad, timeout=30).status_code == 200
