@@ -487,7 +487,8 @@ def check_secrets(cfg: Config) -> dict | None:
 
 
 def secrets_source(cfg: Config) -> str:
-    """Where this config's secrets come from, for a message that must not print them."""
+    """Where the secrets of ``cfg`` (as loaded, before ensure_secrets) come from, for a message
+    that must not print them."""
     c = cfg.cluster
     if c.admin_token and c.url_key and not c.secrets_file:
         return "set in the config (cluster.admin_token, cluster.url_key)"

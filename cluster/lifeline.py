@@ -16,6 +16,11 @@ import signal
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
+try:  # loaded once, in the master: the worker's call right after fork stays short
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _libc = None
+
 
 def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> bool:
     """Have the kernel send ``sig`` to this process when its parent dies; False where prctl is missing.
@@ -24,9 +29,8 @@ def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> bool:
     a parent that died before the call is caught by comparing it with getppid().
     """
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        ok = libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
+        ok = _libc is not None and _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except AttributeError:  # a libc without prctl
         ok = False
     if ok and os.getppid() != parent_pid:  # the parent is already gone: the signal would never come
         os.kill(os.getpid(), sig)

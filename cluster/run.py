@@ -24,8 +24,8 @@ import urllib.request
 from pathlib import Path
 
 from . import procs
-from .config import ENV_VAR, Config, ConfigError, dump_toml, ensure_secrets, from_dict, host_addresses, load_dict
-from .config import secrets_source
+from .config import ENV_VAR, Config, ConfigError, check_secrets, dump_toml, ensure_secrets, from_dict, host_addresses
+from .config import load_dict, secrets_source
 from .hosts import Target, add_selection_args, select
 from .seaweed import Seaweed, start_seaweed
 from .supervise import GIVEN_UP, RUNNING, Child, Supervisor
@@ -50,6 +50,7 @@ class Cluster:
         self.seaweed: Seaweed | None = None
         self.cfg: Config | None = None
         self.supervisor: Supervisor | None = None
+        self.secrets_at = ""
 
     def _effective_config(self) -> tuple[Config, Path]:
         tree = self.tree
@@ -62,6 +63,7 @@ class Cluster:
             tree["storage"]["backend"] = "s3"
             tree["storage"]["s3"].update(endpoint=self.seaweed.endpoint, access_key=self.seaweed.access_key,
                                          secret_key=self.seaweed.secret_key)
+        self.secrets_at = secrets_source(from_dict(tree))
         cfg = ensure_secrets(from_dict(tree))
         run_dir = data_dir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -129,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         if storage == "s3" and len(host_addresses(cfg)) > 1:
             raise ConfigError("--storage s3 starts a SeaweedFS on 127.0.0.1 for one box; the nodes span several "
                               "hosts: run SeaweedFS yourself and set [storage.s3] (README: Across hosts)")
+        check_secrets(cfg)  # a multi-host cluster without shared secrets is refused before anything starts
         chosen = select(cfg, nodes=args.node, roles=args.role)
-        ensure_secrets(cfg)  # refuses a multi-host cluster without shared secrets
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(storage: {tree['storage']['backend'] if storage != 's3' else 's3 via local SeaweedFS'})", flush=True)
         cfg = cluster.start()
         print(f"\nCluster is up: {cfg.public_url}\n"
-              f"  secrets (admin token, URL key): {secrets_source(cfg)}\n"
+              f"  secrets (admin token, URL key): {cluster.secrets_at}\n"
               f"  add a user:  YUPOO_CONFIG={cfg.data_dir / 'run' / 'cluster.toml'} .venv/bin/python -m ypfs user add alice\n"
               f"Ctrl-C stops everything.", flush=True)
         code = cluster.watch()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 from typing import Any, Callable
 
 import falcon
@@ -60,8 +61,11 @@ def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int 
     own_post_fork = extra.pop("post_fork", None)
 
     def post_fork(server, worker) -> None:
+        # until the worker installs its own handlers it has the master's, which would swallow
+        # a SIGTERM sent while it boots (the worker then lives on until the stop's SIGKILL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         # a master killed by SIGKILL takes its workers along: an orphan would hold the port
-        # (a restarted master could not bind it) and go on serving until its timeout
+        # (a restarted master could not bind it) and go on serving until it notices
         die_with_parent(worker.ppid)
         if own_post_fork:
             own_post_fork(server, worker)
