@@ -7,12 +7,14 @@ after a delay that starts at ``restart_delay`` and doubles with every death up t
 doubling afresh. A child that would be restarted more than ``burst`` times within
 ``interval`` seconds is given up on, loudly, and the others keep running: one node's
 crash loop never takes the rest of a host down. Everything is polled from one thread
-(``step``), so the caller decides how long anything may take.
+(``step``), so the caller decides how long anything may take. Children get SIGTERM when
+the supervisor itself dies, even by SIGKILL, so none is left running unsupervised.
 """
 
 from __future__ import annotations
 
 import collections
+import signal
 import subprocess
 import sys
 import time
@@ -62,7 +64,10 @@ class Supervisor:
         return child
 
     def _spawn(self, child: Child) -> None:
-        child.proc = procs.start(child.argv, log=child.log, env=child.env, cwd=child.cwd)
+        # a supervisor killed by SIGKILL stops its nodes (SIGTERM: gracefully) rather than leave
+        # them unsupervised, holding their ports against the next start
+        child.proc = procs.start(child.argv, log=child.log, env=child.env, cwd=child.cwd,
+                                 parent_death_signal=signal.SIGTERM)
         child.state = RUNNING
         child.started_at = self.clock()
         child.starts += 1

@@ -126,6 +126,27 @@ def test_stop_all_stops_every_child_by_pid(sup):
     assert all(c.proc.returncode is not None for c in children)
 
 
+def test_children_are_stopped_when_the_supervisor_itself_is_killed(tmp_path):
+    code = ("import sys, time\n"
+            "from cluster.config import SuperviseSection\n"
+            "from cluster.supervise import Child, Supervisor\n"
+            "sup = Supervisor(SuperviseSection())\n"
+            "child = sup.add(Child('node', [sys.executable, '-c', 'import time; time.sleep(60)']))\n"
+            "print(child.pid, flush=True)\n"
+            "sup.run()\n")
+    log = tmp_path / "sup.log"
+    sup_proc = procs.start(py(code), env={"PYTHONPATH": str(REPO)}, log=log)
+    try:
+        wait_until(lambda: log.read_text().strip().isdigit(), 10)
+        child = int(log.read_text())
+        assert alive(child)
+        os.kill(sup_proc.pid, signal.SIGKILL)
+        sup_proc.wait(5)
+        wait_until(lambda: not alive(child), 2)
+    finally:
+        procs.stop(sup_proc)
+
+
 def test_a_forked_worker_dies_with_its_master():
     code = ("import os, time\n"
             "from cluster.lifeline import die_with_parent\n"
