@@ -14,13 +14,12 @@ import socket
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 
 from cluster import config as config_mod
-from cluster import hosts, procs, run
+from cluster import hosts, run
 from cluster.config import ConfigError, from_dict, load_dict
 
 from .helpers import REPO, cluster_tree, write_config
