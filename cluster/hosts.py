@@ -62,6 +62,12 @@ class Target:
         h = self.probe_host
         return f"http://{'[' + h + ']' if ':' in h else h}:{self.port}/healthz"
 
+    @property
+    def ready_url(self) -> str:
+        """What start-up waits for: ypws is ready once it applied the purge log (its cache is
+        trusted from then on); the others once they are alive."""
+        return self.health_url[: -len("healthz")] + "readyz" if self.role == "ypws" else self.health_url
+
     def describe(self) -> str:
         where = self.host if not self.listen else f"{self.host} (listen {self.listen})"
         return f"{self.name} [{self.role}] {where}:{self.port}"

@@ -95,12 +95,12 @@ class Cluster:
             for t, child in list(waiting):
                 if child.state == GIVEN_UP:
                     waiting.remove((t, child))
-                elif child.state == RUNNING and _healthy(t.health_url):
+                elif child.state == RUNNING and _healthy(t.ready_url):
                     waiting.remove((t, child))
                     print(f"  {t.name:<10} http://{t.host}:{t.port}  (log: {child.log})", flush=True)
             time.sleep(0.1)
         for t, child in waiting:
-            print(f"  {t.name:<10} NOT answering {t.health_url} after {START_TIMEOUT:g} s; still supervised "
+            print(f"  {t.name:<10} NOT answering {t.ready_url} after {START_TIMEOUT:g} s; still supervised "
                   f"(log: {child.log})", file=sys.stderr, flush=True)
 
     def watch(self) -> int:
