@@ -175,6 +175,6 @@ def select(cfg: Config, *, nodes: Iterable[str] = (), roles: Iterable[str] = (),
 
 def add_selection_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--node", action="append", default=[], metavar="NAME",
-                    help="run this node (repeatable); with --node/--role the address rule is not used")
+                    help="choose this node (repeatable); with --node/--role the address rule is not used")
     ap.add_argument("--role", action="append", default=[], metavar="ROLE",
-                    help="run every node of this role: ypfs, magickd, ypws or hashproxy (repeatable)")
+                    help="choose every node of this role: ypfs, magickd, ypws or hashproxy (repeatable)")
