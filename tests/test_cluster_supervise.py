@@ -69,12 +69,13 @@ def test_a_crash_loop_backs_off_doubling_then_gives_up_on_that_child_only(sup, t
     steady_pid = steady.pid
     wait_until(lambda: crasher.state == GIVEN_UP, 10, sup=sup)
     assert crasher.starts == FAST.burst + 1  # the first start and `burst` restarts; the next would be one too many
+    # the delays double up to the cap...
+    delays = [float(m.group(1)) for line in sup.said if (m := re.search(r"^crasher exited .*restarting in ([\d.]+) s", line))]
+    assert delays == [0.1, 0.2, 0.4, 0.4], sup.said
+    # ...and are really waited: between two starts at least the delay (plus the child's own run time)
     starts = [float(x) for x in stamps.read_text().split()]
     gaps = [b - a for a, b in zip(starts, starts[1:])]
-    # delays 0.1, 0.2, 0.4, 0.4 (capped), plus start-up time of the child
-    for gap, delay in zip(gaps, [0.1, 0.2, 0.4, 0.4]):
-        assert delay <= gap < delay + 1.0, gaps
-    assert gaps[1] > gaps[0] + 0.05 and gaps[2] > gaps[1] + 0.1
+    assert len(gaps) == 4 and all(delay <= gap < delay + 3.0 for gap, delay in zip(gaps, delays)), gaps
     assert any("crasher: GIVING UP" in line and "exit 3" in line for line in sup.said), sup.said
     # the other child never noticed
     assert steady.state == RUNNING and steady.pid == steady_pid and alive(steady_pid)
@@ -186,7 +187,7 @@ def test_workers_of_a_master_killed_by_sigkill_do_not_survive_and_the_port_frees
     os.kill(master.pid, signal.SIGKILL)  # only the master: nobody kills the group for it here
     master.wait(5)
     took = wait_until(lambda: not any(alive(w) for w in workers), 5)
-    assert took < 0.5, f"workers outlived their master by {took:.2f}s"
+    assert took < 0.75, f"workers outlived their master by {took:.2f}s"  # unaided, a sync worker takes ~1 s
     # nothing holds the port: a new master binds it and serves at once
     again = services.start_module(f"{role}-again", role, *argv, config_path=path, health_url=health, timeout=10)
     assert again.poll() is None
