@@ -55,9 +55,8 @@ def _srcset(cfg: Config, record: PhotoRecord, names: tuple[str, ...]) -> tuple[s
     return ", ".join(parts), last, dims
 
 
-def gallery_html(cfg: Config, user: str, records: list[PhotoRecord], older: str | None = None,
-                 paged: bool = False) -> str:
-    """Thumbnails of a user's public photos, newest first; ``older``: the id the next page starts below."""
+def _thumbs(cfg: Config, records: list[PhotoRecord], paged: bool, owners: bool = False) -> str:
+    """A grid of thumbnails linking to each photo page (and, with ``owners``, to each owner's gallery)."""
     items = []
     for rec in records:
         srcset, largest, _ = _srcset(cfg, rec, GALLERY_SIZES)
@@ -66,21 +65,39 @@ def gallery_html(cfg: Config, user: str, records: list[PhotoRecord], older: str 
             continue
         box = box_for(small, rec.width, rec.height)
         title = rec.title or f"Photo {rec.id}"
+        by = f' <span class="meta">by <a href="/u/{escape(rec.owner)}">{escape(rec.owner)}</a></span>' if owners else ""
         items.append(
             f'<li><a href="/p/{escape(rec.owner)}/{escape(rec.id)}">'
             f'<img class="thumb" src="{escape(rendition_url("", rec.ref, small))}" srcset="{escape(srcset)}" '
             f'sizes="240px" width="{box.out_w}" height="{box.out_h}" alt="{escape(title)}" loading="lazy" '
-            f'data-photo="{escape(rec.id)}"></a><div>{escape(title)}</div></li>'
+            f'data-photo="{escape(rec.id)}"></a><div>{escape(title)}{by}</div></li>'
         )
     empty = "No older photos." if paged else "No photos yet."
-    listing = f'<ul class="gallery">{"".join(items)}</ul>' if items else f'<p class="meta">{empty}</p>'
+    return f'<ul class="gallery">{"".join(items)}</ul>' if items else f'<p class="meta">{empty}</p>'
+
+
+def _pager(base: str, older: str | None, paged: bool) -> str:
     nav = []
     if paged:
-        nav.append(f'<a href="/u/{escape(user)}">Newest</a>')
+        nav.append(f'<a href="{escape(base)}">Newest</a>')
     if older:
-        nav.append(f'<a rel="next" id="older" href="/u/{escape(user)}?before={escape(older)}">Older photos</a>')
-    footer = f'<nav class="meta">{" · ".join(nav)}</nav>' if nav else ""
-    return _page(f"{user}'s photos", f"<h1>{escape(user)}</h1>{listing}{footer}")
+        nav.append(f'<a rel="next" id="older" href="{escape(base)}?before={escape(older)}">Older photos</a>')
+    return f'<nav class="meta">{" · ".join(nav)}</nav>' if nav else ""
+
+
+def gallery_html(cfg: Config, user: str, records: list[PhotoRecord], older: str | None = None,
+                 paged: bool = False) -> str:
+    """Thumbnails of a user's public photos, newest first; ``older``: the id the next page starts below."""
+    listing = _thumbs(cfg, records, paged)
+    return _page(f"{user}'s photos", f"<h1>{escape(user)}</h1>{listing}{_pager(f'/u/{user}', older, paged)}")
+
+
+def home_html(cfg: Config, records: list[PhotoRecord], older: str | None = None, paged: bool = False) -> str:
+    """The site's front page: what it is, and the newest public photos of every user."""
+    intro = ('<p class="meta">A photo site: upload your photos, and everyone sees them in the sizes that fit, '
+             'from the cache node nearest the URL. <a href="/upload">Upload photos</a>.</p>')
+    listing = _thumbs(cfg, records, paged, owners=True)
+    return _page("Newest photos", f"<h1>Newest photos</h1>{intro}{listing}{_pager('/', older, paged)}")
 
 
 def photo_html(cfg: Config, record: PhotoRecord, original_allowed: bool) -> str:
