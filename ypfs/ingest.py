@@ -72,7 +72,7 @@ class Ingestor:
         rec = PhotoRecord(
             id=ref.photo_id, owner=user, secret=ref.secret, format=fmt, width=info.width, height=info.height,
             bytes=spool.size, sha256=spool.sha256, uploaded_at=self.clock(), title=meta.title,
-            taken_at=info.taken_at, camera=info.camera, pages=info.pages, private=meta.private,
+            taken_at=info.taken_at, camera=info.camera, exposure=info.exposure, pages=info.pages, private=meta.private,
             original_public=allow_originals,
         )
         # The dedupe and timeline entries are written beside the record: a dedupe entry
@@ -114,7 +114,8 @@ def photo_view(cfg: Config, rec: PhotoRecord) -> dict:
     return {
         "id": rec.id, "owner": rec.owner, "secret": rec.secret, "title": rec.title,
         "width": rec.width, "height": rec.height, "format": rec.format, "bytes": rec.bytes, "sha256": rec.sha256,
-        "pages": rec.pages, "taken_at": rec.taken_at, "camera": rec.camera, "private": rec.private,
+        "pages": rec.pages, "taken_at": rec.taken_at, "camera": rec.camera, "exposure": rec.exposure,
+        "private": rec.private,
         "original_public": rec.original_public, "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.uploaded_at)),
         "urls": urls,
     }

@@ -295,8 +295,8 @@ class PhotoPageResource:
 
 
 class UploadPageResource:
-    def __init__(self, upload_url: str):
-        self.html = pages.upload_html(upload_url)
+    def __init__(self, upload_url: str, max_bytes: int):
+        self.html = pages.upload_html(upload_url, max_bytes)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_HTML
@@ -322,7 +322,7 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, rende
     app.add_route("/", HomeResource(cfg, store))
     app.add_route("/u/{user}", GalleryResource(cfg, store))
     app.add_route("/p/{user}/{photo_id}", PhotoPageResource(cfg, store))
-    app.add_route("/upload", UploadPageResource(cfg.ypws.upload_url))
+    app.add_route("/upload", UploadPageResource(cfg.ypws.upload_url, cfg.limits.max_upload_bytes))
     app.add_route("/healthz", HealthResource(node))
     app.add_route("/readyz", ReadyResource(service.gate, node))
     app.add_route("/metrics", MetricsResource(cache, node))
