@@ -22,7 +22,7 @@ from storage.keys import CONTENT_TYPES, EXTENSIONS, InvalidName, PhotoRef
 from storage.records import PhotoRecord, UserRecord, profile_version
 
 from .conditional import RangeError, http_date, if_range_matches, not_modified, parse_range
-from .diskcache import DiskCache, body_digest
+from .diskcache import CorruptEntry, DiskCache, body_digest
 from .geoscrub import PatchedReader, apply_patches, location_patches, strip_location
 from .hotlink import HotlinkPolicy
 from .negotiation import pick_variant
@@ -140,6 +140,7 @@ class ImageService:
         self.cache = cache
         self.renderer = renderer
         self.clock = clock
+        self.gate = None  # ypws.purgeapply.SyncGate: no cache hit before the purge log is applied
         self.url_key = cfg.cluster.url_key
         self.max_ttl = y.signed_url_max_ttl
         self.max_age = y.max_age
@@ -159,8 +160,19 @@ class ImageService:
 
     # -- entry point -----------------------------------------------------------------------
     def respond(self, req: ImageRequest, fast: bool = False) -> Reply | None:
+        if self.gate is not None and not self.gate.trusted():
+            return self.error(503, "warming_up", "this node has not yet applied the purge log since it started",
+                              [("Retry-After", "1")])
         try:
-            return self._respond(req, fast)
+            try:
+                return self._respond(req, fast)
+            except CorruptEntry:
+                # the cached entry was found damaged before anything was sent, and dropped:
+                # the same request again is a plain miss, answered from storage
+                return self._respond(req, fast)
+        except CorruptEntry:  # damaged again at once: the cache disk is failing
+            return self.error(503, "cache_unavailable", "the cache disk is failing; try again shortly",
+                              [("Retry-After", "2")])
         except NoSuchImage:
             return self.error(404, "not_found", "no such image")
         except BadPath as exc:

@@ -29,6 +29,7 @@ import httptools
 from gunicorn.workers import base
 
 from .accesslog import AccessLog
+from .diskcache import CorruptEntry
 from .images import ImageRequest, Reply
 
 MAX_URL = 8190
@@ -318,14 +319,20 @@ class HttpProtocol(asyncio.Protocol):
         keep = req.keep_alive
         try:
             is_head = req.method == b"HEAD"
-            for chunk in result:
-                if not head_sent:
-                    keep = self._send_head(req, state, keep)
-                    head_sent = True
-                if chunk and not is_head:
-                    if not self._write_from_thread(bytes(chunk)):
-                        return int(state["status"][:3]), sent, "-", False
-                    sent += len(chunk)
+            try:
+                for chunk in result:
+                    if not head_sent:
+                        keep = self._send_head(req, state, keep)
+                        head_sent = True
+                    if chunk and not is_head:
+                        if not self._write_from_thread(bytes(chunk)):
+                            return int(state["status"][:3]), sent, "-", False
+                        sent += len(chunk)
+            except CorruptEntry as exc:
+                # a cache entry found damaged mid-body (it is dropped): cut the connection short
+                # of its Content-Length, so the client sees an incomplete answer, never wrong bytes
+                self.worker.log.warning("answer cut: %s", exc)
+                return int(state.get("status", "500")[:3]), sent, "-", False
             if not head_sent:
                 keep = self._send_head(req, state, keep)
         finally:
@@ -425,11 +432,18 @@ class YpwsWorker(base.Worker):
     def init_signals(self) -> None:
         for s in self.SIGNALS:
             signal.signal(s, signal.SIG_DFL)
-        self.loop.add_signal_handler(signal.SIGTERM, self._stop)
-        self.loop.add_signal_handler(signal.SIGINT, self._stop)
-        self.loop.add_signal_handler(signal.SIGQUIT, self._stop)
-        self.loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
+        # plain handlers while the app loads: uvloop drops a signal that comes before its loop
+        # runs, and a stop sent to a booting worker would wait for the master's SIGKILL
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(s, lambda signum, frame: self._stop())
+        signal.signal(signal.SIGUSR1, lambda signum, frame: self.log.reopen_files())
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)
+
+    def _loop_signals(self) -> None:
+        """The loop's own handlers, installed once it runs."""
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            self.loop.add_signal_handler(s, self._stop)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
 
     def _stop(self) -> None:
         self.alive = False
@@ -456,6 +470,7 @@ class YpwsWorker(base.Worker):
             self.loop.close()
 
     async def _serve(self) -> None:
+        self._loop_signals()
         for sock in self.sockets:
             server = await self.loop.create_server(lambda: HttpProtocol(self), sock=sock.sock, backlog=self.cfg.backlog)
             self.servers.append(server)
