@@ -182,30 +182,6 @@ class NetLab:
         others see of a host that lost power or its switch port (no refusal, only silence)."""
         ip("netns", "exec", self.hosts[host].netns, "ip", "link", "set", "eth0", "up" if up else "down")
 
-    def kill_host(self, host: str) -> list[int]:
-        """SIGKILL every process inside ``host``, as a crashed machine; returns their PIDs.
-
-        Repeated until the namespace is empty (bounded): a gunicorn arbiter may fork a new
-        worker between our listing its processes and killing it."""
-        h = self.hosts[host]
-        killed: list[int] = []
-        deadline = time.monotonic() + 10
-        while (pids := h.ns_pids()) and time.monotonic() < deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)
-        for proc in h.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        h.procs.clear()
-        return killed
-
     # -- teardown --------------------------------------------------------------------
     def close(self) -> None:
         """Stop every recorded process by PID (SIGTERM to all, SIGKILL to what is left after 5 s),
