@@ -352,6 +352,65 @@ def _answers(url: str) -> bool:
         return False
 
 
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="Debian's haproxy is not installed (tests/sysdeps.sh)")
+def test_the_same_with_haproxy_as_the_front(cluster):
+    """The front host runs HAProxy with `hashproxy haproxy-config`'s output instead of the Python
+    hashproxy (same address and port): upload, pinning, a signed private photo, a kill -9'd cache
+    node's URLs failing over, a delete; then the Python front comes back."""
+    lab = cluster.lab
+    cfg = from_dict(cluster.tree)
+    nodes = [n for role in ("ypfs", "magickd", "ypws") for n in getattr(cfg, role).nodes]
+    # health checks on /readyz where every node serves it (not every component does yet)
+    ready = all(requests.get(f"{n.url}/readyz", timeout=10).status_code == 200 for n in nodes)
+    res = lab.run("front", [sys.executable, "-m", "hashproxy", "haproxy-config", "--config",
+                            str(cluster.config_path("front")), "--check-path", "/readyz" if ready else "/healthz"],
+                  env=cluster.env("front"))
+    assert res.returncode == 0, res.stderr
+    hcfg = lab.workdir / "front" / "haproxy.cfg"
+    hcfg.write_text(res.stdout)
+    lab.stop("front", "cluster-run")
+    try:
+        proxy = lab.start("front", "haproxy", [shutil.which("haproxy"), "-db", "-f", str(hcfg)])
+        procs.wait_http(f"{cluster.public}/readyz", timeout=30, proc=proxy)
+        r = upload(cluster, data=variant(7))
+        assert r.status_code == 201, r.text
+        pic = r.json()
+        small = pic["urls"]["small"]
+        first = requests.get(small, timeout=60)
+        assert first.status_code == 200 and jpeg_size(first.content) == (240, 180)
+        owner = first.headers["X-Served-By"]
+        for _ in range(3):
+            again = requests.get(small, timeout=30)
+            assert again.status_code == 200 and again.headers["X-Served-By"] == owner
+        # a private photo, signed on the admin host, through HAProxy
+        r = upload(cluster, private=True, data=variant(8))
+        assert r.status_code == 201, r.text
+        path = urllib.parse.urlsplit(r.json()["urls"]["small"]).path
+        signed = cluster.admin("ypws", "sign", path).stdout.strip()
+        assert requests.get(r.json()["urls"]["small"], timeout=30).status_code == 404
+        assert requests.get(signed, timeout=60).status_code == 200
+        # kill -9 of the owner node: HAProxy retries the GET on another node; the supervisor restarts it
+        supervisor = lab.hosts[PLACEMENT[owner]].procs["cluster-run"]
+        for group in {os.getpgid(p) for p in procs.descendants(supervisor.pid)} - {os.getpgid(supervisor.pid)}:
+            os.killpg(group, signal.SIGKILL)
+        got = requests.get(small, timeout=30)
+        assert got.status_code == 200 and got.headers["X-Served-By"] != owner, got.text[:200]
+        deadline = time.monotonic() + 30
+        while requests.get(small, timeout=30).headers.get("X-Served-By") != owner:
+            assert time.monotonic() < deadline, f"{owner} did not get its URLs back behind HAProxy"
+            time.sleep(0.3)
+        # a delete through HAProxy (to ypfs) reaches the node that held the copy
+        d = requests.delete(f"{cluster.public}/api/photos/alice/{pic['id']}",
+                            headers={"Authorization": f"Bearer {cluster.token}"}, timeout=60)
+        assert d.status_code == 200 and d.json()["cache"]["logged"] is True, d.text
+        assert requests.get(direct(cluster, owner, small), timeout=30).status_code == 404
+        assert requests.get(small, timeout=30).status_code == 404
+    finally:
+        lab.stop("front", "haproxy")
+        wait_ready(cluster, start_host(cluster, "front"))
+        wait_front_settled(cluster)
+
+
 def test_a_volume_server_down_reads_work_uploads_503_fast(cluster, photo):
     """Replication 001 on two volume servers: reads use the surviving copy; a write needs both
     copies, so uploads are refused with 503 + Retry-After within the S3 client's bound."""
