@@ -6,7 +6,8 @@ Hosts (each a namespace made by tests/netns.py): ``front`` (hashproxy), ``upload
 (filer + S3 gateway) and ``admin`` (runs the operator commands). Every host has its
 own working folder and its own copy of the one config file; its ``data_dir`` is
 relative, so each host keeps its own. The test process is the browser / upload
-client, on the bridge's own address.
+client, on the bridge's own address. Each host with nodes runs ``python -m cluster
+run`` (``start_host``); the SeaweedFS hosts run cluster/seaweed.py's command lines.
 
 What is checked is what the README's "Across hosts" section promises; the order of
 the tests matters (module-scoped cluster; the storage fault comes last).
