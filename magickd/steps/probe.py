@@ -90,7 +90,7 @@ def _pillow_header(data: bytes) -> Source | None:
             if orientation in ROTATED:
                 w, h = h, w
             return Source("pillow", PILLOW_FORMATS[im.format], w, h, getattr(im, "n_frames", 1) or 1)
-    except Exception:  # Pillow raises many types for bad input (see tests/corpus/README.md)
+    except Exception:  # Pillow raises many types for bad input (see ../shared/corpus/README.md)
         return None
 
 
