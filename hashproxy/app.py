@@ -116,6 +116,10 @@ class ProxyApp:
                                                         b"application/json", keep_alive=keep_alive, http10=http10,
                                                         head_only=method == "HEAD"), keep_alive)
         elif route is Route.METRICS:
+            if not self.authorized(req.headers.auth):
+                return self._error(proto, 401, "unauthorized",
+                                   "/metrics needs 'Authorization: Bearer <service token>'", keep_alive, http10,
+                                   [(b"WWW-Authenticate", b"Bearer")])
             from .metrics import render
             body, ctype = render(self)
             return Reply(proto, req, responses.response(200, body, ctype, keep_alive=keep_alive, http10=http10,

@@ -24,7 +24,7 @@ from storage import open_store
 from ypws.app import cache_dir
 
 from .hashproxy_support import ProxyCluster
-from .helpers import CORPUS, Services, cluster_tree, seed_photo, write_config
+from .helpers import CORPUS, Services, cluster_tree, seed_photo, service_auth, write_config
 from .ypws_support import seed_rendition
 
 # -- the journal, in-process -------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ class Cluster:
         workers = self.cfg.hashproxy.workers
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = requests.get(self.base + "/metrics", timeout=10).text
+            text = requests.get(self.base + "/metrics", headers=service_auth(self.cfg), timeout=10).text
             if (sample(text, "hashproxy_node_up", f'node="{name}",role="ypws"') == workers
                     and sample(text, "hashproxy_node_purges_pending", f'node="{name}"') == 0):
                 return
@@ -283,13 +283,13 @@ def test_journal_is_shared_by_the_workers_and_survives_a_proxy_restart(tmp_path,
 
     services.stop("hashproxy")
     pc.start_proxy()
-    text = requests.get(pc.base + "/metrics", timeout=10).text
+    text = requests.get(pc.base + "/metrics", headers=service_auth(pc.cfg), timeout=10).text
     assert sample(text, "hashproxy_node_purges_pending", f'node="{node}"') == 1
 
     pc.start_node(node)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        text = requests.get(pc.base + "/metrics", timeout=10).text
+        text = requests.get(pc.base + "/metrics", headers=service_auth(pc.cfg), timeout=10).text
         if (sample(text, "hashproxy_node_up", f'node="{node}",role="ypws"') == 2
                 and sample(text, "hashproxy_node_purges_pending", f'node="{node}"') == 0):
             break

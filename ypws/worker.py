@@ -9,6 +9,11 @@ fast=True)``: a cache hit is answered right there from one cache file read, with
 no environ and no thread. A miss, a page, PURGE or anything else goes, as WSGI,
 to the falcon app on a thread pool; the connection waits (requests pipelined
 behind it are queued) and its reading is paused meanwhile.
+
+Framing follows the same strict rules as hashproxy (cluster/framing.py): an
+ambiguous head, an Upgrade, or a chunked body whose framing outweighs its data is
+refused with a JSON 400 and the connection closed; a refusal that follows requests
+still being answered is written after their responses, never before.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 from gunicorn.workers import base
+
+from cluster.framing import CHUNK_OVERHEAD_REFUSAL, ChunkBudget, check_head
 
 from .accesslog import AccessLog
 from .images import ImageRequest, Reply
@@ -48,11 +55,17 @@ STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in 
 
 
 SHED_LINGER = 1.0  # seconds a refused connection may take to close its side
+UPGRADE_REFUSAL = (400, "upgrade_unsupported", "protocol upgrades (WebSocket, h2c) are not supported")
+NOSNIFF = b"X-Content-Type-Options: nosniff\r\n"
 
 
 class _Refused(Exception):
     def __init__(self, status: int, code: str, message: str):
         self.status, self.code, self.message = status, code, message
+
+
+class _Refusal(tuple):
+    """A refusal queued behind pipelined requests: (status, code, message)."""
 
 
 class _Request:
@@ -92,6 +105,7 @@ class HttpProtocol(asyncio.Protocol):
         self.shed = False  # refused at the connection cap: incoming data is dropped
         self.last_active = self.loop.time()
         self.started: float | None = None  # when the request being received sent its first byte
+        self.chunks: ChunkBudget | None = None  # framing spent by the chunked body being received
         self.can_write = threading.Event()
         self.can_write.set()
         self._reset()
@@ -131,20 +145,26 @@ class HttpProtocol(asyncio.Protocol):
         if self.shed:
             return  # read and dropped: closing with unread data would reset the connection
         self.last_active = self.loop.time()
+        chunks = self.chunks
+        if chunks is not None:
+            chunks.raw += len(data)
         try:
             self.parser.feed_data(data)
         except _Refused as exc:
-            self._refuse(exc.status, exc.code, exc.message)
+            self._refuse_in_order(exc.status, exc.code, exc.message)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Refused):
-                self._refuse(cause.status, cause.code, cause.message)
+                self._refuse_in_order(cause.status, cause.code, cause.message)
             else:
-                self._refuse(400, "bad_request", "malformed HTTP request")
+                self._refuse_in_order(400, "bad_request", "malformed HTTP request")
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "bad_request", "protocol upgrades are not supported")
+            self._refuse_in_order(*UPGRADE_REFUSAL)
         except httptools.HttpParserError:
-            self._refuse(400, "bad_request", "malformed HTTP request")
+            self._refuse_in_order(400, "bad_request", "malformed HTTP request")
+        else:
+            if chunks is not None and chunks is self.chunks and chunks.exceeded():
+                self._refuse_in_order(*CHUNK_OVERHEAD_REFUSAL)  # all of data went to one body
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -165,7 +185,21 @@ class HttpProtocol(asyncio.Protocol):
         if field is not None:
             self.fields[field] = value.decode("latin-1")
 
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        if p.should_upgrade():
+            raise _Refused(*UPGRADE_REFUSAL)
+        refusal = check_head(self.headers, p.get_http_version() == "1.0")
+        if refusal is not None:
+            raise _Refused(*refusal)
+
+    def on_chunk_header(self) -> None:
+        if self.chunks is None:
+            self.chunks = ChunkBudget()
+
     def on_body(self, body: bytes) -> None:
+        if self.chunks is not None:
+            self.chunks.data += len(body)
         self.body_bytes += len(body)
         if self.body_bytes > MAX_BODY:
             raise _Refused(413, "body_too_large", "ypws takes no request bodies this large")
@@ -173,6 +207,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.started = None
+        self.chunks = None
         p = self.parser
         req = _Request(p.get_method(), self.url, self.headers, self.fields, b"".join(self.body), p.should_keep_alive(),
                        p.get_http_version(), time.perf_counter())
@@ -183,6 +218,9 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------------------
     def _handle(self, req: _Request) -> None:
+        if req.__class__ is _Refusal:
+            self._refuse(*req)
+            return
         if self.service is not None and req.method in (b"GET", b"HEAD") and req.url.startswith(b"/photos/"):
             reply = self._fast(req)
             if reply is not None:
@@ -218,7 +256,7 @@ class HttpProtocol(asyncio.Protocol):
         headers = reply.headers if reply.headers.__class__ is tuple else tuple(reply.headers)
         block = memo.get(headers)
         if block is None:
-            block = "".join(f"{k}: {v}\r\n" for k, v in reply.headers).encode("latin-1")
+            block = "".join(f"{k}: {v}\r\n" for k, v in reply.headers).encode("latin-1") + NOSNIFF
             if len(memo) >= HEAD_MEMO_MAX:
                 memo.clear()
             memo[headers] = block
@@ -234,6 +272,16 @@ class HttpProtocol(asyncio.Protocol):
         transport.writelines(head)
         return 0
 
+    def _refuse_in_order(self, status: int, code: str, message: str) -> None:
+        """Refuse now, or, when earlier requests are still being answered, right after their responses."""
+        if self.busy or self.pending:
+            self.shed = True  # nothing more is read from this connection
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self.pending.append(_Refusal((status, code, message)))
+            return
+        self._refuse(status, code, message)
+
     def _refuse(self, status: int, code: str, message: str, extra: bytes = b"", linger: bool = False) -> None:
         """Answer a request we could not even parse (or take), then close.
 
@@ -248,7 +296,7 @@ class HttpProtocol(asyncio.Protocol):
         body = json.dumps({"error": code, "message": message}).encode()
         self.transport.writelines([
             STATUS_LINES[status], b"Content-Type: application/json\r\nContent-Length: ", str(len(body)).encode(),
-            b"\r\nConnection: close\r\n", extra, self.worker.date_header(), b"\r\n", body,
+            b"\r\nConnection: close\r\n", NOSNIFF, extra, self.worker.date_header(), b"\r\n", body,
         ])
         if self.log.enabled:
             self.log.write(b"-", self.url[:200], status, len(body), "-", 0.0, None, None, self.peer[0])
@@ -370,7 +418,7 @@ class HttpProtocol(asyncio.Protocol):
             "REQUEST_METHOD": req.method.decode("latin-1"),
             "SCRIPT_NAME": "",
             "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-            "QUERY_STRING": query.decode("latin-1"),
+            "QUERY_STRING": query.decode("latin-1"), "RAW_URI": req.url.decode("latin-1"),
             "SERVER_NAME": sockname[0], "SERVER_PORT": str(sockname[1]),
             "SERVER_PROTOCOL": f"HTTP/{req.version}",
             "REMOTE_ADDR": str(self.peer[0]), "REMOTE_PORT": str(self.peer[1] if len(self.peer) > 1 else ""),
