@@ -204,23 +204,23 @@ def test_same_bytes_again_returns_the_existing_photo(ypfs):
 
 def test_same_bytes_again_as_private_does_not_pretend_to_be_private(ypfs):
     """Issue 13 (LOW): a private=1 re-upload of a public photo silently returned the public photo."""
-    data = jpeg_variant("formats/DSCN0010.jpg", 11)
-    first = ypfs.upload("alice", data)
+    data = jpeg_variant("formats/DSCN0010.jpg", 1)
+    first = ypfs.upload("priya", data)
     assert first.status_code == 201 and first.json()["private"] is False
-    again = ypfs.upload("alice", data, private="1")
+    again = ypfs.upload("priya", data, private="1")
     assert again.status_code == 409, again.text
     body = again.json()
     assert body["error"] == "already_public"
     assert first.json()["id"] in body["message"] and "PATCH" in body["message"]
     assert body["photo"]["id"] == first.json()["id"] and body["photo"]["private"] is False
-    assert again.headers["Location"] == f"/api/photos/alice/{first.json()['id']}"
+    assert again.headers["Location"] == f"/api/photos/priya/{first.json()['id']}"
     # the photo itself was not changed behind the owner's back
-    assert PhotoRecord.load(ypfs.store, "alice", first.json()["id"]).private is False
+    assert PhotoRecord.load(ypfs.store, "priya", first.json()["id"]).private is False
     # a private photo uploaded again (privately or not) is answered as the private photo it is
-    secret = ypfs.upload("alice", jpeg_variant("formats/DSCN0010.jpg", 12), private="1")
+    secret = ypfs.upload("priya", jpeg_variant("formats/DSCN0010.jpg", 2), private="1")
     assert secret.status_code == 201
     for fields in ({"private": "1"}, {}):
-        r = ypfs.upload("alice", jpeg_variant("formats/DSCN0010.jpg", 12), **fields)
+        r = ypfs.upload("priya", jpeg_variant("formats/DSCN0010.jpg", 2), **fields)
         assert r.status_code == 200 and r.json()["id"] == secret.json()["id"] and r.json()["private"] is True
 
 

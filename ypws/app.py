@@ -7,7 +7,7 @@
     GET      /u/{user}[?before={id}]                      gallery, newest first, a page at a time
     GET      /p/{user}/{id}                               photo page
     GET      /upload                                      upload page (the POST goes to ypfs)
-    GET      /healthz, /metrics
+    GET      /healthz, /metrics                           /metrics needs the service credential
 
 Cache hits normally never reach falcon: the worker (``ypws.worker``) answers them
 on its event loop through the same ``ImageService``; this app serves the misses,

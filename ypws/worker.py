@@ -50,6 +50,8 @@ IMAGE_HEADERS = {
     b"if-modified-since": "if_modified_since", b"range": "range", b"if-range": "if_range",
 }
 LOGGED_HEADERS = {**IMAGE_HEADERS, b"user-agent": "ua"}
+#: headers that make a request head worth the full framing check (cluster.framing.check_head)
+FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 HEAD_MEMO_MAX = 4096
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 
@@ -117,6 +119,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body: list[bytes] = []
         self.header_bytes = 0
         self.body_bytes = 0
+        self.framing = False  # a framing header or a second Host was seen: check_head runs
 
     # -- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -181,17 +184,23 @@ class HttpProtocol(asyncio.Protocol):
         if self.header_bytes > MAX_HEADER_BYTES or len(self.headers) >= MAX_HEADERS:
             raise _Refused(431, "headers_too_large", "the request headers are too large")
         self.headers.append((name, value))
-        field = LOGGED_HEADERS.get(name.lower())
+        lname = name.lower()
+        field = LOGGED_HEADERS.get(lname)
         if field is not None:
+            if field in self.fields:  # a repeated Host (or any logged header): let check_head judge
+                self.framing = True
             self.fields[field] = value.decode("latin-1")
+        elif lname in FRAMING_HEADERS:
+            self.framing = True
 
     def on_headers_complete(self) -> None:
         p = self.parser
         if p.should_upgrade():
             raise _Refused(*UPGRADE_REFUSAL)
-        refusal = check_head(self.headers, p.get_http_version() == "1.0")
-        if refusal is not None:
-            raise _Refused(*refusal)
+        if self.framing:  # the hit path (no body, one Host) skips the full check
+            refusal = check_head(self.headers, p.get_http_version() == "1.0")
+            if refusal is not None:
+                raise _Refused(*refusal)
 
     def on_chunk_header(self) -> None:
         if self.chunks is None:
