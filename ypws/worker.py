@@ -8,7 +8,11 @@ parser. For each GET/HEAD of an image it first asks ``ImageService.respond(...,
 fast=True)``: a cache hit is answered right there from one cache file read, with
 no environ and no thread. A miss, a page, PURGE or anything else goes, as WSGI,
 to the falcon app on a thread pool; the connection waits (requests pipelined
-behind it are queued) and its reading is paused meanwhile.
+behind it are queued) and its reading is paused meanwhile. Likewise while the
+client is not reading its answers (the transport's write buffer is past its high
+water mark): reading is paused and parsed requests wait in the queue, so a client
+that pipelines hits and never reads holds a few small request objects, not
+megabytes of answers.
 
 Framing follows the same strict rules as hashproxy (cluster/framing.py): an
 ambiguous head, an Upgrade, or a chunked body whose framing outweighs its data is
@@ -104,6 +108,7 @@ class HttpProtocol(asyncio.Protocol):
         self.peer = ("", 0)
         self.pending: deque[_Request] = deque()
         self.busy = False
+        self.write_paused = False  # the client is not reading: answer nothing more until it does
         self.shed = False  # refused at the connection cap: incoming data is dropped
         self.last_active = self.loop.time()
         self.started: float | None = None  # when the request being received sent its first byte
@@ -140,9 +145,16 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.can_write.clear()
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.can_write.set()
+        self.write_paused = False
+        if self.transport is not None and not self.busy:
+            self.transport.resume_reading()
+            self._drain()
 
     def data_received(self, data: bytes) -> None:
         if self.shed:
@@ -220,7 +232,7 @@ class HttpProtocol(asyncio.Protocol):
         p = self.parser
         req = _Request(p.get_method(), self.url, self.headers, self.fields, b"".join(self.body), p.should_keep_alive(),
                        p.get_http_version(), time.perf_counter())
-        if self.busy or self.pending:
+        if self.busy or self.pending or self.write_paused:
             self.pending.append(req)
         else:
             self._handle(req)
@@ -340,8 +352,13 @@ class HttpProtocol(asyncio.Protocol):
         if not keep:
             self.transport.close()
             return
-        self.transport.resume_reading()
-        while self.pending and not self.busy and self.transport is not None:
+        if not self.write_paused:
+            self.transport.resume_reading()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Answer queued requests until one goes to a thread, the client stops reading, or none is left."""
+        while self.pending and not self.busy and not self.write_paused and self.transport is not None:
             self._handle(self.pending.popleft())
 
     def _write_from_thread(self, data: bytes) -> bool:
