@@ -296,15 +296,21 @@ def test_connection_header_cannot_strip_content_length(proxy, hop):
 
 def test_connection_header_cannot_strip_host_or_chunked_framing(proxy):
     run, seen = proxy
-    raw = (POST.replace(b"Host: x", b"Host: photos.example") + b"Connection: host, transfer-encoding\r\n"
-           b"Transfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
-    transport, _ = run(raw, done=answered(1))
-    req = _one_request(seen)
-    headers = dict(req["headers"])
-    assert headers[b"host"] == b"photos.example"
-    assert headers[b"transfer-encoding"] == b"chunked"
-    assert req["body"] == b"hello world"
-    assert parse_responses(transport.out)[0][0] == 200
+    for path, framing in ((b"/u/alice", (b"transfer-encoding", b"chunked")),  # a page: streamed, re-chunked
+                          (b"/api/x", (b"content-length", b"11"))):  # ypfs: taken whole, then sized
+        seen.clear()
+        raw = (b"POST " + path + b" HTTP/1.1\r\nHost: photos.example\r\nConnection: host, transfer-encoding\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        transport, _ = run(raw, done=answered(1))
+        req = _one_request(seen)
+        headers = dict(req["headers"])
+        assert headers[b"host"] == b"photos.example"
+        assert framing in req["headers"] and len([h for h in req["headers"] if h[0] in FRAMING]) == 1
+        assert req["body"] == b"hello world"
+        assert parse_responses(transport.out)[0][0] == 200
+
+
+FRAMING = (b"content-length", b"transfer-encoding")
 
 
 def test_a_get_with_a_body_that_looks_like_a_request_stays_one_request(proxy):
