@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,11 +281,18 @@ class UploadPageResource:
         resp.text = self.html
 
 
+def cache_index_unavailable(req: falcon.Request, resp: falcon.Response, exc: sqlite3.Error, params: dict) -> None:
+    """The cache index could not be read or written (its disk failing or full, and no way round it,
+    as for finding the keys a PURGE names): 503, so the caller (hashproxy's purge journal) retries."""
+    raise fail(503, "cache_unavailable", f"the cache index failed: {exc}", {"Retry-After": "2"})
+
+
 def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, renderer=None,
                service: ImageService | None = None) -> falcon.App:
     """The WSGI app of one ypws node; every dependency is passed in (tests inject their own)."""
     service = service or ImageService(cfg, node, store, cache, renderer)
     app = json_errors(falcon.App(router=Router(), middleware=[RejectBadPaths()]))
+    app.add_error_handler(sqlite3.Error, cache_index_unavailable)
     app.req_options.strip_url_path_trailing_slash = True  # PURGE /photos/u/id_s/ is the whole photo
     app.add_route("/photos/{user}/{segment}/{name}", ImageResource(service, cfg.cluster.admin_token))
     app.add_route("/photos/{user}/{segment}", PhotoResource(service, cfg.cluster.admin_token))
@@ -318,7 +326,8 @@ def cache_dir(cfg: Config, node: str) -> Path:
 
 
 def open_cache(cfg: Config, node: str) -> DiskCache:
-    return DiskCache(cache_dir(cfg, node), cfg.ypws.cache_bytes, cfg.ypws.cache_policy)
+    return DiskCache(cache_dir(cfg, node), cfg.ypws.cache_bytes, cfg.ypws.cache_policy,
+                     retry_after=cfg.ypws.cache_retry_seconds)
 
 
 def get_app(cfg: Config, node: str) -> NodeApp:
@@ -327,6 +336,7 @@ def get_app(cfg: Config, node: str) -> NodeApp:
     from storage import open_store
 
     store, cache = open_store(cfg), open_cache(cfg, node)
+    cache.connect()
     service = ImageService(cfg, node, store, cache, RenderClient(cfg))
     boot = os.environ.get(BOOT_ENV) or f"ppid-{os.getppid()}"  # `ypws serve` sets one per run
     p = cfg.purge
