@@ -7,6 +7,8 @@ driven by Playwright. Skipped only when Chromium or Playwright is not installed.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import sys
 
 import pytest
 import requests
+from PIL import Image
 
 from magickd.geometry import box_for
 
@@ -52,19 +55,68 @@ def test_upload_through_the_page_then_see_the_thumbnail_in_the_gallery(tmp_path,
     token = subprocess.run([sys.executable, "-m", "ypfs", "--config", str(path), "user", "add", "alice"],
                            capture_output=True, text=True, timeout=60, cwd=REPO, check=True).stdout.strip()
 
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
     page.set_default_timeout(60_000)
     page.goto(f"{cfg.public_url}/upload")
     page.fill("#token", token)
-    page.set_input_files("#photo", str(CORPUS / "formats" / "DSCN0010.jpg"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo at all\n")
+    # several files at once; one is refused, which costs the others nothing
+    page.set_input_files("#photo", [str(CORPUS / "formats" / "DSCN0010.jpg"),
+                                    str(CORPUS / "formats" / "canon_hdr_NO.jpg"), str(notes)])
     page.fill("#title", "From the browser")
     page.click("#submit")
-    page.wait_for_selector("#uploaded")
-    photo_id = page.get_attribute("#uploaded", "data-photo")
-    assert photo_id and photo_id.isdigit()
+    page.wait_for_function("() => document.querySelectorAll('#files li.done, #files li.failed').length === 3")
+    rows = page.eval_on_selector_all("#files li", "ls => ls.map(l => [l.className, l.dataset.photo || '', "
+                                                  "l.querySelector('.name').textContent, "
+                                                  "l.querySelector('.msg').textContent, l.querySelector('progress').value "
+                                                  "=== l.querySelector('progress').max])")
+    by_name = {name: (cls, photo, msg, full) for cls, photo, name, msg, full in rows}
+    assert by_name["notes.txt"][0] == "file failed" and "not an image" in by_name["notes.txt"][2]
+    photo_id, canon_id = by_name["DSCN0010.jpg"][1], by_name["canon_hdr_NO.jpg"][1]
+    assert by_name["DSCN0010.jpg"][0] == "file done" and photo_id.isdigit() and canon_id.isdigit()
+    assert all(full for *_, full in by_name.values())  # every progress bar ran to its end
+    page.wait_for_function("() => [...document.querySelectorAll('#files li.done img')].every("
+                           "i => i.complete && i.naturalWidth > 0)")  # each thumbnail appears
 
-    page.click("#gallery-link")
-    page.wait_for_url(f"{cfg.public_url}/u/alice")
+    # the token is remembered (no cookie): the next visit does not ask, and a re-upload says so
+    page.goto(f"{cfg.public_url}/upload")
+    assert page.is_hidden("#token-row") and page.inner_text("#who-name") == "alice"
+    assert page.context.cookies() == []
+    page.set_input_files("#photo", str(CORPUS / "formats" / "DSCN0010.jpg"))
+    page.click("#submit")
+    page.wait_for_selector("#files li.duplicate")
+    assert "you already uploaded this" in page.inner_text("#files li.duplicate .msg")
+    assert page.get_attribute("#files li.duplicate a", "href") == f"/p/alice/{photo_id}"
+
+    # three files dropped on the page: three progress bars, three thumbnails
+    dropped = []
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (320, 200), (60 * i, 120, 200 - 50 * i)).save(buf, "JPEG")
+        dropped.append(base64.b64encode(buf.getvalue()).decode())
+    page.evaluate("""files => {
+        const dt = new DataTransfer();
+        files.forEach((b64, i) => dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))],
+                                                         `dropped${i}.jpg`, {type: 'image/jpeg'})));
+        document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+    }""", dropped)
+    page.click("#submit")
+    page.wait_for_function("() => [...document.querySelectorAll('#files li')].filter("
+                           "l => l.querySelector('.name').textContent.startsWith('dropped')).length === 3 && "
+                           "[...document.querySelectorAll('#files li')].filter(l => l.classList.contains('done') "
+                           "&& l.querySelector('img') && l.querySelector('img').complete "
+                           "&& l.querySelector('img').naturalWidth > 0).length === 4")
+    assert page.eval_on_selector_all("#files li progress", "ps => ps.length") == 4
+    assert page.is_visible("#gallery-link") and page.get_attribute("#gallery-link", "href") == "/u/alice"
+
+    # the home page lists the new uploads, newest first, with their owner
+    page.goto(f"{cfg.public_url}/")
+    home = page.eval_on_selector_all("img.thumb", "is => is.map(i => i.dataset.photo)")
+    assert photo_id in home and canon_id in home and home.index(canon_id) < home.index(photo_id)
+    assert page.is_visible('a[href="/u/alice"]')
+
+    page.goto(f"{cfg.public_url}/u/alice")
     selector = f'img.thumb[data-photo="{photo_id}"]'
     page.wait_for_function(
         "sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; }", arg=selector)
@@ -88,4 +140,35 @@ def test_upload_through_the_page_then_see_the_thumbnail_in_the_gallery(tmp_path,
     page.click(f'a[href="/p/alice/{photo_id}"]')
     page.wait_for_selector("figure img")
     assert page.inner_text("h1") == "From the browser"
+
+    # a tall photo fits the window (1536x2048 in a 1280x720 one), its facts show, never its location,
+    # and its owner (this browser's token) gets the edit and delete actions
+    page.goto(f"{cfg.public_url}/p/alice/{canon_id}")
+    page.wait_for_function("() => { const i = document.querySelector('img.photo'); "
+                           "return i && i.complete && i.naturalWidth > 0; }")
+    box = page.eval_on_selector("img.photo", "i => { const r = i.getBoundingClientRect(); "
+                                             "return [r.width, r.height, i.currentSrc]; }")
+    assert box[0] <= 1280 and box[1] <= 0.85 * 720 + 1, box
+    assert "/xlarge." not in box[2]  # no more pixels fetched than shown
+    facts = page.inner_text("dl.facts")
+    assert "Canon PowerShot SX60 HS" in facts and "1/60 s" in facts and "ISO 800" in facts
+    assert "gps" not in page.content().lower()
+    assert page.is_visible("#owner-actions")
+    page.fill("#edit-title", "Renamed in the browser")
+    page.click("#save-title")
+    page.wait_for_function("() => document.querySelector('h1').textContent === 'Renamed in the browser'")
+    assert requests.get(f"{cfg.public_url}/api/photos/alice/{canon_id}", timeout=30).json()["title"] == \
+        "Renamed in the browser"
+
+    # what a visitor sees, for a person to look at: every page at a laptop's and a phone's size
+    shots = REPO / "var" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    for width, height in ((1280, 800), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        for name, url in (("home", "/"), ("upload", "/upload"), ("gallery", "/u/alice"),
+                          ("photo", f"/p/alice/{canon_id}")):
+            page.goto(cfg.public_url + url)
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(shots / f"{name}-{width}x{height}.png"), full_page=True)
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= width  # nothing wider
     page.close()

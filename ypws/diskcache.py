@@ -59,7 +59,6 @@ the entry is dropped and the request is a miss.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
