@@ -52,7 +52,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         print(f"{','.join(names)}\tphoto={target.key}/")
     else:
         where = {Route.YPFS: "ypfs (least-connections)", Route.PAGE: "ypws (least-connections)",
-                 Route.HEALTH: "hashproxy itself", Route.METRICS: "hashproxy itself"}[target.route]
+                 Route.HEALTH: "hashproxy itself", Route.READY: "hashproxy itself",
+                 Route.METRICS: "hashproxy itself"}[target.route]
         print(f"{where}\tpath={target.path}")
     return 0
 

@@ -7,12 +7,16 @@
     GET      /u/{user}[?before={id}]                      gallery, newest first, a page at a time
     GET      /p/{user}/{id}                               photo page
     GET      /upload                                      upload page (the POST goes to ypfs)
-    GET      /healthz, /metrics
+    GET      /healthz                                     liveness: constant
+    GET      /readyz                                      readiness: ``ImageService.ready()``; 503 with reasons
+    GET      /metrics
 
 Cache hits normally never reach falcon: the worker (``ypws.worker``) answers them
 on its event loop through the same ``ImageService``; this app serves the misses,
 pages and PURGE from a thread pool, and every request when run under any other
-WSGI server (tests use falcon's TestClient).
+WSGI server (tests use falcon's TestClient). The worker answers /readyz on its
+event loop too, so a pool busy with slow misses cannot make a live node look dead.
+A miss's storage calls and its render share ``ypws.request_deadline``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import falcon
 import falcon.routing
 
 from cluster.config import Config
-from cluster.web import fail, json_errors
+from cluster.web import RequestDeadline, fail, json_errors, readiness
 from storage import BlobStore, NotFound, StorageError
 from storage.keys import InvalidName, PhotoRef, parse_photo_segment, valid_photo_id, valid_user
 from storage.records import PhotoRecord, UserRecord
@@ -172,6 +176,15 @@ class HealthResource:
         resp.set_header("Cache-Control", "no-store")
 
 
+class ReadyResource:
+    def __init__(self, service: ImageService):
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ok, reasons = self.service.ready()
+        readiness(resp, "ypws", self.service.node, ok, reasons)
+
+
 class MetricsResource:
     def __init__(self, cache: DiskCache, node: str):
         self.cache = cache
@@ -254,7 +267,8 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, rende
                service: ImageService | None = None) -> falcon.App:
     """The WSGI app of one ypws node; every dependency is passed in (tests inject their own)."""
     service = service or ImageService(cfg, node, store, cache, renderer)
-    app = json_errors(falcon.App(router=Router(), middleware=[RejectBadPaths()]))
+    app = json_errors(falcon.App(router=Router(), middleware=[RejectBadPaths(),
+                                                              RequestDeadline(cfg.ypws.request_deadline)]))
     app.req_options.strip_url_path_trailing_slash = True  # PURGE /photos/u/id_s/ is the whole photo
     app.add_route("/photos/{user}/{segment}/{name}", ImageResource(service, cfg.cluster.admin_token))
     app.add_route("/photos/{user}/{segment}", PhotoResource(service, cfg.cluster.admin_token))
@@ -263,6 +277,7 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, rende
     app.add_route("/p/{user}/{photo_id}", PhotoPageResource(cfg, store))
     app.add_route("/upload", UploadPageResource(cfg.ypws.upload_url))
     app.add_route("/healthz", HealthResource(node))
+    app.add_route("/readyz", ReadyResource(service))
     app.add_route("/metrics", MetricsResource(cache, node))
     return app
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from cluster.config import Config
-from storage import BlobStore, NotFound, StorageError
+from storage import BlobStore, NotFound, StorageError, deadline
 from storage.keys import CONTENT_TYPES, EXTENSIONS, InvalidName, PhotoRef
+from storage.readiness import StorageProbe
 from storage.records import PhotoRecord, UserRecord, profile_version
 
 from .conditional import RangeError, http_date, if_range_matches, not_modified, parse_range
@@ -140,6 +141,8 @@ class ImageService:
         self.cache = cache
         self.renderer = renderer
         self.clock = clock
+        self.render_budget = cfg.magickd.client_timeout
+        self.storage_probe = StorageProbe(store)
         self.url_key = cfg.cluster.url_key
         self.max_ttl = y.signed_url_max_ttl
         self.max_age = y.max_age
@@ -156,6 +159,22 @@ class ImageService:
         self._resolved: dict[str, _Resolved] = {}
         self._heads: dict[tuple, tuple[tuple, tuple]] = {}
         self._original_patches: dict[str, list] = {}
+
+    # -- readiness ---------------------------------------------------------------------------
+    def ready(self, wait: bool = True) -> tuple[bool, list[str]]:
+        """(ready, reasons): whether this node should get new traffic (/readyz).
+
+        Each condition adds a reason when it fails; today the one condition is that
+        storage answers (a cached probe, at most one a second). Cache hits are served
+        either way: hashproxy falls back to unready nodes when no node is ready.
+        ``wait=False`` (the event loop) never blocks: a stale probe result is refreshed
+        on a thread and the last one returned.
+        """
+        reasons = []
+        ok, reason = self.storage_probe.status(wait)
+        if not ok:
+            reasons.append(reason)
+        return not reasons, reasons
 
     # -- entry point -----------------------------------------------------------------------
     def respond(self, req: ImageRequest, fast: bool = False) -> Reply | None:
@@ -421,8 +440,12 @@ class ImageService:
         from magickd.client import RenderError, RenderUnavailable
 
         t0 = time.perf_counter()
+        budget = self.render_budget
+        left = deadline.remaining()
+        if left is not None:
+            budget = min(budget, left - 1.0)  # a second kept for reading the rendition back
         try:
-            self.renderer.render(ref, sizes=[size], formats=[fmt])
+            self.renderer.render(ref, sizes=[size], formats=[fmt], budget=budget)
         except RenderError as exc:
             if exc.status == 404:
                 raise NoSuchImage() from None
