@@ -6,7 +6,8 @@ So one stat of a fixed key (absent is fine: an answer is what counts) runs at mo
 once per ``ttl``, bounded by ``timeout`` through the request deadline
 (storage.deadline), and every caller in between gets the last answer. Callers that
 must not block (an event loop) ask with ``wait=False``: a stale answer then starts
-a probe on a thread and the last known answer is returned.
+a probe on a thread and the last known answer is returned (before the first probe
+has answered: reachable).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ class StorageProbe:
         self.store, self.ttl, self.timeout, self.clock = store, ttl, timeout, clock
         self._lock = threading.Lock()
         self._at = float("-inf")
-        self._answer: tuple[bool, str] = (False, "storage not probed yet")
+        # until the first probe has answered, a caller that cannot wait hears "reachable":
+        # a node is not taken out of routing for a probe that has not run yet
+        self._answer: tuple[bool, str] = (True, "")
 
     def status(self, wait: bool = True) -> tuple[bool, str]:
         """(reachable, reason): the cached answer while fresh, else a new probe's."""

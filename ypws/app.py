@@ -31,7 +31,7 @@ import falcon
 import falcon.routing
 
 from cluster.config import Config
-from cluster.web import RequestDeadline, fail, json_errors, readiness
+from cluster.web import RequestDeadline, fail, json_errors, readiness, storage_failed
 from storage import BlobStore, NotFound, StorageError
 from storage.keys import InvalidName, PhotoRef, parse_photo_segment, valid_photo_id, valid_user
 from storage.records import PhotoRecord, UserRecord
@@ -227,7 +227,7 @@ class GalleryResource:
                 if not rec.private:
                     records.append(rec)
         except StorageError as exc:
-            raise fail(503, "storage_unavailable", f"storage failed: {exc}") from None
+            raise storage_failed(exc) from None
         resp.content_type = falcon.MEDIA_HTML
         resp.text = pages.gallery_html(self.cfg, user, records, older=older, paged=bool(before))
         resp.set_header("Cache-Control", "no-cache")
