@@ -8,8 +8,11 @@ stopped under a running ypfs, ypws, magickd and hashproxy, then started again.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -29,6 +32,7 @@ from magickd.service import RenderService
 from storage import open_store
 from storage.local import LocalStore
 from storage.readiness import StorageProbe
+from storage.s3 import S3Store
 from storage.records import UserRecord
 from ypfs.app import create_app as ypfs_app
 from ypws.app import create_app as ypws_app
@@ -292,9 +296,11 @@ def _storage_down_and_back(tmp_path, services, weed) -> None:
         "ypfs": {"workers": 1}, "ypws": {"workers": 1}, "magickd": {"workers": 1},
         "hashproxy": {"workers": 1, "health_interval": 0.3, "health_timeout": 3.0, "fail_threshold": 3,
                       "rampup_seconds": 0.0},
+        "storage": {"s3": {"deadline": 3.0}},  # a hung store costs each call 3 s here, not 8
     })
     cfg, path = write_config(tmp_path, tree)
-    store = open_store(cfg)
+    # a fresh SeaweedFS's first writes allocate its volumes, which can take seconds: seed patiently
+    store = S3Store(dataclasses.replace(cfg.storage.s3, deadline=60.0))
     user = UserRecord("nina")
     token = user.new_token()
     user.save(store)
@@ -314,6 +320,28 @@ def _storage_down_and_back(tmp_path, services, weed) -> None:
     hit = requests.get(photo["urls"]["small"], timeout=60)
     assert hit.status_code == 200 and Image.open(io.BytesIO(hit.content)).size[0] <= 240
 
+    # hung: SeaweedFS frozen (SIGSTOP). The kernel still accepts connections, nothing answers:
+    # issue 11's upload that hung 60 s, lost its worker and got a 504 from the proxy
+    api = f"{base}/api/photos/nina/{photo['id']}"
+    os.kill(weed.proc.pid, signal.SIGSTOP)
+    try:
+        for what, call in {
+            "upload": lambda: requests.post(f"{base}/upload", files={"photo": ("p.jpg", PHOTO.read_bytes())},
+                                            headers=auth, timeout=60),
+            "delete": lambda: requests.delete(api, headers=auth, timeout=60),
+            "ypws miss": lambda: requests.get(photo["urls"]["large"], timeout=60),
+            "magickd render": lambda: requests.post(f"{cfg.magickd.nodes[0].url}/render", json={
+                "user": "nina", "photo": photo["id"], "secret": photo["secret"], "sizes": ["large"]}, timeout=60),
+        }.items():
+            r = _answers_within(call, 15.0)
+            assert r.status_code == 503 and r.headers.get("Retry-After"), (what, r.status_code, r.text[:300])
+        hung_hit = requests.get(photo["urls"]["small"], timeout=10)
+        assert hung_hit.status_code == 200 and hung_hit.content == hit.content
+    finally:
+        os.kill(weed.proc.pid, signal.SIGCONT)
+    _wait(lambda: all(requests.get(u, timeout=5).status_code == 200 for u in ready_urls), timeout=30)
+    assert requests.get(api, timeout=30).status_code == 200  # the DELETE that failed deleted nothing
+
     weed.stop()  # SeaweedFS gone: master, volume, filer and S3 gateway
     t0 = time.monotonic()
     for u in ready_urls:
@@ -326,7 +354,6 @@ def _storage_down_and_back(tmp_path, services, weed) -> None:
     assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
 
     # every endpoint: 503 + Retry-After, within a few seconds, never a 500 or a 504
-    api = f"{base}/api/photos/nina/{photo['id']}"
     calls = {
         "upload": lambda: requests.post(f"{base}/upload", files={"photo": ("p.jpg", PHOTO.read_bytes())},
                                         headers=auth, timeout=30),
