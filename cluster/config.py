@@ -78,6 +78,27 @@ class StorageSection:
 
 
 @dataclass(frozen=True)
+class PurgeSection:
+    poll_interval: float = 0.5
+    settle: float = 10.0
+    retention: float = 604800.0
+    push_timeout: float = 2.0
+    cdn_purge_url: str = ""
+
+    def validate(self) -> None:
+        if not 0.05 <= self.poll_interval <= 60:
+            raise ConfigError("purge.poll_interval: 0.05..60 seconds")
+        if not 2 * self.poll_interval <= self.settle <= 600:
+            raise ConfigError("purge.settle: at least 2 x poll_interval, at most 600 seconds")
+        if self.retention < max(3600.0, 10 * self.settle):
+            raise ConfigError("purge.retention: at least an hour (and 10 x settle)")
+        if not 0 < self.push_timeout <= 30:
+            raise ConfigError("purge.push_timeout: 0..30 seconds")
+        if self.cdn_purge_url and not self.cdn_purge_url.startswith(("http://", "https://")):
+            raise ConfigError("purge.cdn_purge_url: an http:// or https:// URL template, or empty")
+
+
+@dataclass(frozen=True)
 class LimitsSection:
     max_upload_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 100_000_000
@@ -186,9 +207,6 @@ class HashproxySection:
     max_request_line: int = 8190
     max_header_bytes: int = 65536
     image_balance: str = "hash"
-    purge_fanout: int = 2
-    purge_journal_paths: int = 10000
-    purge_journal_bytes: int = 1048576
     graceful_timeout: float = 10.0
     pool_idle_timeout: float = 1.5
     pool_max_idle: int = 64
@@ -199,6 +217,7 @@ class HashproxySection:
 class Config:
     cluster: ClusterSection
     storage: StorageSection
+    purge: PurgeSection
     limits: LimitsSection
     ids: IdsSection
     sizes: tuple[SizeProfile, ...]
@@ -313,6 +332,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("ypfs.nodes: node_id must be unique per node (photo ids depend on it)")
     if cfg.ypws.hotlink_action not in ("403", "placeholder"):
         raise ConfigError("ypws.hotlink_action: '403' or 'placeholder'")
+    cfg.purge.validate()
     if cfg.limits.max_upload_bytes <= 0 or cfg.limits.max_pixels <= 0:
         raise ConfigError("limits: max_upload_bytes and max_pixels must be positive")
     from .budget import check_timeout_budget

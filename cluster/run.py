@@ -74,7 +74,8 @@ class Cluster:
                 self.children.append((name, proc))
                 started.append((name, proc, url))
             for name, proc, url in started:
-                procs.wait_http(f"{url}/healthz", timeout=60, proc=proc)
+                # ypws is ready once it applied the purge log (its cache is trusted from then on)
+                procs.wait_http(f"{url}/{'readyz' if comp.package == 'ypws' else 'healthz'}", timeout=60, proc=proc)
                 print(f"  {name:<10} {url}  (log: {self.log_dir / (name + '.log')})", flush=True)
         return cfg
 

@@ -17,7 +17,6 @@ from .app import validate
 from .balancer import HashBalancer, NodeSet
 from .health import HealthBoard
 from .loads import local_counters
-from .spill import SpillMap
 from .urls import BadTarget, Route, classify
 
 
@@ -34,9 +33,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     names = tuple(n.name for n in cfg.ypws.nodes)
     nodes = NodeSet("ypws", names, tuple((n.host, n.port) for n in cfg.ypws.nodes), HealthBoard(names),
                     local_counters(names).role(0, 0, len(names)))
-    spill_path = cfg.data_dir / "hashproxy"
-    spill = SpillMap(names, spill_path) if spill_path.exists() else None
-    balancer = HashBalancer(nodes, factor=0, fanout=cfg.hashproxy.purge_fanout, spill=spill)
+    balancer = HashBalancer(nodes, factor=0)
     try:
         target = classify(args.method.upper(), args.url.encode())
     except BadTarget as exc:
@@ -45,11 +42,6 @@ def cmd_route(args: argparse.Namespace) -> int:
     if target.route is Route.IMAGE:
         order = balancer.ring.order_names(target.key)
         print(f"{order[0]}\tkey={target.key}\torder={','.join(order)}")
-    elif target.route is Route.PURGE:
-        targets = [names[i] for i in balancer.purge_targets(target.key)]
-        print(f"{','.join(targets)}\tkey={target.key}")
-    elif target.route is Route.PURGE_PHOTO:
-        print(f"{','.join(names)}\tphoto={target.key}/")
     else:
         where = {Route.YPFS: "ypfs (least-connections)", Route.PAGE: "ypws (least-connections)",
                  Route.HEALTH: "hashproxy itself", Route.READY: "hashproxy itself",
@@ -66,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", parents=[common], help="run the proxy (forks [hashproxy] workers)")
     route = sub.add_parser("route", parents=[common], help="print the node(s) a URL goes to")
     route.add_argument("url", help="a path such as /photos/alice/123_abcdef0123/small.jpg")
-    route.add_argument("--method", default="GET", help="GET (default) or PURGE (prints the purge targets)")
+    route.add_argument("--method", default="GET", help="the request method (default GET)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hashproxy[%(process)d] %(levelname)s %(message)s")
     try:

@@ -1,7 +1,7 @@
 """The parent process: bind once, fork the workers, restart any that die, stop them all by PID.
 
 The listening socket is bound here and inherited across fork, so every worker
-accepts from one queue; the shared counters and spill maps are mapped here too,
+accepts from one queue; the shared counters are mapped here too,
 before the fork, so every worker sees the same memory. A worker that dies is
 replaced (its counter row zeroed first); one that keeps dying at start-up stops
 the proxy, so `make run` notices instead of spinning.
@@ -17,9 +17,8 @@ import time
 
 from cluster.config import Config
 
-from .app import counter_names, spill_dir
+from .app import counter_names
 from .loads import SharedCounters
-from .spill import SpillMap
 
 log = logging.getLogger("hashproxy")
 
@@ -64,7 +63,6 @@ class Supervisor:
         s = self.cfg.hashproxy
         sock = bind(s.host, s.port, s.reuse_port)
         self.shared = SharedCounters(s.workers, counter_names(self.cfg))
-        self.spill = SpillMap([n.name for n in self.cfg.ypws.nodes], spill_dir(self.cfg))
         self.sock = sock
 
         def on_signal(signum, frame):
@@ -106,7 +104,7 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 from .server import run_worker
-                code = run_worker(self.cfg, self.sock, self.shared, self.spill, index)
+                code = run_worker(self.cfg, self.sock, self.shared, index)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:

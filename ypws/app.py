@@ -3,12 +3,13 @@
     GET|HEAD /photos/{user}/{id}_{secret}/{size}.{ext}    a rendition (or original.{ext})
     PURGE    /photos/{user}/{id}_{secret}/{size}[.{ext}]  drop cached entries (admin token)
     PURGE    /photos/{user}/{id}_{secret}/                 drop every cached entry of the photo
-    PURGE    /photos/                                      drop every cached entry (hashproxy's replay)
+    PURGE    /photos/                                      drop every cached entry (admin flush)
     GET      /u/{user}[?before={id}]                      gallery, newest first, a page at a time
     GET      /p/{user}/{id}                               photo page
     GET      /upload                                      upload page (the POST goes to ypfs)
     GET      /healthz                                     liveness: constant
-    GET      /readyz                                      readiness: ``ImageService.ready()``; 503 with reasons
+    GET      /readyz                                      readiness: ``ImageService.ready()`` (purge log applied,
+                                                          storage reachable); 503 with the reasons
     GET      /metrics
 
 Cache hits normally never reach falcon: the worker (``ypws.worker``) answers them
@@ -22,6 +23,7 @@ A miss's storage calls and its render share ``ypws.request_deadline``.
 from __future__ import annotations
 
 import hmac
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from cluster.config import Config
 from cluster.web import RequestDeadline, fail, json_errors, readiness, storage_failed
 from storage import BlobStore, NotFound, StorageError
 from storage.keys import InvalidName, PhotoRef, parse_photo_segment, valid_photo_id, valid_user
+from storage.purgelog import PurgeLog
 from storage.records import PhotoRecord, UserRecord
 
 from . import pages
@@ -42,9 +45,11 @@ from .diskcache import DiskCache
 from .images import ImageRequest, ImageService, Reply
 from .listing import newest_record_keys
 from .metrics import exposition
+from .purgeapply import PurgeApplier, SyncGate
 from .urls import BadPath, NoSuchImage, check_path, parse_image_path
 
 GALLERY_LIMIT = 100
+BOOT_ENV = "YPWS_BOOT"  # one id per `ypws serve` run, shared by its workers (see purgeapply.SyncGate)
 
 
 class Router(falcon.routing.CompiledRouter):
@@ -139,11 +144,7 @@ class PhotoResource:
 
 
 class PurgeAllResource:
-    """``/photos/``: PURGE empties this node's whole cache.
-
-    hashproxy sends it when a node was down for more purges than its pending-purge
-    journal holds: one flush on rejoin instead of the paths it could not keep.
-    """
+    """``/photos/``: PURGE empties this node's whole cache (an admin's flush, pushed to every node)."""
 
     def __init__(self, service: ImageService, admin_token: str):
         self.service = service
@@ -177,6 +178,8 @@ class HealthResource:
 
 
 class ReadyResource:
+    """``/readyz``: ``ImageService.ready()``. Anyone may call it: it says nothing but that."""
+
     def __init__(self, service: ImageService):
         self.service = service
 
@@ -312,5 +315,10 @@ def get_app(cfg: Config, node: str) -> NodeApp:
 
     store, cache = open_store(cfg), open_cache(cfg, node)
     service = ImageService(cfg, node, store, cache, RenderClient(cfg))
+    boot = os.environ.get(BOOT_ENV) or f"ppid-{os.getppid()}"  # `ypws serve` sets one per run
+    p = cfg.purge
+    service.gate = SyncGate(cache.root, boot, p.poll_interval)
+    PurgeApplier(PurgeLog(store, p.settle), service, cache.root, boot, interval=p.poll_interval,
+                 retention=p.retention).start()
     access_log = AccessLog(cfg.ypws.access_log, node)
     return NodeApp(create_app(cfg, node, store, cache, service=service), service, cache, access_log)

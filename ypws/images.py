@@ -143,6 +143,7 @@ class ImageService:
         self.clock = clock
         self.render_budget = cfg.magickd.client_timeout
         self.storage_probe = StorageProbe(store)
+        self.gate = None  # ypws.purgeapply.SyncGate: no cache hit before the purge log is applied
         self.url_key = cfg.cluster.url_key
         self.max_ttl = y.signed_url_max_ttl
         self.max_age = y.max_age
@@ -164,13 +165,18 @@ class ImageService:
     def ready(self, wait: bool = True) -> tuple[bool, list[str]]:
         """(ready, reasons): whether this node should get new traffic (/readyz).
 
-        Each condition adds a reason when it fails; today the one condition is that
-        storage answers (a cached probe, at most one a second). Cache hits are served
-        either way: hashproxy falls back to unready nodes when no node is ready.
-        ``wait=False`` (the event loop) never blocks: a stale probe result is refreshed
-        on a thread and the last one returned.
+        Each condition adds a reason when it fails: the purge log applied since the
+        node started and still being applied (the gate, when there is an applier),
+        and storage answering (a cached probe, at most one a second). Cache hits are
+        served either way once the gate has opened: hashproxy falls back to unready
+        nodes when no node is ready. ``wait=False`` (the event loop) never blocks: a
+        stale probe result is refreshed on a thread and the last one returned.
         """
         reasons = []
+        if self.gate is not None:
+            synced, why = self.gate.ready()
+            if not synced:
+                reasons.append(why)
         ok, reason = self.storage_probe.status(wait)
         if not ok:
             reasons.append(reason)
@@ -178,6 +184,9 @@ class ImageService:
 
     # -- entry point -----------------------------------------------------------------------
     def respond(self, req: ImageRequest, fast: bool = False) -> Reply | None:
+        if self.gate is not None and not self.gate.trusted():
+            return self.error(503, "warming_up", "this node has not yet applied the purge log since it started",
+                              [("Retry-After", "1")])
         try:
             return self._respond(req, fast)
         except NoSuchImage:
