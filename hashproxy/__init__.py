@@ -17,5 +17,6 @@ Layout (small modules, the HTTP-free core first):
     app.py         ProxyApp: what a worker shares between its connections, the router, timeouts
     server.py      one worker process: event loop, listening, graceful shutdown
     supervisor.py  the parent process: binds, forks the workers, restarts, stops
-    __main__.py    `python -m hashproxy serve | route URL`
+    haproxy.py     the same routing as an HAProxy 2.6 configuration (pure: config -> text)
+    __main__.py    `python -m hashproxy serve | route URL | haproxy-config`
 """

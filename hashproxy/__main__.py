@@ -1,6 +1,7 @@
-"""`python -m hashproxy serve` runs the proxy; `python -m hashproxy route URL` prints where a URL goes.
+"""`python -m hashproxy serve` runs the proxy; `python -m hashproxy route URL` prints where a URL goes;
+`python -m hashproxy haproxy-config` prints an equivalent HAProxy configuration (haproxy.py).
 
-Both read the cluster config through cluster.config.load() ($YUPOO_CONFIG or
+All read the cluster config through cluster.config.load() ($YUPOO_CONFIG or
 --config). `route` uses the same ring as the workers with every node up, so it
 prints the pinning an operator should see in X-Served-By.
 """
@@ -15,6 +16,7 @@ from cluster.config import ConfigError, load
 
 from .app import validate
 from .balancer import HashBalancer, NodeSet
+from .haproxy import READY_PATH, render
 from .health import HealthBoard
 from .loads import local_counters
 from .urls import BadTarget, Route, classify
@@ -50,6 +52,13 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_haproxy_config(args: argparse.Namespace) -> int:
+    cfg = load(args.config, with_secrets=False)  # the output never holds a secret, so none is read
+    validate(cfg.hashproxy)
+    sys.stdout.write(render(cfg, args.check_path))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hashproxy", description=__doc__.splitlines()[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -59,10 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     route = sub.add_parser("route", parents=[common], help="print the node(s) a URL goes to")
     route.add_argument("url", help="a path such as /photos/alice/123_abcdef0123/small.jpg")
     route.add_argument("--method", default="GET", help="the request method (default GET)")
+    haproxy = sub.add_parser("haproxy-config", parents=[common],
+                             help="print an HAProxy (2.6+) configuration equivalent to this proxy's routing")
+    haproxy.add_argument("--check-path", default=READY_PATH,
+                         help=f"path of the nodes' health checks (default {READY_PATH}; /healthz for nodes without it)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hashproxy[%(process)d] %(levelname)s %(message)s")
     try:
-        return cmd_serve(args) if args.cmd == "serve" else cmd_route(args)
+        return {"serve": cmd_serve, "route": cmd_route, "haproxy-config": cmd_haproxy_config}[args.cmd](args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

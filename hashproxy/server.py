@@ -31,7 +31,7 @@ async def serve(cfg: Config, sock: socket.socket, shared: SharedCounters, worker
     if s.reuse_port:
         from .supervisor import worker_socket
 
-        sock = worker_socket(s.host, s.port)
+        sock = worker_socket(s.bind_host, s.port)
     server = await loop.create_server(lambda: ProxyProtocol(app), sock=sock, backlog=2048)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -40,7 +40,7 @@ async def serve(cfg: Config, sock: socket.socket, shared: SharedCounters, worker
                             s.health_interval, s.health_timeout)
     checks = loop.create_task(checker.run())
     sweeper = loop.create_task(app.sweep(min(0.25, s.read_timeout / 4, s.client_timeout / 4)))
-    log.info("worker %d serving on %s:%d", worker, s.host, s.port)
+    log.info("worker %d serving on %s:%d", worker, s.bind_host, s.port)
     await stop.wait()
     log.info("worker %d stopping", worker)
     server.close()

@@ -26,7 +26,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Container, Iterator, Sequence
 
 from .base import BlobStore, NotFound, StorageUnavailable
 from .keys import (FORMAT_BY_EXT, PURGE_LOG_PREFIX, InvalidName, PhotoRef, parse_photo_segment, purge_log_floor,
@@ -106,13 +106,16 @@ class PurgeLog:
             # too slow: a reader may have passed this key's time already; write a fresh copy
         raise StorageUnavailable(f"purge log writes took longer than {self.settle / 2:.1f} s {APPEND_ATTEMPTS} times")
 
-    def read(self, after: str) -> Iterator[PurgeEntry]:
-        """Entries with keys after ``after`` (a floor or an entry key), oldest first.
+    def read(self, after: str, known: Container[str] = ()) -> Iterator[PurgeEntry]:
+        """Entries with keys after ``after`` (a floor or an entry key), oldest first, except
+        the ``known`` ones (not fetched again: a reader re-lists the last ``settle`` seconds).
 
         An entry removed meanwhile (trimmed) or unreadable is skipped: there is nothing
         a reader could do with it.
         """
         for key in self.store.list(PURGE_LOG_PREFIX, start_after=after):
+            if key in known:
+                continue
             try:
                 at = purge_log_time(key)
                 data = json.loads(self.store.get(key)[:MAX_ENTRY_BYTES])

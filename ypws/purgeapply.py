@@ -125,11 +125,10 @@ class PurgeApplier:
             self.pending.clear()
             after = PurgeLog.floor(now_ms - settle_ms)
         count = 0
-        for entry in self.log.read(after):
-            if entry.key not in self.pending:
-                self._apply(entry)
-                self.pending[entry.key] = entry
-                count += 1
+        for entry in self.log.read(after, known=self.pending):
+            self._apply(entry)
+            self.pending[entry.key] = entry
+            count += 1
         new_after = max(after, PurgeLog.floor(now_ms - settle_ms))
         for key in sorted(k for k in self.pending if k <= new_after):
             self._apply(self.pending.pop(key))
