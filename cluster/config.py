@@ -195,6 +195,7 @@ class YpwsSection:
     request_deadline: float = 35.0
     access_log: str = "stderr"
     upload_url: str = ""
+    cache_retry_seconds: float = 5.0
     nodes: tuple[NodeConfig, ...] = ()
 
 
@@ -368,6 +369,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("ypfs.nodes: node_id must be unique per node (photo ids depend on it)")
     if cfg.ypws.hotlink_action not in ("403", "placeholder"):
         raise ConfigError("ypws.hotlink_action: '403' or 'placeholder'")
+    if not 0 < cfg.ypws.cache_retry_seconds <= 3600:
+        raise ConfigError("ypws.cache_retry_seconds: must be above 0 and at most 3600 seconds")
     cfg.purge.validate()
     if cfg.limits.max_upload_bytes <= 0 or cfg.limits.max_pixels <= 0:
         raise ConfigError("limits: max_upload_bytes and max_pixels must be positive")

@@ -23,7 +23,7 @@ from storage.readiness import StorageProbe
 from storage.records import PhotoRecord, UserRecord, profile_version
 
 from .conditional import RangeError, http_date, if_range_matches, not_modified, parse_range
-from .diskcache import DiskCache, body_digest
+from .diskcache import CorruptEntry, DiskCache, body_digest
 from .geoscrub import PatchedReader, apply_patches, location_patches, strip_location
 from .hotlink import HotlinkPolicy
 from .negotiation import pick_variant
@@ -167,7 +167,7 @@ class ImageService:
 
         Each condition adds a reason when it fails: the purge log applied since the
         node started and still being applied (the gate, when there is an applier),
-        and storage answering (a cached probe, at most one a second). Cache hits are
+        and storage answering (a cached probe, at most one a second). Requests are
         served either way once the gate has opened: hashproxy falls back to unready
         nodes when no node is ready. ``wait=False`` (the event loop) never blocks: a
         stale probe result is refreshed on a thread and the last one returned.
@@ -188,7 +188,15 @@ class ImageService:
             return self.error(503, "warming_up", "this node has not yet applied the purge log since it started",
                               [("Retry-After", "1")])
         try:
-            return self._respond(req, fast)
+            try:
+                return self._respond(req, fast)
+            except CorruptEntry:
+                # the cached entry was found damaged before anything was sent, and dropped:
+                # the same request again is a plain miss, answered from storage
+                return self._respond(req, fast)
+        except CorruptEntry:  # damaged again at once: the cache disk is failing
+            return self.error(503, "cache_unavailable", "the cache disk is failing; try again shortly",
+                              [("Retry-After", "2")])
         except NoSuchImage:
             return self.error(404, "not_found", "no such image")
         except BadPath as exc:
