@@ -9,6 +9,11 @@
 Every error is JSON ``{"error": code, "message": text}``; a 429 or 503 carries
 Retry-After. A request ends within ``magickd.request_deadline``: its storage calls
 share that deadline, and the slot wait and the render are cut to what is left.
+``/render`` and ``/metrics`` need the cluster's service credential (``Authorization:
+Bearer <cluster.admin_token>``): anyone who can reach the port could otherwise keep
+the pool busy with ``force`` re-renders. Without it: 401, before the body is read.
+A photo that does not exist, a wrong secret and a missing original get one and
+the same 404, so the answer is no oracle for which ids exist.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 import falcon
 
-from cluster.web import RequestDeadline, json_errors, metrics_body, readiness
+from cluster.web import RequestDeadline, json_errors, metrics_body, readiness, require_service_token
 from storage.readiness import StorageProbe
 
 from . import metrics
@@ -57,10 +62,12 @@ def _error(resp: falcon.Response, status: int, code: str, message: str) -> None:
 
 
 class RenderResource:
-    def __init__(self, service: RenderService):
+    def __init__(self, service: RenderService, token: str):
         self.service = service
+        self.token = token
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_service_token(req, self.token)
         started = time.monotonic()
         try:
             body = _read_json(req)
@@ -108,7 +115,11 @@ class ReadyResource:
 
 
 class MetricsResource:
+    def __init__(self, token: str):
+        self.token = token
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_service_token(req, self.token)
         data, content_type = metrics_body()
         resp.data = data
         resp.content_type = content_type
@@ -134,8 +145,9 @@ def _read_json(req: falcon.Request) -> dict[str, Any]:
 
 def create_app(service: RenderService, node: str) -> falcon.App:
     app = json_errors(falcon.App(middleware=[RequestDeadline(service.cfg.magickd.request_deadline)]))
-    app.add_route("/render", RenderResource(service))
+    token = service.cfg.cluster.admin_token
+    app.add_route("/render", RenderResource(service, token))
     app.add_route("/healthz", HealthResource(service, node))
     app.add_route("/readyz", ReadyResource(service, node))
-    app.add_route("/metrics", MetricsResource())
+    app.add_route("/metrics", MetricsResource(token))
     return app

@@ -14,7 +14,14 @@ from cluster import procs
 from cluster.config import Config, dump_toml, load, load_dict
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = Path(__file__).resolve().parent / "corpus"
+#: the shared test corpora live beside the repository (../shared), never copied into it
+SHARED = REPO.parent / "shared"
+CORPUS = SHARED / "corpus"
+CORPUS2 = SHARED / "corpus2"
+for _corpus in (CORPUS, CORPUS2):
+    if not (_corpus / "MANIFEST.tsv").exists():  # a test-setup error, never a silent skip
+        raise RuntimeError(f"the shared image corpus is missing: {_corpus} (the tests read it from ../shared "
+                           "beside the repository)")
 
 
 def deep_update(tree: dict, over: dict) -> dict:
@@ -65,6 +72,11 @@ def tight_budget(read_timeout: float) -> dict:
         "storage": {"s3": {"deadline": render_request * 0.8}},
         "limits": {"decode_timeout": request * 0.8},
     }
+
+
+def service_auth(cfg: Config) -> dict[str, str]:
+    """Headers carrying the cluster's service credential (magickd /render, every /metrics)."""
+    return {"Authorization": f"Bearer {cfg.cluster.admin_token}"}
 
 
 def write_config(tmp_path: Path, tree: dict) -> tuple[Config, Path]:

@@ -39,7 +39,7 @@ from ypws.app import create_app as ypws_app
 from ypws.app import open_cache
 
 from .hashproxy_support import ProxyCluster, image_urls
-from .helpers import CORPUS, cluster_tree, seed_photo, write_config
+from .helpers import CORPUS, cluster_tree, seed_photo, service_auth, write_config
 
 PHOTO = CORPUS / "formats" / "hopper.jpg"
 
@@ -139,7 +139,8 @@ def test_magickd_readyz_storage_and_a_full_queue(tmp_path):
     assert client.simulate_get("/healthz").status_code == 200
     r = client.simulate_get("/readyz")
     assert r.status_code == 503 and r.json["reasons"][0].startswith("storage unreachable")
-    r = client.simulate_post("/render", json={"user": "alice", "photo": str(10**18 + 3), "secret": "abcdef0123"})
+    r = client.simulate_post("/render", json={"user": "alice", "photo": str(10**18 + 3), "secret": "abcdef0123"},
+                             headers=service_auth(down))
     assert_storage_503(r)
 
 
@@ -357,7 +358,7 @@ def _storage_down_and_back(tmp_path, services, weed) -> None:
             "delete": lambda: requests.delete(api, headers=auth, timeout=60),
             "ypws miss": lambda: requests.get(photo["urls"]["large"], timeout=60),
             "magickd render": lambda: requests.post(f"{cfg.magickd.nodes[0].url}/render", json={
-                "user": "nina", "photo": photo["id"], "secret": photo["secret"], "sizes": ["large"]}, timeout=60),
+                "user": "nina", "photo": photo["id"], "secret": photo["secret"], "sizes": ["large"]}, headers=service_auth(cfg), timeout=60),
         }.items():
             r = _answers_within(call, 15.0)
             assert r.status_code == 503 and r.headers.get("Retry-After"), (what, r.status_code, r.text[:300])
@@ -390,7 +391,7 @@ def _storage_down_and_back(tmp_path, services, weed) -> None:
         "ypws miss": lambda: requests.get(photo["urls"]["medium"], timeout=30),
         "gallery": lambda: requests.get(f"{base}/u/nina", timeout=30),
         "magickd render": lambda: requests.post(f"{cfg.magickd.nodes[0].url}/render", json={
-            "user": "nina", "photo": photo["id"], "secret": photo["secret"], "sizes": ["large"]}, timeout=30),
+            "user": "nina", "photo": photo["id"], "secret": photo["secret"], "sizes": ["large"]}, headers=service_auth(cfg), timeout=30),
     }
     with ThreadPoolExecutor(4) as pool:  # side by side, as clients would
         answers = dict(zip(calls, pool.map(lambda f: _answers_within(f, 15.0), calls.values())))

@@ -10,7 +10,7 @@
     PURGE /photos/...                 an admin's cache purge (admin token), logged and pushed
     GET  /healthz                     liveness: constant, touches nothing
     GET  /readyz                      readiness: 200 while storage answers (probed at most once a second), else 503
-    GET  /metrics
+    GET  /metrics                     needs the service credential (Bearer cluster.admin_token)
 
 Any storage failure is a 503 with Retry-After (cluster.web), and every request's
 storage calls share one deadline, ``ypfs.request_deadline`` (an upload's starts
@@ -30,7 +30,7 @@ import falcon
 
 from cluster.config import Config
 from cluster.purge import Purger
-from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness
+from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness, require_service_token
 from storage import BlobStore, NotFound, StorageError, deadline
 from storage.readiness import StorageProbe
 from storage.ids import IdGenerator, claim_slot
@@ -42,7 +42,7 @@ from . import metrics, openapi
 from .ingest import Ingestor, UploadMeta, photo_view
 from .manage import BadChanges, PhotoChanges, apply_changes, delete_photo
 from .notify import RenderNotifier
-from .probe import ImageRejected
+from media.probe import ImageRejected
 from .spool import Spool, TooLarge, receive
 
 #: multipart framing around the file (boundaries, part headers, small fields)
@@ -149,8 +149,17 @@ class UploadResource:
             except StorageError as exc:
                 raise fail(503, "storage_unavailable", f"the photo could not be stored: {exc}", {"Retry-After": "5"}) from None
         metrics.UPLOAD_BYTES.inc(rec.bytes if created else 0)
-        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.location = f"/api/photos/{rec.owner}/{rec.id}"
+        if private and not rec.private:
+            # The same bytes are already this user's *public* photo. Answering it as if the
+            # upload had made a private one would tell the uploader a lie about who can see it.
+            resp.status = falcon.HTTP_409
+            resp.media = {"error": "already_public",
+                          "message": f"these bytes are already your public photo {rec.id}; to make it private, "
+                                     f"PATCH {resp.location} with {{\"private\": true}}",
+                          "photo": photo_view(self.cfg, rec)}
+            return
+        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.media = photo_view(self.cfg, rec)
         if created:
             self.after_store(rec)
@@ -326,7 +335,13 @@ class ReadyResource:
 
 
 class MetricsResource:
+    """/metrics takes the cluster's service credential (``Authorization: Bearer <cluster.admin_token>``)."""
+
+    def __init__(self, token: str):
+        self.token = token
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_service_token(req, self.token)
         resp.data, resp.content_type = metrics_body()
 
 
@@ -367,5 +382,5 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
     app.add_sink(PurgeSink(cfg.cluster.admin_token, purger), "/photos/")
     app.add_route("/healthz", HealthResource(node, store))
     app.add_route("/readyz", ReadyResource(node, StorageProbe(store)))
-    app.add_route("/metrics", MetricsResource())
+    app.add_route("/metrics", MetricsResource(cfg.cluster.admin_token))
     return app
