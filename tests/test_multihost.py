@@ -161,10 +161,10 @@ def cluster_config(addr: dict[str, str], access: str, secret: str) -> dict:
     tree["cluster"].update(public_url=f"http://{addr['front']}:{PORTS['hashproxy']}", data_dir="var",
                            admin_token="mh-admin-" + os.urandom(12).hex(), url_key="mh-key-" + os.urandom(16).hex())
     tree["storage"]["backend"] = "s3"
-    # a write that SeaweedFS cannot place (a volume server down) is answered only after the
-    # gateway's own 30 s assign retry: these bound how long we wait for it (README "Across hosts")
+    # storage timeouts stay at their defaults: storage.s3.deadline (8 s) bounds a write SeaweedFS
+    # cannot place, which its gateway answers only after a 30 s assign retry (README "Across hosts")
     tree["storage"]["s3"].update(endpoint=f"{addr['weedf']}:{PORTS['s3']}", access_key=access, secret_key=secret,
-                                 bucket="yupoo", read_timeout=4.0, retries=2, connect_timeout=2.0)
+                                 bucket="yupoo")
 
     def nodes(role: str, **extra):
         return [{"name": n, "host": addr[h], "port": PORTS[role], **extra}
