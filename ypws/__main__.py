@@ -20,12 +20,7 @@ def serve(args: argparse.Namespace) -> int:
     from cluster.web import serve as run
 
     from .app import get_app, open_cache
-    from .policies import segments_for
 
-    try:
-        segments_for(cfg.ypws.cache_policy)
-    except ValueError as exc:
-        raise ConfigError(f"ypws.cache_policy: {exc}") from None
     cache = open_cache(cfg, node.name)  # once, in the master, before any worker forks
     report = cache.recover()
     cache.close()

@@ -34,8 +34,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import xxhash
 
-from .index import Index
-from .policies import segments_for
+from .index import open_index
 from .stats import Stats
 
 MAGIC = b"YPC1"
@@ -93,7 +92,7 @@ class DiskCache:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.policy = policy
-        self.index = Index(self.root / "index.sqlite3", max_bytes, segments_for(policy))
+        self.index = open_index(self.root / "index.sqlite3", max_bytes, policy)
         self.stats = Stats()
         self.flush_interval = flush_interval
         self.flush_batch = flush_batch
@@ -120,8 +119,8 @@ class DiskCache:
 
     @property
     def entry_capacity(self) -> int:
-        """The largest entry admitted (one segment's worth)."""
-        return self.index.capacity
+        """The largest entry the policy can hold (one segment's worth for segmented LRU)."""
+        return self.index.max_entry
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, key: str, touch: bool = True) -> Entry | None:
@@ -202,7 +201,8 @@ class DiskCache:
 
     # -- writes --------------------------------------------------------------------------
     def put(self, key: str, body: bytes, meta: dict[str, Any]) -> Entry | None:
-        """Store an entry (call under ``fill_lock(key)``); None if it is too large to admit."""
+        """Store an entry (call under ``fill_lock(key)``); None if it is too large or the policy's
+        admission rule turns it away (the caller serves the body once without keeping it)."""
         digest = body_digest(body)
         header = json.dumps({"key": key, "digest": digest, "meta": meta}, separators=(",", ":")).encode()
         total = PREAMBLE.size + len(header) + len(body)
@@ -219,7 +219,12 @@ class DiskCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._unlink(self.index.insert(key, total), keep=key)
+        evicted = self.index.insert(key, total)
+        if evicted is None:  # the admission rule said no: served this once, not kept
+            _unlink(path)
+            self.stats.inc("not_admitted")
+            return None
+        self._unlink(evicted, keep=key)
         self.stats.inc("fills")
         inline = body if len(body) <= INLINE_MAX else None
         return Entry(key, meta, digest, len(body), inline, path, PREAMBLE.size + len(header))
