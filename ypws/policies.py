@@ -66,9 +66,10 @@ def split_policy(policy: str) -> tuple[str, bool]:
     return eviction, bool(admission)
 
 
-def adaptsize_admits(key: Any, size: int, decision: int, c: float) -> bool:
-    """AdaptSize's coin for the ``decision``-th admission decision: P(admit) = exp(-size/c)."""
-    draw = xxhash.xxh3_64_intdigest(f"{key}\0{decision}".encode()) / 2.0**64
+def adaptsize_admits(key: Any, size: int, decision: int, c: float, salt: str = "") -> bool:
+    """AdaptSize's coin for the ``decision``-th admission decision: P(admit) = exp(-size/c).
+    The shared index uses no ``salt``; the benchmark varies it to show the coins' noise."""
+    draw = xxhash.xxh3_64_intdigest(f"{key}\0{decision}{salt}".encode()) / 2.0**64
     return draw < math.exp(-size / c)
 
 
@@ -82,6 +83,7 @@ class Cache(MutableMapping):
         self._sizes: dict[Any, int] = {}
         self.adaptsize_c: float | None = None  # AdaptSize admission off
         self.decisions = 0  # admission decisions so far (the coin's counter)
+        self.coin_salt = ""
         if getsizeof is not None:
             self.getsizeof = getsizeof  # type: ignore[method-assign]
 
@@ -97,7 +99,7 @@ class Cache(MutableMapping):
         if self.adaptsize_c is None:
             return True
         self.decisions += 1
-        return adaptsize_admits(key, size, self.decisions, self.adaptsize_c)
+        return adaptsize_admits(key, size, self.decisions, self.adaptsize_c, self.coin_salt)
 
     @staticmethod
     def getsizeof(value: Any) -> int:
