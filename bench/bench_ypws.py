@@ -125,7 +125,7 @@ def start_ypws(tmp: Path, body: bytes):
     profile = cfg.size("medium")
     store.put(rec.ref.rendition_key("medium", profile_version(profile), "jpeg"), body)
     node = cfg.ypws.nodes[0]
-    proc = procs.start_ready(procs.python_module("ypws", "serve", "--node", node.name), f"{node.url}/healthz",
+    proc = procs.start_ready(procs.python_module("ypws", "serve", "--node", node.name), f"{node.url}/readyz",
                              log=tmp / "ypws.log", env={"YUPOO_CONFIG": str(path)})
     url = f"{node.url}{rec.ref.size_url_path('medium', 'jpeg')}?v={profile_version(profile)}"
     import urllib.request

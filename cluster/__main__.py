@@ -1,11 +1,17 @@
-"""python -m cluster run: the whole cluster on one box (what `make run` calls)."""
+"""python -m cluster run | units: start this host's nodes (what `make run` calls), or write their systemd units.
+
+``python -m cluster`` with no command, or with options only, means ``run``.
+"""
 
 import sys
 
-from .run import main
-
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args[:1] == ["run"]:
+    if args[:1] == ["units"]:
+        from .units import main
         args = args[1:]
+    else:
+        from .run import main
+        if args[:1] == ["run"]:
+            args = args[1:]
     sys.exit(main(args))

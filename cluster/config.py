@@ -9,7 +9,9 @@ so a typo fails at start-up instead of silently doing nothing.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import secrets
 import tomllib
 import typing
@@ -28,17 +30,23 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class NodeConfig:
     name: str
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"   # the address others dial (advertised)
     port: int = 0
     node_id: int = 0
+    listen: str = ""          # the address this node binds; empty: host
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{_hostport(self.host, self.port)}"
 
     @property
     def bind(self) -> str:
-        return f"{self.host}:{self.port}"
+        """host:port for gunicorn's bind: the listen address, else the advertised one."""
+        return _hostport(self.listen or self.host, self.port)
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class ClusterSection:
     data_dir: str = "var"
     admin_token: str = ""
     url_key: str = ""
+    secrets_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,27 @@ class StorageSection:
     backend: str = "local"
     local: LocalStoreConfig = field(default_factory=LocalStoreConfig)
     s3: S3StoreConfig = field(default_factory=S3StoreConfig)
+
+
+@dataclass(frozen=True)
+class PurgeSection:
+    poll_interval: float = 0.5
+    settle: float = 10.0
+    retention: float = 604800.0
+    push_timeout: float = 2.0
+    cdn_purge_url: str = ""
+
+    def validate(self) -> None:
+        if not 0.05 <= self.poll_interval <= 60:
+            raise ConfigError("purge.poll_interval: 0.05..60 seconds")
+        if not 2 * self.poll_interval <= self.settle <= 600:
+            raise ConfigError("purge.settle: at least 2 x poll_interval, at most 600 seconds")
+        if self.retention < max(3600.0, 10 * self.settle):
+            raise ConfigError("purge.retention: at least an hour (and 10 x settle)")
+        if not 0 < self.push_timeout <= 30:
+            raise ConfigError("purge.push_timeout: 0..30 seconds")
+        if self.cdn_purge_url and not self.cdn_purge_url.startswith(("http://", "https://")):
+            raise ConfigError("purge.cdn_purge_url: an http:// or https:// URL template, or empty")
 
 
 @dataclass(frozen=True)
@@ -169,6 +199,7 @@ class YpwsSection:
 @dataclass(frozen=True)
 class HashproxySection:
     host: str = "127.0.0.1"
+    listen: str = ""
     port: int = 8080
     workers: int = 2
     balance_factor: float = 1.25
@@ -184,19 +215,42 @@ class HashproxySection:
     max_request_line: int = 8190
     max_header_bytes: int = 65536
     image_balance: str = "hash"
-    purge_fanout: int = 2
-    purge_journal_paths: int = 10000
-    purge_journal_bytes: int = 1048576
     graceful_timeout: float = 10.0
     pool_idle_timeout: float = 1.5
     pool_max_idle: int = 64
     reuse_port: bool = True
+
+    @property
+    def bind_host(self) -> str:
+        """The address the proxy binds: ``listen``, else ``host``."""
+        return self.listen or self.host
+
+
+@dataclass(frozen=True)
+class SuperviseSection:
+    """How `cluster run` (and the systemd units `cluster units` writes) restart a node that dies."""
+
+    restart_delay: float = 0.5
+    restart_delay_max: float = 30.0
+    stable_after: float = 10.0
+    burst: int = 5
+    interval: float = 60.0
+    stop_timeout: float = 15.0
+
+    def validate(self) -> None:
+        if not 0 < self.restart_delay <= self.restart_delay_max:
+            raise ConfigError("supervise.restart_delay: must be > 0 and <= supervise.restart_delay_max")
+        if self.stable_after <= 0 or self.interval <= 0 or self.stop_timeout <= 0:
+            raise ConfigError("supervise.stable_after, supervise.interval, supervise.stop_timeout: must be > 0")
+        if self.burst < 1:
+            raise ConfigError("supervise.burst: at least 1")
 
 
 @dataclass(frozen=True)
 class Config:
     cluster: ClusterSection
     storage: StorageSection
+    purge: PurgeSection
     limits: LimitsSection
     ids: IdsSection
     sizes: tuple[SizeProfile, ...]
@@ -204,6 +258,7 @@ class Config:
     magickd: MagickdSection
     ypws: YpwsSection
     hashproxy: HashproxySection
+    supervise: SuperviseSection = field(default_factory=SuperviseSection)
     source: str = ""  # path of the user file, "" when running on defaults only
 
     # -- derived values ------------------------------------------------------------
@@ -313,8 +368,35 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("ypws.hotlink_action: '403' or 'placeholder'")
     if cfg.ypws.cache_policy not in CACHE_POLICIES:
         raise ConfigError(f"ypws.cache_policy: one of {', '.join(CACHE_POLICIES)}, not {cfg.ypws.cache_policy!r}")
+    cfg.purge.validate()
     if cfg.limits.max_upload_bytes <= 0 or cfg.limits.max_pixels <= 0:
         raise ConfigError("limits: max_upload_bytes and max_pixels must be positive")
+    _validate_addresses(cfg)
+    cfg.supervise.validate()
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def valid_address(text: str) -> bool:
+    """An IPv4/IPv6 address or an RFC 1123 host name (what a node may bind or be dialled at)."""
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.fullmatch(text)) and not text.replace(".", "").isdigit()
+
+
+def _validate_addresses(cfg: Config) -> None:
+    places = [(f"{role}.nodes.{n.name}", n) for role in ("ypfs", "magickd", "ypws") for n in getattr(cfg, role).nodes]
+    places.append(("hashproxy", cfg.hashproxy))
+    for where, item in places:
+        if not valid_address(item.host):
+            raise ConfigError(f"{where}.host: not an IP address or host name: {item.host!r}")
+        if item.listen and not valid_address(item.listen):
+            raise ConfigError(f"{where}.listen: not an IP address or host name: {item.listen!r}")
+        if not 0 < item.port < 65536:
+            raise ConfigError(f"{where}.port: 1..65535")
 
 
 def load_dict(path: str | os.PathLike | None = None) -> dict:
@@ -351,15 +433,97 @@ def load(path: str | os.PathLike | None = None, *, with_secrets: bool = True) ->
     return ensure_secrets(cfg) if with_secrets else cfg
 
 
-def ensure_secrets(cfg: Config) -> Config:
-    if cfg.cluster.admin_token and cfg.cluster.url_key:
-        return cfg
-    path = cfg.data_dir / "secrets.toml"
-    stored: dict = {}
-    if path.exists():
+SECRET_KEYS = ("admin_token", "url_key")
+
+
+def host_addresses(cfg: Config) -> set[str]:
+    """The distinct host addresses the nodes and the front are dialled at; every loopback
+    address (127.0.0.0/8, ::1, localhost) counts as one, "loopback"."""
+    out = set()
+    for host in [n.host for role in ("ypfs", "magickd", "ypws") for n in getattr(cfg, role).nodes] + [cfg.hashproxy.host]:
+        out.add("loopback" if is_loopback(host) else host.lower().rstrip("."))
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_secrets(path: Path, setting: str) -> dict:
+    try:
         with open(path, "rb") as fh:
-            stored = tomllib.load(fh)
-    if not (stored.get("admin_token") and stored.get("url_key")):
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc}") from None
+
+
+def ensure_secrets(cfg: Config) -> Config:
+    """Fill the empty secrets (admin_token, url_key) so every process of the cluster agrees on them.
+
+    Sources, first wins per key: the config itself, then ``cluster.secrets_file`` when
+    named (it must then exist and hold what the config leaves empty). Without either,
+    a cluster on one host generates them once into ``{data_dir}/secrets.toml``; a
+    cluster whose nodes span several hosts refuses instead (ConfigError naming the
+    settings), because each host would generate its own and purges, signed URLs and
+    admin calls would fail across hosts.
+    """
+    section = cfg.cluster
+    if section.admin_token and section.url_key:
+        return cfg
+    stored = check_secrets(cfg)
+    if stored is None:
+        stored = _generated_secrets(cfg.data_dir / "secrets.toml")
+    section = dataclasses.replace(
+        section, admin_token=section.admin_token or stored["admin_token"], url_key=section.url_key or stored["url_key"])
+    return cfg.replace(cluster=section)
+
+
+def check_secrets(cfg: Config) -> dict | None:
+    """What ``cluster.secrets_file`` holds, ``None`` when the secrets are to be generated on this
+    (single) host; ConfigError when neither the config nor the file gives what a multi-host
+    cluster needs. Nothing is written."""
+    section = cfg.cluster
+    if section.secrets_file:
+        path = Path(section.secrets_file)
+        stored = _read_secrets(path, "cluster.secrets_file")
+        missing = [k for k in SECRET_KEYS if not (getattr(section, k) or stored.get(k))]
+        if missing:
+            raise ConfigError(
+                f"cluster.secrets_file: {path} {'does not hold' if path.exists() else 'does not exist; it must hold'} "
+                f"{' and '.join(missing)} (a TOML file: admin_token = \"...\", url_key = \"...\")")
+        return stored
+    if section.admin_token and section.url_key:
+        return {}
+    if len(host_addresses(cfg)) > 1:
+        missing = [f"cluster.{k}" for k in SECRET_KEYS if not getattr(section, k)]
+        raise ConfigError(
+            f"{' and '.join(missing)} must be set: the nodes span several hosts ({', '.join(sorted(host_addresses(cfg)))}), "
+            "so secrets generated per host would differ. Set them in the config, or name a TOML file holding "
+            "admin_token and url_key in cluster.secrets_file and copy it to every host")
+    return None
+
+
+def secrets_source(cfg: Config) -> str:
+    """Where the secrets of ``cfg`` (as loaded, before ensure_secrets) come from, for a message
+    that must not print them."""
+    c = cfg.cluster
+    if c.admin_token and c.url_key and not c.secrets_file:
+        return "set in the config (cluster.admin_token, cluster.url_key)"
+    if c.secrets_file:
+        return str(Path(c.secrets_file).resolve())
+    return str(cfg.data_dir / "secrets.toml")
+
+
+def _generated_secrets(path: Path) -> dict:
+    stored = _read_secrets(path, "secrets file")
+    if not all(stored.get(k) for k in SECRET_KEYS):
         path.parent.mkdir(parents=True, exist_ok=True)
         stored = {"admin_token": secrets.token_urlsafe(24), "url_key": secrets.token_urlsafe(32)}
         tmp = path.with_suffix(".tmp")
@@ -369,16 +533,10 @@ def ensure_secrets(cfg: Config) -> Config:
         try:
             os.link(tmp, path)  # first writer wins when several processes race
         except FileExistsError:
-            with open(path, "rb") as fh:
-                stored = tomllib.load(fh)
+            stored = _read_secrets(path, "secrets file")
         finally:
             tmp.unlink(missing_ok=True)
-    section = dataclasses.replace(
-        cfg.cluster,
-        admin_token=cfg.cluster.admin_token or stored["admin_token"],
-        url_key=cfg.cluster.url_key or stored["url_key"],
-    )
-    return cfg.replace(cluster=section)
+    return stored
 
 
 def dump_toml(tree: dict) -> str:

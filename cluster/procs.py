@@ -39,13 +39,27 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
-def start(argv: Sequence[str], *, log: Path | None = None, env: dict | None = None, cwd: str | None = None) -> subprocess.Popen:
-    """Start a child in its own process group, output to ``log`` (or inherited)."""
+def start(argv: Sequence[str], *, log: Path | None = None, env: dict | None = None, cwd: str | None = None,
+          parent_death_signal: int | None = None) -> subprocess.Popen:
+    """Start a child in its own process group, output to ``log`` (or inherited).
+
+    With ``parent_death_signal`` the kernel sends the child that signal when this process
+    dies, even by SIGKILL (set between fork and exec; call from the main thread only).
+    """
     out = open(log, "ab") if log else None
+    preexec = None
+    if parent_death_signal is not None:
+        from .lifeline import die_with_parent
+
+        parent = os.getpid()
+
+        def preexec() -> None:
+            die_with_parent(parent, parent_death_signal)
+
     try:
         return subprocess.Popen(
             list(argv), stdout=out, stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True, preexec_fn=preexec,
         )
     finally:
         if out:

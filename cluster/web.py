@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 from typing import Any, Callable
 
 import falcon
+
+from .lifeline import die_with_parent
 
 log = logging.getLogger("cluster.web")
 
@@ -54,6 +57,19 @@ def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int 
 
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
+    extra = dict(options or {})
+    own_post_fork = extra.pop("post_fork", None)
+
+    def post_fork(server, worker) -> None:
+        # until the worker installs its own handlers it has the master's, which would swallow
+        # a SIGTERM sent while it boots (the worker then lives on until the stop's SIGKILL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # a master killed by SIGKILL takes its workers along: an orphan would hold the port
+        # (a restarted master could not bind it) and go on serving until it notices
+        die_with_parent(worker.ppid)
+        if own_post_fork:
+            own_post_fork(server, worker)
+
     def child_exit(server, worker) -> None:
         if metrics_dir:
             from prometheus_client import multiprocess
@@ -66,7 +82,8 @@ def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int 
         "control_socket_disable": True,  # gunicorn 27 would share one socket in $HOME between servers
         "access_log_format": '{"t":"%(t)s","remote":"%(h)s","method":"%(m)s","path":"%(U)s","status":%(s)s,"bytes":"%(B)s","ms":%(M)s,"ua":"%(a)s"}',
         "child_exit": child_exit,
-        **(options or {}),
+        "post_fork": post_fork,
+        **extra,
     }
 
     class _App(BaseApplication):

@@ -6,20 +6,17 @@ Layout (small modules, the HTTP-free core first):
     ring.py        rendezvous (HRW) hashing over xxhash: a key's node order (pure)
     health.py      per-node up/down state and rejoin ramp-up (pure, clock injected)
     loads.py       in-flight/requests/errors counters shared by the workers (one mmap)
-    spill.py       which nodes served a key outside its first purge_fanout choices
     balancer.py    node choice: hash + bounded loads, least-connections (pure)
     upstream.py    keep-alive connection pool to the nodes, response parsing
     headers.py     one pass over request headers: routing facts, what a node is sent
     responses.py   responses the proxy writes itself (JSON errors, /healthz)
     protocol.py    the client-facing asyncio protocol (httptools), pipelining, limits
     cycle.py       one proxied request: retries, streaming both ways, errors
-    purge.py       PURGE fan-out to the nodes that may hold a URL
-    journal.py     per-node pending purges of down nodes, shared by the workers (files + flock)
-    replay.py      a rejoining node gets its pending purges before any traffic
     checker.py     active health checks
     metrics.py     /metrics in the Prometheus text format
     app.py         ProxyApp: what a worker shares between its connections, the router, timeouts
     server.py      one worker process: event loop, listening, graceful shutdown
     supervisor.py  the parent process: binds, forks the workers, restarts, stops
-    __main__.py    `python -m hashproxy serve | route URL`
+    haproxy.py     the same routing as an HAProxy 2.6 configuration (pure: config -> text)
+    __main__.py    `python -m hashproxy serve | route URL | haproxy-config`
 """

@@ -1,6 +1,7 @@
-"""`python -m hashproxy serve` runs the proxy; `python -m hashproxy route URL` prints where a URL goes.
+"""`python -m hashproxy serve` runs the proxy; `python -m hashproxy route URL` prints where a URL goes;
+`python -m hashproxy haproxy-config` prints an equivalent HAProxy configuration (haproxy.py).
 
-Both read the cluster config through cluster.config.load() ($YUPOO_CONFIG or
+All read the cluster config through cluster.config.load() ($YUPOO_CONFIG or
 --config). `route` uses the same ring as the workers with every node up, so it
 prints the pinning an operator should see in X-Served-By.
 """
@@ -15,9 +16,9 @@ from cluster.config import ConfigError, load
 
 from .app import validate
 from .balancer import HashBalancer, NodeSet
+from .haproxy import READY_PATH, render
 from .health import HealthBoard
 from .loads import local_counters
-from .spill import SpillMap
 from .urls import BadTarget, Route, classify
 
 
@@ -34,9 +35,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     names = tuple(n.name for n in cfg.ypws.nodes)
     nodes = NodeSet("ypws", names, tuple((n.host, n.port) for n in cfg.ypws.nodes), HealthBoard(names),
                     local_counters(names).role(0, 0, len(names)))
-    spill_path = cfg.data_dir / "hashproxy"
-    spill = SpillMap(names, spill_path) if spill_path.exists() else None
-    balancer = HashBalancer(nodes, factor=0, fanout=cfg.hashproxy.purge_fanout, spill=spill)
+    balancer = HashBalancer(nodes, factor=0)
     try:
         target = classify(args.method.upper(), args.url.encode())
     except BadTarget as exc:
@@ -45,15 +44,17 @@ def cmd_route(args: argparse.Namespace) -> int:
     if target.route is Route.IMAGE:
         order = balancer.ring.order_names(target.key)
         print(f"{order[0]}\tkey={target.key}\torder={','.join(order)}")
-    elif target.route is Route.PURGE:
-        targets = [names[i] for i in balancer.purge_targets(target.key)]
-        print(f"{','.join(targets)}\tkey={target.key}")
-    elif target.route is Route.PURGE_PHOTO:
-        print(f"{','.join(names)}\tphoto={target.key}/")
     else:
         where = {Route.YPFS: "ypfs (least-connections)", Route.PAGE: "ypws (least-connections)",
                  Route.HEALTH: "hashproxy itself", Route.METRICS: "hashproxy itself"}[target.route]
         print(f"{where}\tpath={target.path}")
+    return 0
+
+
+def cmd_haproxy_config(args: argparse.Namespace) -> int:
+    cfg = load(args.config, with_secrets=False)  # the output never holds a secret, so none is read
+    validate(cfg.hashproxy)
+    sys.stdout.write(render(cfg, args.check_path))
     return 0
 
 
@@ -65,11 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", parents=[common], help="run the proxy (forks [hashproxy] workers)")
     route = sub.add_parser("route", parents=[common], help="print the node(s) a URL goes to")
     route.add_argument("url", help="a path such as /photos/alice/123_abcdef0123/small.jpg")
-    route.add_argument("--method", default="GET", help="GET (default) or PURGE (prints the purge targets)")
+    route.add_argument("--method", default="GET", help="the request method (default GET)")
+    haproxy = sub.add_parser("haproxy-config", parents=[common],
+                             help="print an HAProxy (2.6+) configuration equivalent to this proxy's routing")
+    haproxy.add_argument("--check-path", default=READY_PATH,
+                         help=f"path of the nodes' health checks (default {READY_PATH}; /healthz for nodes without it)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hashproxy[%(process)d] %(levelname)s %(message)s")
     try:
-        return cmd_serve(args) if args.cmd == "serve" else cmd_route(args)
+        return {"serve": cmd_serve, "route": cmd_route, "haproxy-config": cmd_haproxy_config}[args.cmd](args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

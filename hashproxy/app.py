@@ -1,17 +1,17 @@
 """ProxyApp: what one worker shares between its connections (the ServerState), and the router.
 
 The router turns a parsed request head into a cycle: a local reply (/healthz,
-/metrics, an error), a PURGE fan-out, or a request proxied to the node(s) the
-balancers chose. Everything it needs (nodes, health, counters, pools) is built
+/metrics, an error) or a request proxied to the node(s) the balancers chose.
+PURGE is proxied to ypfs, which commits it to the purge log that every cache
+node follows (storage/purgelog.py): a front keeps no purge state of its own, so
+any number of fronts can stand behind one address. Everything it needs (nodes, health, counters, pools) is built
 once per worker from the config.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from cluster.config import Config, ConfigError, HashproxySection
@@ -21,10 +21,7 @@ from .balancer import IMAGE_BALANCERS, LeastConnections, NodeSet
 from .cycle import Cycle, ProxyCycle, Reply, Request
 from .headers import scan
 from .health import HealthBoard
-from .journal import PurgeJournal
 from .loads import SharedCounters
-from .replay import Replayer
-from .spill import SpillMap
 from .upstream import UpstreamPool
 from .urls import BadTarget, Route, classify
 
@@ -44,12 +41,6 @@ def validate(settings: HashproxySection) -> None:
         raise ConfigError("hashproxy.balance_factor: 0 (off) or at least 1.0")
     if settings.balance_min_load < 0:
         raise ConfigError("hashproxy.balance_min_load: 0 or more")
-    if settings.purge_fanout < 1:
-        raise ConfigError("hashproxy.purge_fanout: at least 1")
-    if settings.purge_journal_paths < 1:
-        raise ConfigError("hashproxy.purge_journal_paths: at least 1")
-    if settings.purge_journal_bytes < 1024:
-        raise ConfigError("hashproxy.purge_journal_bytes: at least 1024")
 
 
 def counter_names(cfg: Config) -> list[str]:
@@ -57,14 +48,9 @@ def counter_names(cfg: Config) -> list[str]:
     return [f"{role}/{n.name}" for role in ROLES for n in getattr(cfg, role).nodes]
 
 
-def spill_dir(cfg: Config) -> Path:
-    """Where the workers share files: spill maps, pending-purge journals."""
-    return cfg.data_dir / "hashproxy"
-
-
 class ProxyApp:
-    def __init__(self, cfg: Config, shared: SharedCounters | None = None, spill: SpillMap | None = None,
-                 worker: int = 0, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, cfg: Config, shared: SharedCounters | None = None, worker: int = 0,
+                 loop: asyncio.AbstractEventLoop | None = None):
         s = cfg.hashproxy
         self.cfg, self.settings, self.worker = cfg, s, worker
         self.loop = loop or asyncio.get_event_loop()
@@ -84,15 +70,10 @@ class ProxyApp:
                                             s.pool_max_idle)
             first += len(nodes)
         self.ypws, self.ypfs = self.nodesets["ypws"], self.nodesets["ypfs"]
-        self.spill = spill if spill is not None else SpillMap(self.ypws.names)
-        self.images = IMAGE_BALANCERS[s.image_balance](self.ypws, factor=s.balance_factor, fanout=s.purge_fanout,
-                                                       spill=self.spill, min_load=s.balance_min_load)
+        self.images = IMAGE_BALANCERS[s.image_balance](self.ypws, factor=s.balance_factor,
+                                                       min_load=s.balance_min_load)
         self.pages = LeastConnections(self.ypws)
         self.uploads = LeastConnections(self.ypfs)
-        self._token = cfg.cluster.admin_token.encode()
-        self.journal = PurgeJournal(self.ypws.names, spill_dir(cfg), s.purge_journal_paths, s.purge_journal_bytes)
-        self.replayer = Replayer(self.journal, self.ypws, self.pools["ypws"], cfg.cluster.admin_token)
-        self.replayer.hold_pending()
         self.pid = os.getpid()
 
     def route(self, proto: "ProxyProtocol", method: str, raw_target: bytes, headers: list[tuple[bytes, bytes]],
@@ -109,7 +90,7 @@ class ProxyApp:
             nodes, pool, candidates, balancer = self.ypws, self.pools["ypws"], self.images.choose(target.key), self.images
         elif route is Route.PAGE:
             nodes, pool, candidates, balancer = self.ypws, self.pools["ypws"], self.pages.choose(), None
-        elif route is Route.YPFS:
+        elif route is Route.YPFS:  # uploads, the API, and PURGE (ypfs logs it)
             nodes, pool, candidates, balancer = self.ypfs, self.pools["ypfs"], self.uploads.choose(), None
         elif route is Route.HEALTH:
             return Reply(proto, req, responses.response(200, responses.json_body(self.health_report()),
@@ -120,19 +101,11 @@ class ProxyApp:
             body, ctype = render(self)
             return Reply(proto, req, responses.response(200, body, ctype, keep_alive=keep_alive, http10=http10,
                                                         head_only=method == "HEAD"), keep_alive)
-        else:  # PURGE, PURGE_PHOTO
-            if not self.authorized(req.headers.auth):
-                return self._error(proto, 401, "unauthorized", "PURGE needs 'Authorization: Bearer <admin token>'",
-                                   keep_alive, http10, [(b"WWW-Authenticate", b"Bearer")])
-            from .purge import PurgeCycle
-            return PurgeCycle(proto, req, self)
+        else:
+            raise AssertionError(f"unrouted {route}")
         if not candidates:
             return self._error(proto, 503, "no_healthy_node", f"no healthy {nodes.role} node", keep_alive, http10)
         return ProxyCycle(proto, req, nodes, pool, candidates, balancer, s.read_timeout, s.client_timeout)
-
-    def authorized(self, header: bytes) -> bool:
-        scheme, _, token = header.partition(b" ")
-        return scheme.lower() == b"bearer" and bool(self._token) and hmac.compare_digest(token.strip(), self._token)
 
     def health_report(self) -> dict:
         return {"status": "ok", "worker": self.worker, "pid": self.pid,

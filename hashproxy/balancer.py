@@ -30,7 +30,6 @@ from typing import Protocol, Sequence
 from .health import HealthBoard
 from .loads import SPILLS, RoleCounters
 from .ring import Ring
-from .spill import SpillMap
 
 
 @dataclass
@@ -52,20 +51,16 @@ class ImageBalancer(Protocol):
 
     def choose(self, key: str) -> list[int]: ...
     def served(self, key: str, node: int) -> None: ...
-    def purge_targets(self, key: str) -> list[int]: ...
 
 
 class HashBalancer:
     """Images: the key's rendezvous order, minus down nodes, with ramp-up and bounded loads."""
 
-    def __init__(self, nodes: NodeSet, factor: float = 1.25, fanout: int = 2, spill: SpillMap | None = None,
-                 min_load: int = 0):
+    def __init__(self, nodes: NodeSet, factor: float = 1.25, min_load: int = 0):
         self.nodes = nodes
         self.ring = Ring(nodes.names)
         self.factor = factor
         self.min_load = min_load
-        self.fanout = max(1, fanout)
-        self.spill = spill
 
     def eligible(self, key: str) -> list[int]:
         """The key's order without down nodes; a ramping node is passed over for keys it has not yet admitted."""
@@ -96,16 +91,9 @@ class HashBalancer:
         return nodes
 
     def served(self, key: str, node: int) -> None:
-        """Remember a node that got a key outside its first ``fanout`` choices, for PURGE."""
-        if self.spill is not None and self.ring.order(key).index(node) >= self.fanout:
-            self.spill.mark(node, key)
+        """Count a key served away from its first choice (bounded-load spill or failover)."""
+        if self.ring.order(key)[0] != node:
             self.nodes.counters.add(node, SPILLS)
-
-    def purge_targets(self, key: str) -> list[int]:
-        """Every node that may hold the key: its first ``fanout`` choices plus marked spill."""
-        first = list(self.ring.order(key)[:self.fanout])
-        extra = [i for i in self.spill.nodes(key) if i not in first] if self.spill is not None else []
-        return first + extra
 
     def share(self, samples: int = 2048) -> list[float]:
         """The fraction of URL space each node owns right now (health and ramp-up included, load not)."""
@@ -118,7 +106,7 @@ class HashBalancer:
 
 
 class RoundRobinBalancer:
-    """Images without pinning: the benchmark's baseline. PURGE must then reach every node."""
+    """Images without pinning: the benchmark's baseline."""
 
     def __init__(self, nodes: NodeSet, **_: object):
         self.nodes = nodes
@@ -133,9 +121,6 @@ class RoundRobinBalancer:
 
     def served(self, key: str, node: int) -> None:
         pass
-
-    def purge_targets(self, key: str) -> list[int]:
-        return list(range(len(self.nodes)))
 
     def share(self, samples: int = 0) -> list[float]:
         up = self.nodes.health.up_nodes

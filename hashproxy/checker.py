@@ -3,17 +3,14 @@
 A fresh connection tests what a new request needs (accept, answer) and never
 competes with pooled keep-alive connections. Results feed the same HealthBoard
 as passive failures; each worker checks for itself (a few requests a second),
-so no worker depends on another to notice a node die or come back. A role may
-have a *gate* (replay.py): a success counts only once the node's pending purges
-have reached it; it is asked after every check, so a node gets held out even while
-it is still down.
+so no worker depends on another to notice a node die or come back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Mapping, Sequence
+from typing import Sequence
 
 from .balancer import NodeSet
 from .loads import UP
@@ -23,12 +20,10 @@ log = logging.getLogger("hashproxy")
 
 
 class HealthChecker:
-    def __init__(self, roles: Sequence[tuple[NodeSet, UpstreamPool]], interval: float, timeout: float,
-                 gates: Mapping[str, Callable[[int, bool], bool]] | None = None):
+    def __init__(self, roles: Sequence[tuple[NodeSet, UpstreamPool]], interval: float, timeout: float):
         self.roles = tuple(roles)
         self.interval = interval
         self.timeout = timeout
-        self.gates = dict(gates or {})
 
     async def run(self) -> None:
         for nodes, _ in self.roles:
@@ -45,10 +40,8 @@ class HealthChecker:
         except UpstreamError:
             ok = False
         name = f"{nodes.role}/{nodes.names[node]}"
-        gate = self.gates.get(nodes.role)
-        cleared = gate(node, ok) if gate is not None else True  # False: held out, purges pending
         if ok:
-            if cleared and nodes.health.success(node):
+            if nodes.health.success(node):
                 log.info("%s is back; ramping up its share", name)
         elif nodes.health.failure(node):
             log.warning("%s failed its health checks; taking it out", name)

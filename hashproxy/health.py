@@ -5,9 +5,7 @@ counter: ``fail_threshold`` failures in a row take a node out, one success (an
 active check, since a down node gets no traffic) brings it back. A node that
 comes back starts cold, so its share ramps from 0 to 1 over ``rampup_seconds``
 (see Ring.admits). Nodes are up and fully ramped at start-up, so every worker
-begins with the same mapping. A *held* node stays out whatever its checks say:
-it has purges pending (journal.py) that must reach it before any traffic does.
-Pure: the clock is a constructor argument.
+begins with the same mapping. Pure: the clock is a constructor argument.
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ class HealthBoard:
         self._up = [True] * len(self.names)
         self._fails = [0] * len(self.names)
         self._up_since = [float("-inf")] * len(self.names)
-        self._held = [False] * len(self.names)
         self.up_nodes: tuple[int, ...] = tuple(range(len(self.names)))
         self._ramp_until = float("-inf")
 
@@ -60,10 +57,10 @@ class HealthBoard:
         """Count a success; True when it brings the node back (its ramp-up starts now).
 
         Only an active check revives (``revive``): a passive success is a response to a
-        request sent before the node went out, and says nothing of purges it missed since.
+        request sent before the node went out, and says nothing of whether it is back.
         """
         self._fails[node] = 0
-        if revive and not self._up[node] and not self._held[node]:
+        if revive and not self._up[node]:
             self._up[node] = True
             self._up_since[node] = now = self.clock()
             self._ramp_until = max(self._ramp_until, now + self.rampup_seconds)
@@ -71,26 +68,9 @@ class HealthBoard:
             return True
         return False
 
-    def hold(self, node: int) -> bool:
-        """Keep the node out until ``release`` (pending purges); True when this takes it out."""
-        self._held[node] = True
-        if self._up[node]:
-            self._up[node] = False
-            self._refresh()
-            return True
-        return False
-
-    def release(self, node: int) -> None:
-        """Its purges are delivered: the next success may bring it back."""
-        self._held[node] = False
-
-    def is_held(self, node: int) -> bool:
-        return self._held[node]
-
     def _refresh(self) -> None:
         self.up_nodes = tuple(i for i, up in enumerate(self._up) if up)
 
     def snapshot(self) -> dict[str, dict]:
-        return {n: {"up": self._up[i], "ramp": round(self.ramp(i), 3), "fails": self._fails[i],
-                    "held": self._held[i]}
+        return {n: {"up": self._up[i], "ramp": round(self.ramp(i), 3), "fails": self._fails[i]}
                 for i, n in enumerate(self.names)}

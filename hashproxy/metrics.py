@@ -3,8 +3,7 @@
 Counters come from the shared table (loads.py), so any worker's /metrics shows
 the whole proxy. ``hashproxy_node_url_share`` is the fraction of image-URL space
 each ypws node owns now (health and ramp-up included), sampled over 2048
-synthetic keys at scrape time; ``hashproxy_node_purges_pending`` is 1 while a
-node has purges journaled for replay.
+synthetic keys at scrape time.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ class ProxyCollector:
             RETRIES: CounterMetricFamily("hashproxy_upstream_retries", "Requests retried on this node after a failure elsewhere",
                                          labels=labels),
             SPILLS: CounterMetricFamily("hashproxy_upstream_spills",
-                                        "Image requests this node got outside the URL's first purge_fanout choices",
+                                        "Image requests this node got while not the URL's first choice (spill, failover)",
                                         labels=labels),
             INFLIGHT: GaugeMetricFamily("hashproxy_upstream_in_flight", "Requests in flight to the node", labels=labels),
         }
@@ -50,16 +49,12 @@ class ProxyCollector:
                 row += 1
         for name, fraction in zip(app.ypws.names, app.images.share()):
             share.add_metric([name], fraction)
-        pending = GaugeMetricFamily("hashproxy_node_purges_pending",
-                                    "1 while the node has purges journaled for replay on rejoin", labels=["node"])
-        for i, name in enumerate(app.ypws.names):
-            pending.add_metric([name], int(app.journal.pending(i)))
         workers = GaugeMetricFamily("hashproxy_workers", "Worker processes")
         workers.add_metric([], shared.workers)
         conns = GaugeMetricFamily("hashproxy_client_connections", "Open client connections of the answering worker")
         conns.add_metric([], len(app.connections))
         yield from fams.values()
-        yield from (up, share, pending, workers, conns)
+        yield from (up, share, workers, conns)
 
 
 def render(app: "ProxyApp") -> tuple[bytes, bytes]:

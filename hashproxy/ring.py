@@ -4,8 +4,8 @@ Why rendezvous and not a ketama ring with virtual nodes:
 
 * Every key gets a full *order* of the nodes, not just an owner. Bounded loads
   ("hand the URL to the next node in that URL's order"), failover of a dead
-  node, rejoin ramp-up and PURGE ("the first nodes that may hold it") all walk
-  that order, so one mechanism serves all of them.
+  node and rejoin ramp-up all walk that order, so one mechanism serves all of
+  them.
 * Minimal disruption is exact: a node's score for a key does not depend on the
   other nodes, so removing a node moves exactly the keys it owned (each to its
   own next choice, spread evenly over the survivors) and adding one moves only

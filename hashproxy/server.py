@@ -20,28 +20,27 @@ from .app import ProxyApp
 from .checker import HealthChecker
 from .loads import SharedCounters
 from .protocol import ProxyProtocol
-from .spill import SpillMap
 
 log = logging.getLogger("hashproxy")
 
 
-async def serve(cfg: Config, sock: socket.socket, shared: SharedCounters, spill: SpillMap, worker: int) -> None:
+async def serve(cfg: Config, sock: socket.socket, shared: SharedCounters, worker: int) -> None:
     loop = asyncio.get_running_loop()
-    app = ProxyApp(cfg, shared, spill, worker, loop)
+    app = ProxyApp(cfg, shared, worker, loop)
     s = cfg.hashproxy
     if s.reuse_port:
         from .supervisor import worker_socket
 
-        sock = worker_socket(s.host, s.port)
+        sock = worker_socket(s.bind_host, s.port)
     server = await loop.create_server(lambda: ProxyProtocol(app), sock=sock, backlog=2048)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     checker = HealthChecker([(app.ypws, app.pools["ypws"]), (app.ypfs, app.pools["ypfs"])],
-                            s.health_interval, s.health_timeout, gates={"ypws": app.replayer.gate})
+                            s.health_interval, s.health_timeout)
     checks = loop.create_task(checker.run())
     sweeper = loop.create_task(app.sweep(min(0.25, s.read_timeout / 4, s.client_timeout / 4)))
-    log.info("worker %d serving on %s:%d", worker, s.host, s.port)
+    log.info("worker %d serving on %s:%d", worker, s.bind_host, s.port)
     await stop.wait()
     log.info("worker %d stopping", worker)
     server.close()
@@ -52,15 +51,14 @@ async def serve(cfg: Config, sock: socket.socket, shared: SharedCounters, spill:
             await task
         except asyncio.CancelledError:
             pass
-    await app.replayer.stop()
 
 
-def run_worker(cfg: Config, sock: socket.socket, shared: SharedCounters, spill: SpillMap, worker: int) -> int:
+def run_worker(cfg: Config, sock: socket.socket, shared: SharedCounters, worker: int) -> int:
     gc.freeze()  # start-up objects never die: keep them out of every later collection
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(serve(cfg, sock, shared, spill, worker))
+        loop.run_until_complete(serve(cfg, sock, shared, worker))
     finally:
         loop.close()
     return 0

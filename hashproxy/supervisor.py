@@ -1,10 +1,11 @@
 """The parent process: bind once, fork the workers, restart any that die, stop them all by PID.
 
 The listening socket is bound here and inherited across fork, so every worker
-accepts from one queue; the shared counters and spill maps are mapped here too,
+accepts from one queue; the shared counters are mapped here too,
 before the fork, so every worker sees the same memory. A worker that dies is
 replaced (its counter row zeroed first); one that keeps dying at start-up stops
-the proxy, so `make run` notices instead of spinning.
+the proxy, so `make run` notices instead of spinning. Workers get a parent-death
+signal, so a master killed by SIGKILL takes them along (no orphan keeps serving).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import socket
 import time
 
 from cluster.config import Config
+from cluster.lifeline import die_with_parent
 
-from .app import counter_names, spill_dir
+from .app import counter_names
 from .loads import SharedCounters
-from .spill import SpillMap
 
 log = logging.getLogger("hashproxy")
 
@@ -62,9 +63,8 @@ class Supervisor:
 
     def run(self) -> int:
         s = self.cfg.hashproxy
-        sock = bind(s.host, s.port, s.reuse_port)
+        sock = bind(s.bind_host, s.port, s.reuse_port)
         self.shared = SharedCounters(s.workers, counter_names(self.cfg))
-        self.spill = SpillMap([n.name for n in self.cfg.ypws.nodes], spill_dir(self.cfg))
         self.sock = sock
 
         def on_signal(signum, frame):
@@ -72,8 +72,8 @@ class Supervisor:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
-        log.info("hashproxy on http://%s:%d: %d workers, %d ypws / %d ypfs nodes, image balance %s",
-                 s.host, s.port, s.workers, len(self.cfg.ypws.nodes), len(self.cfg.ypfs.nodes), s.image_balance)
+        log.info("hashproxy on http://%s:%d (bound to %s): %d workers, %d ypws / %d ypfs nodes, image balance %s",
+                 s.host, s.port, s.bind_host, s.workers, len(self.cfg.ypws.nodes), len(self.cfg.ypfs.nodes), s.image_balance)
         for index in range(s.workers):
             self._spawn(index)
         code = 0
@@ -99,14 +99,16 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         self.shared.reset_worker(index)
+        master = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
+                die_with_parent(master)  # a master killed by SIGKILL must not leave workers serving
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 from .server import run_worker
-                code = run_worker(self.cfg, self.sock, self.shared, self.spill, index)
+                code = run_worker(self.cfg, self.sock, self.shared, index)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:

@@ -33,9 +33,7 @@ class Route(enum.Enum):
     HEALTH = "healthz"        # answered by the proxy itself
     METRICS = "metrics"       # answered by the proxy itself
     IMAGE = "image"           # one ypws node by hash of the routing key
-    PURGE = "purge"           # PURGE of one size: the nodes that may hold it
-    PURGE_PHOTO = "purge_photo"  # PURGE of a whole photo: every node, once each
-    YPFS = "ypfs"             # uploads and the API: least-connections over ypfs
+    YPFS = "ypfs"             # uploads, the API and PURGE: least-connections over ypfs
     PAGE = "page"             # everything else: any healthy ypws node
 
 
@@ -44,7 +42,7 @@ class Target:
     route: Route
     path: str          # normalised path, what is forwarded upstream
     query: str         # "" or "?..." exactly as received
-    key: str = ""      # routing key (IMAGE, PURGE) or photo prefix (PURGE_PHOTO)
+    key: str = ""      # routing key (IMAGE)
 
 
 def split_target(raw: bytes) -> tuple[bytes, bytes]:
@@ -126,14 +124,6 @@ def image_key(path: str) -> str | None:
     return f"/photos/{parts[2]}/{parts[3]}/{name}"
 
 
-def photo_prefix(path: str) -> str | None:
-    """``/photos/u/id_s`` for a photo-level path ``/photos/u/id_s/``, else None."""
-    parts = path.split("/")
-    if len(parts) == 5 and parts[1] == "photos" and parts[2] and parts[3] and not parts[4]:
-        return f"/photos/{parts[2]}/{parts[3]}"
-    return None
-
-
 _IMAGE_METHODS = frozenset({"GET", "HEAD", "PURGE"})
 
 
@@ -148,14 +138,9 @@ def classify(method: str, raw_target: bytes) -> Target:
     if path.startswith("/photos/"):
         if method not in _IMAGE_METHODS:
             raise BadTarget(405, "method_not_allowed", f"{method} is not allowed on /photos/ (GET, HEAD, PURGE)")
+        if method == "PURGE":  # ypfs checks the token and the path, and logs the purge
+            return Target(Route.YPFS, path, query)
         key = image_key(path)
-        if method == "PURGE":
-            if key is not None:
-                return Target(Route.PURGE, path, query, key)
-            prefix = photo_prefix(path)
-            if prefix is not None:
-                return Target(Route.PURGE_PHOTO, path, query, prefix)
-            raise BadTarget(400, "bad_purge", "PURGE /photos/{user}/{id}_{secret}/{size}[.{ext}] or /photos/{user}/{id}_{secret}/")
         if key is not None:
             return Target(Route.IMAGE, path, query, key)
         return Target(Route.PAGE, path, query)

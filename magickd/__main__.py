@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
         job = RerenderJob(size=args.size, user=None if args.all else args.user, since=args.since,
                           concurrency=concurrency, force=args.force, purge=not args.no_purge)
-        purger = None if args.no_purge else Purger.from_config(cfg)
+        purger = None if args.no_purge else Purger.from_config(cfg, store, "magickd-rerender")
         runner = Rerenderer(cfg, store, RenderClient(cfg), purger, progress=not args.no_progress)
         try:
             summary = runner.run(job, restart=args.restart, dry_run=args.dry_run)
@@ -98,9 +98,11 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         return 1 if summary.failures else 0
 
+    from cluster.purge import Purger
     from .verify import Verifier, format_reports
 
-    reports = Verifier(cfg, store, RenderClient(cfg) if args.repair else None).run(
+    purger = Purger.from_config(cfg, store, "magickd-verify") if args.repair else None
+    reports = Verifier(cfg, store, RenderClient(cfg) if args.repair else None, purger).run(
         user=args.user, repair=args.repair, concurrency=concurrency, progress=not args.no_progress)
     text, code = format_reports(reports, args.repair)
     print(text)

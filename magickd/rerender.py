@@ -2,8 +2,8 @@
 
 Photos are listed from storage in key order (time order per user) and fanned
 out to the magickd nodes through RenderClient, a bounded number at a time. After
-each photo the size's renditions of other versions are deleted and the cache
-nodes are told to purge that size. A checkpoint records the key below which
+each photo the size's renditions of other versions are deleted and a purge of
+that size is logged (every cache node applies it) and pushed to the nodes. A checkpoint records the key below which
 every photo is done, plus the failures, so Ctrl-C or a crash loses nothing:
 running the same command again resumes there.
 """
@@ -100,7 +100,10 @@ class Rerenderer:
             result.rendered = True
             self._prune(ref, profile.name, version, existing)
             if self.purger:
-                result.purge_failure = self.purger.purge(ref, profile.name)
+                try:
+                    self.purger.purge([ref.purge_path(profile.name)], "rerender")
+                except StorageError as exc:  # not logged: cached copies of the old bytes may stay
+                    result.purge_failure = f"purge not logged: {exc}"
         except RenderError as exc:
             result.failure = f"{exc.status} {exc.code}: {exc.message}"
         except RenderUnavailable as exc:
@@ -237,7 +240,7 @@ def format_summary(summary: Summary, job: RerenderJob, limit: int = 20) -> str:
     if summary.purge_failures:
         sample = next(iter(summary.purge_failures.values()))
         lines.append(f"cache purge failed for {len(summary.purge_failures)} photo(s) ({sample}); "
-                     "the new renditions are written, caches keep old bytes until they expire")
+                     "the new renditions are written; run again with --force, or PURGE those photos")
     if summary.interrupted:
         lines.append("run the same command again to resume where it stopped")
     lines.append(f"checkpoint: {summary.checkpoint}")

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cluster.config import Config
+from cluster.purge import Purger
 from storage import NotFound, StorageError
 from storage.base import BlobStore
 from storage.keys import PhotoRef
@@ -64,8 +65,8 @@ def check_rendition(data: bytes, fmt: str, expect: tuple[int, int]) -> str | Non
 
 
 class Verifier:
-    def __init__(self, cfg: Config, store: BlobStore, client: RenderClient | None):
-        self.cfg, self.store, self.client = cfg, store, client
+    def __init__(self, cfg: Config, store: BlobStore, client: RenderClient | None, purger: Purger | None = None):
+        self.cfg, self.store, self.client, self.purger = cfg, store, client, purger
 
     def photo(self, record_key: str, repair: bool) -> PhotoReport:
         report = PhotoReport(record_key)
@@ -113,6 +114,12 @@ class Verifier:
                 report.repaired += [f"{s}.{fmt}" for s in sizes]
             except (RenderError, RenderUnavailable) as exc:
                 report.repair_failures += [f"{s}.{fmt}: {exc}" for s in sizes]
+        repaired = sorted({r.split(".")[0] for r in report.repaired})
+        if repaired and self.purger is not None:  # caches may hold the broken bytes
+            try:
+                self.purger.purge([ref.purge_path(s) for s in repaired], "verify --repair")
+            except StorageError as exc:
+                report.repair_failures.append(f"cache purge not logged: {exc}")
 
     def run(self, user: str | None = None, repair: bool = False, concurrency: int = 4,
             out=sys.stderr, progress: bool = True) -> list[PhotoReport]:

@@ -8,6 +8,7 @@ from validated names, so no request can reach outside its own prefix.
     originals/{user}/{photo_id}_{secret}                original bytes, as uploaded
     renditions/{user}/{photo_id}_{secret}/{size}.{version}.{ext}
     dedupe/{user}/{sha256}.json                         same user + same bytes -> photo
+    purgelog/{minute}/{ms}-{tag}.json                   one cache purge (storage/purgelog.py)
 
 The secret is part of the original and rendition keys, so a public URL maps
 straight to a key with no index lookup, and a guessed id with a wrong secret
@@ -119,6 +120,10 @@ class PhotoRef:
         """Public URL path of the photo, without size: /photos/{user}/{id}_{secret}."""
         return f"/photos/{self.user}/{self.photo_id}_{self.secret}"
 
+    def purge_path(self, size: str | None = None) -> str:
+        """The PURGE path of the whole photo (``.../{id}_{secret}/``) or of every format of one size."""
+        return f"{self.url_path}/{valid_size(size) if size else ''}"
+
     def size_url_path(self, size: str, fmt: str) -> str:
         return f"{self.url_path}/{valid_size(size)}.{EXTENSIONS[fmt]}"
 
@@ -150,3 +155,38 @@ def photo_of_key(key: str) -> PhotoRef:
         photo_id, secret = parse_photo_segment(parts[2])
         return PhotoRef(parts[1], photo_id, secret)
     raise InvalidName(f"not an original or rendition key: {key!r}"[:120])
+
+
+# -- the purge log -------------------------------------------------------------------------
+#
+# Entry keys sort by the time they were written (13-digit milliseconds), grouped in
+# one folder per minute so a reader starting "after time T" skips whole folders (the
+# local store walks folders; S3 lists with start-after).
+
+PURGE_LOG_PREFIX = "purgelog/"
+PURGE_TAG_RE = re.compile(r"^[0-9a-z]{1,32}$")
+_PURGE_LOG_KEY_RE = re.compile(r"^purgelog/([0-9]{10})/([0-9]{13})-([0-9a-z]{1,32})\.json$")
+
+
+def purge_log_key(ms: int, tag: str) -> str:
+    """The key of a purge-log entry written at ``ms`` (unix milliseconds); ``tag`` makes it unique."""
+    if not 0 <= ms < 10**13:
+        raise InvalidName(f"purge log time out of range: {ms}")
+    return f"{PURGE_LOG_PREFIX}{ms // 60000:010d}/{ms:013d}-{_check('purge tag', tag, PURGE_TAG_RE)}.json"
+
+
+def purge_log_floor(ms: int) -> str:
+    """A ``start_after`` bound: listing after it yields exactly the entries written at ``ms`` or later."""
+    ms = max(0, min(ms, 10**13 - 1))
+    return f"{PURGE_LOG_PREFIX}{ms // 60000:010d}/{ms:013d}"
+
+
+def purge_log_time(key: str) -> int:
+    """When a purge-log entry (or floor) was written, in unix ms; InvalidName for other keys."""
+    m = _PURGE_LOG_KEY_RE.fullmatch(key)
+    if m:
+        return int(m.group(2))
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == "purgelog" and len(parts[2]) == 13 and parts[2].isdigit():
+        return int(parts[2])
+    raise InvalidName(f"not a purge log key: {key!r}"[:120])

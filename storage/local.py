@@ -39,8 +39,14 @@ class LocalStore(BlobStore):
         return self.root / check_key(key)
 
     def _write_temp(self, path: Path, data: Data) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+        for attempt in range(3):  # a delete may remove the folder, empty, between mkdir and mkstemp
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         try:
             with os.fdopen(fd, "wb") as fh:
                 if isinstance(data, (bytes, bytearray, memoryview)):
@@ -114,6 +120,17 @@ class LocalStore(BlobStore):
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return
         _fsync_dir(path.parent)
+        self._remove_empty_parents(path.parent)
+
+    def _remove_empty_parents(self, folder: Path) -> None:
+        """Folders left empty go too, so time-bucketed prefixes (the purge log) do not leave
+        one empty folder per minute behind. A folder holding a writer's temp file is not empty."""
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): stop here
+                return
+            folder = folder.parent
 
     def list(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
         check_prefix(prefix)

@@ -6,6 +6,7 @@ need=""
 check() { command -v "$1" >/dev/null 2>&1 || need="$need $2"; }
 # (components add their lines here)
 check chromium chromium            # ypws: the browser test (upload page -> gallery), driven by playwright
+check haproxy haproxy              # hashproxy: HAProxy as the front (haproxy-config is checked with haproxy -c and run)
 if [ -n "$need" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing Debian packages:$need"

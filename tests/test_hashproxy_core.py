@@ -1,4 +1,4 @@
-"""hashproxy's HTTP-free core: URL normalisation and routing keys, the ring, health, bounded loads, purge targets."""
+"""hashproxy's HTTP-free core: URL normalisation and routing keys, the ring, health, bounded loads."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from hashproxy.balancer import HashBalancer, LeastConnections, NodeSet, RoundRob
 from hashproxy.health import HealthBoard
 from hashproxy.loads import INFLIGHT, SharedCounters
 from hashproxy.ring import Ring
-from hashproxy.spill import SpillMap
 from hashproxy.urls import BadTarget, Route, classify, image_key, normalise_path
 
 KEYS = [f"/photos/u{i % 37}/{100000 + i}_abcdef0123/{('small', 'medium', 'large')[i % 3]}" for i in range(20000)]
@@ -79,8 +78,9 @@ def test_bad_targets_are_refused(raw, status, code):
     ("GET", "/upload", Route.PAGE), ("POST", "/upload", Route.YPFS), ("GET", "/api/photos", Route.YPFS),
     ("DELETE", "/api/photos/1", Route.YPFS), ("GET", "/static/app.css", Route.PAGE),
     ("GET", "/healthz", Route.HEALTH), ("GET", "/metrics", Route.METRICS),
-    ("HEAD", "/photos/a/1_s/small.jpg", Route.IMAGE), ("PURGE", "/photos/a/1_s/small.jpg", Route.PURGE),
-    ("PURGE", "/photos/a/1_s/small", Route.PURGE), ("PURGE", "/photos/a/1_s/", Route.PURGE_PHOTO),
+    ("HEAD", "/photos/a/1_s/small.jpg", Route.IMAGE), ("PURGE", "/photos/a/1_s/small.jpg", Route.YPFS),
+    ("PURGE", "/photos/a/1_s/small", Route.YPFS), ("PURGE", "/photos/a/1_s/", Route.YPFS),
+    ("PURGE", "/photos/", Route.YPFS),
     ("GET", "http://example.com/photos/a/1_s/small.jpg", Route.IMAGE),
 ])
 def test_routes(method, raw, route):
@@ -267,23 +267,6 @@ def test_round_robin_rotates_over_up_nodes():
     nodes = nodeset(3)
     rr = RoundRobinBalancer(nodes)
     assert {rr.choose(KEYS[0])[0] for _ in range(3)} == {0, 1, 2}
-    assert rr.purge_targets(KEYS[0]) == [0, 1, 2]
-
-
-def test_purge_targets_are_first_choices_plus_tracked_spill(tmp_path):
-    nodes = nodeset(4)
-    spill = SpillMap(nodes.names, tmp_path, slots=1 << 12)
-    bal = HashBalancer(nodes, factor=1.25, fanout=2, spill=spill)
-    key = KEYS[5]
-    order = bal.ring.order(key)
-    assert bal.purge_targets(key) == list(order[:2])
-    bal.served(key, order[1])  # within the fan-out: nothing to remember
-    assert bal.purge_targets(key) == list(order[:2])
-    bal.served(key, order[3])  # far spill: remembered
-    assert bal.purge_targets(key) == [*order[:2], order[3]]
-    # the marks live in files: a new proxy process (same directory) still knows
-    again = HashBalancer(nodes, factor=1.25, fanout=2, spill=SpillMap(nodes.names, tmp_path, slots=1 << 12))
-    assert again.purge_targets(key) == [*order[:2], order[3]]
 
 
 def test_bounded_loads_do_not_spill_below_the_minimum_load():
@@ -298,37 +281,3 @@ def test_bounded_loads_do_not_spill_below_the_minimum_load():
     assert bal.choose(hot)[0] != first
 
 
-def _keys_avoiding(spill: SpillMap, slot: int, n: int) -> list[str]:
-    out = (f"/photos/fill/{i}_s/small" for i in range(10**6))
-    return [k for k in out if spill._slot(k) != slot][:n]
-
-
-def test_spill_marks_age_out_after_two_generations_unless_marked_again(tmp_path):
-    spill = SpillMap(["a", "b"], tmp_path, slots=1 << 10, rotate_fill=0.1)  # a generation: ~102 marks
-    old, kept = "/photos/old/1_s/small", "/photos/kept/2_s/small"
-    spill.mark(0, old)
-    spill.mark(0, kept)
-    fillers = _keys_avoiding(spill, spill._slot(old), 400)
-    fillers = [k for k in fillers if spill._slot(k) != spill._slot(kept)]
-    it = iter(fillers)
-    while spill.generation(0) < 1:
-        spill.mark(0, next(it))
-    assert spill.nodes(old) == [0] and spill.nodes(kept) == [0]  # one generation old: still consulted
-    spill.mark(0, kept)  # served there again: marked in the new generation
-    other = SpillMap(["a", "b"], tmp_path, slots=1 << 10, rotate_fill=0.1)  # another worker, same files
-    while other.generation(0) < 2:
-        last = next(it)
-        other.mark(0, last)
-    assert spill.nodes(old) == []  # two generations without a mark: forgotten
-    assert spill.nodes(kept) == [0]
-    assert spill.nodes(last) == [0] and spill.generation(1) == 0  # node b untouched
-
-
-def test_spill_map_keeps_the_marks_of_a_single_generation_file(tmp_path):
-    slots = 1 << 10
-    probe = SpillMap(["a"], None, slots=slots)
-    key = "/photos/legacy/1_s/small"
-    legacy = bytearray(slots)
-    legacy[probe._slot(key)] = 1
-    (tmp_path / "spill-a.bin").write_bytes(bytes(legacy))  # the layout before generations
-    assert SpillMap(["a"], tmp_path, slots=slots).nodes(key) == [0]

@@ -11,10 +11,11 @@ import threading
 import pytest
 
 from cluster import procs
-from magickd.client import RenderClient
 from cluster.purge import Purger
+from magickd.client import RenderClient
 from magickd.rerender import Rerenderer, RerenderJob
-from storage import open_store
+from storage import StorageUnavailable, open_store
+from storage.purgelog import PurgeLog
 from storage.records import profile_version
 
 from .helpers import CORPUS, REPO, Services, cluster_tree, deep_update, seed_photo, write_config
@@ -26,7 +27,7 @@ PHOTOS = ["hopper.jpg", "gps.jpg", "DSCN0010.jpg", "progressive_3.jpg", "canon_h
 
 
 class PurgeRecorder:
-    """A stand-in for hashproxy that records every request it gets."""
+    """A stand-in for the one ypws node, recording the purges pushed to it."""
 
     def __init__(self):
         self.requests: list[tuple[str, str, str]] = []
@@ -58,7 +59,9 @@ def cluster(tmp_path_factory):
     """One node with the default profiles, and a config with `medium` re-tuned for a second node."""
     tmp = tmp_path_factory.mktemp("magickd-admin")
     recorder = PurgeRecorder()
-    tree = cluster_tree(tmp, overrides={"magickd": {"workers": 2}, "cluster": {"public_url": recorder.url}})
+    port = int(recorder.url.rsplit(":", 1)[1])
+    tree = cluster_tree(tmp, overrides={"magickd": {"workers": 2},
+                                        "ypws": {"nodes": [{"name": "ypws1", "host": "127.0.0.1", "port": port}]}})
     cfg, path = write_config(tmp, tree)
     services = Services(tmp)
     start_magickd(services, cfg, path)
@@ -95,6 +98,10 @@ def test_verify_finds_missing_and_broken_and_repair_fixes_them(cluster):
     fixed = _cli(cluster["path"], "verify", "--repair", "--no-progress")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "repaired 2 rendition(s)" in fixed.stdout
+    # caches may hold the broken bytes: the repaired sizes are purged (logged, and pushed)
+    logged = {p for e in PurgeLog(store).read("") for p in e.paths if e.reason == "verify --repair"}
+    assert logged == {recs[0].ref.purge_path("small"), recs[1].ref.purge_path("medium")}
+    assert {p for _, p, _ in cluster["recorder"].requests} >= logged
     assert decode(store.get(missing)).size == (128, 128)  # hopper is 128x128: never upscaled
     assert decode(store.get(broken)).size[0] == 500
     assert _cli(cluster["path"], "verify", "--no-progress").returncode == 0
@@ -149,7 +156,22 @@ def test_rerender_after_sharpening_change_writes_new_version_purges_and_drops_th
         assert store.exists(rec.ref.rendition_key("small", profile_version(cfg.size("small")), "jpeg"))
     token = f"Bearer {cfg.cluster.admin_token}"
     assert sorted(cluster["recorder"].requests) == sorted(
-        ("PURGE", f"{rec.ref.url_path}/medium", token) for rec in recs)
+        ("PURGE", f"{rec.ref.url_path}/medium", token) for rec in recs)  # pushed to the node directly
+    logged = [p for e in PurgeLog(store).read("") if e.reason == "rerender" for p in e.paths]
+    assert sorted(logged) == sorted(rec.ref.purge_path("medium") for rec in recs)  # and committed to the log
+
+
+class Unwritable:
+    """A store whose writes fail as an unreachable S3's would: the purge log cannot commit."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def put(self, *args, **kwargs):
+        raise StorageUnavailable("storage down (test)")
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
 
 
 class InterruptingClient:
@@ -174,14 +196,15 @@ def test_rerender_resumes_where_it_stopped_and_reports_failures(cluster):
     summary = first.run(job, restart=True)
     assert summary.interrupted and summary.rendered == 2
 
-    second = Rerenderer(cfg, store, RenderClient(cfg), Purger(f"http://127.0.0.1:{procs.free_port()}", "t"),
-                        progress=False)
+    unlogged = Purger(PurgeLog(Unwritable(store)), [("ypws1", f"http://127.0.0.1:{procs.free_port()}")], "t")
+    second = Rerenderer(cfg, store, RenderClient(cfg), unlogged, progress=False)
     summary = second.run(job)
     assert not summary.interrupted
     assert summary.seen == len(recs) + 1 - 2  # resumed after the two done photos
     assert list(summary.failures) == [hostile.ref.record_key]
     assert summary.failures[hostile.ref.record_key].startswith("422 undecodable")
-    assert len(summary.purge_failures) == summary.rendered  # proxy unreachable: reported, not fatal
+    assert len(summary.purge_failures) == summary.rendered  # not logged: reported, not fatal
+    assert all("purge not logged" in why for why in summary.purge_failures.values())
 
     third = Rerenderer(cfg, store, RenderClient(cfg), None, progress=False).run(job)
     assert third.seen == 0 and list(third.failures) == [hostile.ref.record_key]  # done; failures kept

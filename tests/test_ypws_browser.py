@@ -47,7 +47,7 @@ def test_upload_through_the_page_then_see_the_thumbnail_in_the_gallery(tmp_path,
     for role in ("magickd", "ypfs", "ypws"):
         node = getattr(cfg, role).nodes[0]
         services.start_module(node.name, role, "serve", "--node", node.name, config_path=path,
-                              health_url=f"{node.url}/healthz", timeout=90)
+                              health_url=f"{node.url}/{'readyz' if role == 'ypws' else 'healthz'}", timeout=90)
     services.start_module("hashproxy", "hashproxy", "serve", config_path=path, health_url=f"{cfg.public_url}/healthz")
     token = subprocess.run([sys.executable, "-m", "ypfs", "--config", str(path), "user", "add", "alice"],
                            capture_output=True, text=True, timeout=60, cwd=REPO, check=True).stdout.strip()

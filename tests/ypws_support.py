@@ -91,5 +91,5 @@ def start_ypws(services: Services, tmp: Path, tree: dict, node: str = "ypws1", n
     tmp.mkdir(parents=True, exist_ok=True)
     cfg, path = write_config(tmp, tree)
     url = cfg.node("ypws", node).url
-    services.start_module(name or node, "ypws", "serve", "--node", node, config_path=path, health_url=f"{url}/healthz")
+    services.start_module(name or node, "ypws", "serve", "--node", node, config_path=path, health_url=f"{url}/readyz")
     return cfg, path

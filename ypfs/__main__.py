@@ -43,7 +43,8 @@ def serve(args: argparse.Namespace) -> int:
 
         notifier = RenderNotifier(RenderClient(cfg), cfg.ypfs.render_retries,
                                   on_outcome=lambda o: metrics.RENDER_REQUESTS.labels(outcome=o).inc())
-        return create_app(cfg, open_store(cfg), node.name, notifier=notifier, purger=Purger.from_config(cfg))
+        store = open_store(cfg)
+        return create_app(cfg, store, node.name, notifier=notifier, purger=Purger.from_config(cfg, store, node.name))
 
     run(load_app, node.bind, cfg.ypfs.workers, timeout=cfg.ypfs.timeout, name=f"ypfs-{node.name}")
     return 0
@@ -108,12 +109,11 @@ def photo(args: argparse.Namespace) -> int:
     except (InvalidName, NotFound):
         print(f"no photo {args.user}/{args.id}", file=sys.stderr)
         return 1
+    purger = Purger.from_config(cfg, store, "ypfs-takedown")
+    entry = purger.log([rec.ref.purge_path()], "takedown")  # first: committed before anything changes
     removed = delete_photo(store, rec)
-    print(f"deleted {rec.owner}/{rec.id} ({removed} objects)")
-    error = Purger.from_config(cfg).purge(rec.ref)
-    if error:
-        print(f"warning: {error}; cached copies live until evicted or purged "
-              f"(PURGE {cfg.public_url}{rec.ref.url_path}/ with the admin token)", file=sys.stderr)
+    report = purger.push(entry)
+    print(f"deleted {rec.owner}/{rec.id} ({removed} objects); cache purge logged, applied on {report['applied']}")
     return 0
 
 

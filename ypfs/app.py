@@ -6,11 +6,13 @@
     DELETE /api/photos/{user}/{id}    the owner deletes the photo: record, original, renditions
     GET  /api/users/{user}/photos     a user's public photos, oldest first (?after=ID&limit=N);
                                       with the owner's token, the private ones too
+    PURGE /photos/...                 an admin's cache purge (admin token), logged and pushed
     GET  /healthz, /metrics
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import threading
 import time
@@ -25,6 +27,7 @@ from cluster.web import fail, json_errors, metrics_body
 from storage import BlobStore, NotFound, StorageError
 from storage.ids import IdGenerator, claim_slot
 from storage.keys import InvalidName, parse_record_key, photo_prefix, valid_photo_id, valid_user
+from storage.purgelog import PurgeEntry, check_paths
 from storage.records import PhotoRecord, UserRecord
 
 from . import metrics
@@ -166,10 +169,19 @@ class PhotoResource:
             raise fail(403, "forbidden", "only the photo's owner may change or delete it")
         return rec
 
-    def _purge(self, rec: PhotoRecord) -> dict:
-        """Tell the cache tier; its failure is reported, not fatal (the store has changed already)."""
-        error = self.purger.purge(rec.ref) if self.purger is not None else "no cache purge configured"
-        return {"purged": error is None, **({"error": error} if error else {})}
+    def _log_purge(self, rec: PhotoRecord, reason: str) -> PurgeEntry | None:
+        """Commit the photo's cache purge before the store changes (503 and nothing changed if
+        it cannot be logged): once logged, every cache node drops the photo."""
+        if self.purger is None:
+            return None
+        try:
+            return self.purger.log([rec.ref.purge_path()], reason)
+        except StorageError as exc:
+            raise fail(503, "storage_unavailable", f"nothing was changed: the cache purge could not be logged ({exc})",
+                       {"Retry-After": "5"}) from None
+
+    def _push(self, entry: PurgeEntry | None) -> dict:
+        return self.purger.push(entry) if entry is not None else {"logged": False, "status": "no cache purge configured"}
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user: str, photo_id: str) -> None:
         rec = self._load(user, photo_id)
@@ -187,22 +199,25 @@ class PhotoResource:
             raise fail(413, "too_large", f"an edit is at most {MAX_EDIT_BYTES} bytes of JSON")
         try:
             changes = PhotoChanges.from_json(req.get_media(), self.cfg.limits.max_title_chars)
-            rec = apply_changes(self.store, rec, changes)
         except BadChanges as exc:
             raise fail(400, "bad_changes", str(exc)) from None
+        entry = self._log_purge(rec, "privacy change") if changes.touches_cache else None
+        try:
+            rec = apply_changes(self.store, rec, changes)
         except StorageError as exc:
             raise fail(503, "storage_unavailable", f"the change was not stored: {exc}", {"Retry-After": "5"}) from None
-        resp.media = {**photo_view(self.cfg, rec), **({"cache": self._purge(rec)} if changes.touches_cache else {})}
+        resp.media = {**photo_view(self.cfg, rec), **({"cache": self._push(entry)} if changes.touches_cache else {})}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, user: str, photo_id: str) -> None:
         rec = self._owned(req, user, photo_id)
+        entry = self._log_purge(rec, "delete")
         try:
             removed = delete_photo(self.store, rec)
         except StorageError as exc:
             raise fail(503, "storage_unavailable", f"the photo was not (fully) deleted: {exc}; retry",
                        {"Retry-After": "5"}) from None
         metrics.DELETES.inc()
-        resp.media = {"deleted": rec.id, "owner": rec.owner, "objects_removed": removed, "cache": self._purge(rec)}
+        resp.media = {"deleted": rec.id, "owner": rec.owner, "objects_removed": removed, "cache": self._push(entry)}
 
 
 class UserPhotosResource:
@@ -235,6 +250,40 @@ class UserPhotosResource:
             if len(photos) >= limit:
                 break
         resp.media = {"user": user, "photos": photos}
+
+
+class PurgeSink:
+    """``PURGE /photos/...`` (fronts forward it here): an admin's purge, committed to the purge
+    log and pushed to every cache node. Only with the admin token; the answer says whether it
+    is only logged or already applied on every node.
+
+        PURGE /photos/{user}/{id}_{secret}/            every size and format of a photo
+        PURGE /photos/{user}/{id}_{secret}/{size}      every format of one size
+        PURGE /photos/{user}/{id}_{secret}/{size}.ext  one URL
+        PURGE /photos/                                 every cached image on every node
+    """
+
+    def __init__(self, admin_token: str, purger: Purger | None):
+        self.token = admin_token
+        self.purger = purger
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
+        if req.method != "PURGE":
+            raise fail(404, "not_found", "images are served by the cache nodes, not by ypfs")
+        given = (req.get_header("Authorization") or "").encode()
+        if not (self.token and hmac.compare_digest(given, f"Bearer {self.token}".encode())):
+            raise fail(401, "unauthorized", "PURGE needs 'Authorization: Bearer <admin token>'",
+                       {"WWW-Authenticate": "Bearer"})
+        if self.purger is None:
+            raise fail(503, "no_purger", "this ypfs node has no cache purge configured")
+        try:
+            paths = check_paths([req.path])
+        except ValueError as exc:
+            raise fail(400, "bad_purge", str(exc)) from None
+        try:
+            resp.media = {"purged": req.path, **self.purger.purge(paths, "admin")}
+        except StorageError as exc:
+            raise fail(503, "storage_unavailable", f"the purge was not logged: {exc}", {"Retry-After": "5"}) from None
 
 
 class HealthResource:
@@ -283,6 +332,7 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
     app.add_route("/upload", UploadResource(cfg, Ingestor(cfg, store, next_id), auth, work_dir / "spool", after_store))
     app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(cfg, store, auth, purger))
     app.add_route("/api/users/{user}/photos", UserPhotosResource(cfg, store, auth))
+    app.add_sink(PurgeSink(cfg.cluster.admin_token, purger), "/photos/")
     app.add_route("/healthz", HealthResource(node, store))
     app.add_route("/metrics", MetricsResource())
     return app

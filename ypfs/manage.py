@@ -7,9 +7,18 @@ more. The original, every rendition and the duplicate entry go next; a crash in
 between leaves only objects nothing can reach, never a photo half there, and a
 retried DELETE finds nothing to do (404).
 
-The cache tier is told afterwards by the HTTP layer (one PURGE of the whole photo
-through hashproxy): ypws keeps each cached entry's private flag, so a photo made
-private, or deleted, must not go on being served from a cache.
+The cache tier is told by the HTTP layer, which commits a purge of the whole
+photo to the purge log before calling these (cluster/purge.py): ypws keeps each
+cached entry's private flag, so a photo made private, or deleted, must not go on
+being served from a cache.
+
+Making a photo private also gives it a new secret. Every URL of it handed out so
+far then names nothing (404 at the origin), so copies that outer caches keep for
+a year (versioned URLs are ``immutable``) and links shared while it was public
+stop working; a CDN needs no purge to stop serving it for us. The objects are
+copied to the new keys first, the record (the commit point) names the new
+secret next, and the old keys go last; a crash in between leaves only objects
+no record reaches, which ``ypfs gc`` removes.
 """
 
 from __future__ import annotations
@@ -17,10 +26,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from storage import BlobStore, NotFound
-from storage.keys import InvalidName, dedupe_key
+from storage.ids import new_secret
+from storage.keys import CONTENT_TYPES, FORMAT_BY_EXT, InvalidName, PhotoRef, dedupe_key
 from storage.records import PhotoRecord
 
 
@@ -61,13 +71,44 @@ class PhotoChanges:
         return cls(title, body.get("private"), body.get("original_public"))
 
 
-def apply_changes(store: BlobStore, rec: PhotoRecord, changes: PhotoChanges) -> PhotoRecord:
-    """The record with ``changes`` applied, written back (one PUT: all or nothing)."""
+def apply_changes(store: BlobStore, rec: PhotoRecord, changes: PhotoChanges,
+                  make_secret: Callable[[], str] = new_secret) -> PhotoRecord:
+    """The record with ``changes`` applied, written back (one PUT: all or nothing); a photo
+    made private moves to a new secret."""
     updates = {k: v for k, v in dataclasses.asdict(changes).items() if v is not None}
     new = dataclasses.replace(rec, **updates)
-    if new != rec:
+    if new == rec:
+        return rec
+    if new.private and not rec.private:
+        new = dataclasses.replace(new, secret=make_secret())
+        old_keys = _copy_objects(store, rec.ref, new.ref, CONTENT_TYPES.get(rec.format, "application/octet-stream"))
         new.save(store)
+        for key in old_keys:
+            store.delete(key)
+        return new
+    new.save(store)
     return new
+
+
+def _copy_objects(store: BlobStore, old: PhotoRef, new: PhotoRef, original_type: str) -> list[str]:
+    """Copy the original and every rendition to ``new``'s keys; the old keys, to delete later."""
+    pairs = [(old.original_key, new.original_key, original_type)]
+    for key in store.list(old.rendition_prefix):
+        fmt = FORMAT_BY_EXT.get(key.rsplit(".", 1)[-1], "")
+        pairs.append((key, new.rendition_prefix + key[len(old.rendition_prefix):],
+                      CONTENT_TYPES.get(fmt, "application/octet-stream")))
+    copied = []
+    for src, dst, content_type in pairs:
+        try:
+            stream = store.open(src)
+        except NotFound:
+            continue  # a rendition not made yet (or an original already gone): nothing to move
+        try:
+            store.put(dst, stream, content_type)
+        finally:
+            stream.close()
+        copied.append(src)
+    return copied
 
 
 def delete_photo(store: BlobStore, rec: PhotoRecord) -> int:

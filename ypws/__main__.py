@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import sys
 
 from cluster.config import ConfigError, load
@@ -19,8 +21,9 @@ def serve(args: argparse.Namespace) -> int:
     node = cfg.node("ypws", args.node)
     from cluster.web import serve as run
 
-    from .app import get_app, open_cache
+    from .app import BOOT_ENV, get_app, open_cache
 
+    os.environ[BOOT_ENV] = secrets.token_hex(8)  # this run: the workers' caches are trusted once it applied the purge log
     cache = open_cache(cfg, node.name)  # once, in the master, before any worker forks
     report = cache.recover()
     cache.close()

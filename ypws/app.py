@@ -3,11 +3,11 @@
     GET|HEAD /photos/{user}/{id}_{secret}/{size}.{ext}    a rendition (or original.{ext})
     PURGE    /photos/{user}/{id}_{secret}/{size}[.{ext}]  drop cached entries (admin token)
     PURGE    /photos/{user}/{id}_{secret}/                 drop every cached entry of the photo
-    PURGE    /photos/                                      drop every cached entry (hashproxy's replay)
+    PURGE    /photos/                                      drop every cached entry (admin flush)
     GET      /u/{user}[?before={id}]                      gallery, newest first, a page at a time
     GET      /p/{user}/{id}                               photo page
     GET      /upload                                      upload page (the POST goes to ypfs)
-    GET      /healthz, /metrics
+    GET      /healthz (alive), /readyz (purge log applied, storage reachable), /metrics
 
 Cache hits normally never reach falcon: the worker (``ypws.worker``) answers them
 on its event loop through the same ``ImageService``; this app serves the misses,
@@ -18,6 +18,7 @@ WSGI server (tests use falcon's TestClient).
 from __future__ import annotations
 
 import hmac
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from cluster.config import Config
 from cluster.web import fail, json_errors
 from storage import BlobStore, NotFound, StorageError
 from storage.keys import InvalidName, PhotoRef, parse_photo_segment, valid_photo_id, valid_user
+from storage.purgelog import PurgeLog
 from storage.records import PhotoRecord, UserRecord
 
 from . import pages
@@ -38,9 +40,11 @@ from .diskcache import DiskCache
 from .images import ImageRequest, ImageService, Reply
 from .listing import newest_record_keys
 from .metrics import exposition
+from .purgeapply import PurgeApplier, SyncGate
 from .urls import BadPath, NoSuchImage, check_path, parse_image_path
 
 GALLERY_LIMIT = 100
+BOOT_ENV = "YPWS_BOOT"  # one id per `ypws serve` run, shared by its workers (see purgeapply.SyncGate)
 
 
 class Router(falcon.routing.CompiledRouter):
@@ -135,11 +139,7 @@ class PhotoResource:
 
 
 class PurgeAllResource:
-    """``/photos/``: PURGE empties this node's whole cache.
-
-    hashproxy sends it when a node was down for more purges than its pending-purge
-    journal holds: one flush on rejoin instead of the paths it could not keep.
-    """
+    """``/photos/``: PURGE empties this node's whole cache (an admin's flush, pushed to every node)."""
 
     def __init__(self, service: ImageService, admin_token: str):
         self.service = service
@@ -170,6 +170,24 @@ class HealthResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok", "node": self.node}
         resp.set_header("Cache-Control", "no-store")
+
+
+class ReadyResource:
+    """``/readyz``: 200 once this node applied the purge log since it started, and while its
+    passes keep completing (each lists the store, so storage is reachable too); 503 otherwise.
+    Anyone may call it: it says nothing but that. Without an applier (in-process tests) always ready."""
+
+    def __init__(self, gate, node: str):
+        self.gate = gate
+        self.node = node
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ok, why = self.gate.ready() if self.gate is not None else (True, "no purge log applier")
+        resp.set_header("Cache-Control", "no-store")
+        resp.media = {"status": "ready" if ok else "not_ready", "node": self.node, "reason": why}
+        if not ok:
+            resp.status = falcon.HTTP_503
+            resp.set_header("Retry-After", "1")
 
 
 class MetricsResource:
@@ -263,6 +281,7 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, rende
     app.add_route("/p/{user}/{photo_id}", PhotoPageResource(cfg, store))
     app.add_route("/upload", UploadPageResource(cfg.ypws.upload_url))
     app.add_route("/healthz", HealthResource(node))
+    app.add_route("/readyz", ReadyResource(service.gate, node))
     app.add_route("/metrics", MetricsResource(cache, node))
     return app
 
@@ -297,5 +316,10 @@ def get_app(cfg: Config, node: str) -> NodeApp:
 
     store, cache = open_store(cfg), open_cache(cfg, node)
     service = ImageService(cfg, node, store, cache, RenderClient(cfg))
+    boot = os.environ.get(BOOT_ENV) or f"ppid-{os.getppid()}"  # `ypws serve` sets one per run
+    p = cfg.purge
+    service.gate = SyncGate(cache.root, boot, p.poll_interval)
+    PurgeApplier(PurgeLog(store, p.settle), service, cache.root, boot, interval=p.poll_interval,
+                 retention=p.retention).start()
     access_log = AccessLog(cfg.ypws.access_log, node)
     return NodeApp(create_app(cfg, node, store, cache, service=service), service, cache, access_log)

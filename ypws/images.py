@@ -140,6 +140,7 @@ class ImageService:
         self.cache = cache
         self.renderer = renderer
         self.clock = clock
+        self.gate = None  # ypws.purgeapply.SyncGate: no cache hit before the purge log is applied
         self.url_key = cfg.cluster.url_key
         self.max_ttl = y.signed_url_max_ttl
         self.max_age = y.max_age
@@ -159,6 +160,9 @@ class ImageService:
 
     # -- entry point -----------------------------------------------------------------------
     def respond(self, req: ImageRequest, fast: bool = False) -> Reply | None:
+        if self.gate is not None and not self.gate.trusted():
+            return self.error(503, "warming_up", "this node has not yet applied the purge log since it started",
+                              [("Retry-After", "1")])
         try:
             return self._respond(req, fast)
         except NoSuchImage:

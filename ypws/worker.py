@@ -425,11 +425,18 @@ class YpwsWorker(base.Worker):
     def init_signals(self) -> None:
         for s in self.SIGNALS:
             signal.signal(s, signal.SIG_DFL)
-        self.loop.add_signal_handler(signal.SIGTERM, self._stop)
-        self.loop.add_signal_handler(signal.SIGINT, self._stop)
-        self.loop.add_signal_handler(signal.SIGQUIT, self._stop)
-        self.loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
+        # plain handlers while the app loads: uvloop drops a signal that comes before its loop
+        # runs, and a stop sent to a booting worker would wait for the master's SIGKILL
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(s, lambda signum, frame: self._stop())
+        signal.signal(signal.SIGUSR1, lambda signum, frame: self.log.reopen_files())
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)
+
+    def _loop_signals(self) -> None:
+        """The loop's own handlers, installed once it runs."""
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            self.loop.add_signal_handler(s, self._stop)
+        self.loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
 
     def _stop(self) -> None:
         self.alive = False
@@ -456,6 +463,7 @@ class YpwsWorker(base.Worker):
             self.loop.close()
 
     async def _serve(self) -> None:
+        self._loop_signals()
         for sock in self.sockets:
             server = await self.loop.create_server(lambda: HttpProtocol(self), sock=sock.sock, backlog=self.cfg.backlog)
             self.servers.append(server)
