@@ -161,8 +161,14 @@ def test_shared_index_makes_exactly_the_policys_moves(tmp_path, policy):
     assert hits_ref == hits_idx and len(hits_ref) > 500
     assert sorted(index.keys()) == sorted(ref)
     assert index.totals()[0] == ref.currsize <= 60_000
+    with sqlite3.connect(index.path) as db:
+        credits = dict(db.execute("SELECT key, freq FROM entries").fetchall())
     if isinstance(ref, S3FIFOCache):
         assert index.segment_bytes() == [ref.small_bytes, ref.main_bytes]
+        assert credits == ref.freq
+    elif isinstance(ref, SieveCache):
+        assert index.segment_bytes() == [ref.currsize]
+        assert credits == {k: int(v) for k, v in ref.visited.items()}
     else:
         assert index.segment_bytes() == ref.seg_bytes
     index.close()
@@ -265,7 +271,7 @@ def test_config_accepts_exactly_the_policies_the_index_runs():
         tree = load_dict()
         tree["ypws"]["cache_policy"] = name
         assert from_dict(tree).ypws.cache_policy == name
-    for bad in ("sieve", "S4LRU", "arc", ""):
+    for bad in ("s4lru+adaptsize", "S4LRU", "arc", ""):
         tree = load_dict()
         tree["ypws"]["cache_policy"] = bad
         with pytest.raises(ConfigError, match="ypws.cache_policy"):

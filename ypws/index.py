@@ -8,6 +8,8 @@ entry has a queue (``seg``), a ``tick`` (larger is nearer the head; a global tic
 counter orders every move) and, for S3-FIFO, a hit credit count (``freq``).
 
 * ``SegmentedIndex``: segmented LRU ("lru", "s2lru", "s4lru").
+* ``SieveIndex``: SIEVE (``freq`` is the visited bit, the hand's place is a tick in
+  ``meta``), with optional AdaptSize admission ("sieve+adaptsize").
 * ``S3FIFOIndex``: S3-FIFO (``seg`` 0 is the small FIFO, 1 the main one; the ghost
   FIFO is its own table), with optional AdaptSize admission ("s3fifo+adaptsize").
 
@@ -26,7 +28,7 @@ from typing import Iterable
 from .policies import ADAPTSIZE_C, S3FIFO_MAX_FREQ, S3FIFO_SMALL, SEGMENTS, adaptsize_admits, split_policy
 
 #: the policies the shared index runs (``ypws.cache_policy``; cluster.config.CACHE_POLICIES)
-INDEX_POLICIES = (*SEGMENTS, "s3fifo", "s3fifo+adaptsize")
+INDEX_POLICIES = (*SEGMENTS, "sieve", "sieve+adaptsize", "s3fifo", "s3fifo+adaptsize")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -50,6 +52,8 @@ def open_index(path: str | os.PathLike, max_bytes: int, policy: str, busy_timeou
     eviction, adaptsize = split_policy(policy)
     if eviction in SEGMENTS:
         return SegmentedIndex(path, max_bytes, SEGMENTS[eviction], busy_timeout)
+    if eviction == "sieve":
+        return SieveIndex(path, max_bytes, adaptsize, busy_timeout)
     return S3FIFOIndex(path, max_bytes, adaptsize, busy_timeout)
 
 
@@ -122,6 +126,11 @@ class Index:
     def _balance(self, db: sqlite3.Connection, seg_bytes: list[int]) -> list[str]:
         """Evict (and move) until the bounds hold; return the evicted keys."""
         raise NotImplementedError
+
+    def _admits(self, db: sqlite3.Connection, key: str, size: int) -> bool:
+        """AdaptSize's decision (when on), drawn as the in-memory policy draws it."""
+        c = getattr(self, "adaptsize_c", None)
+        return c is None or adaptsize_admits(key, size, self._next(db, "decisions"), c)
 
     # Per-queue byte totals are kept in ``meta`` (bytes0, bytes1, ...) and loaded into a
     # list for the length of one transaction, so no move has to sum a queue.
@@ -315,6 +324,68 @@ class SegmentedIndex(Index):
         return evicted
 
 
+class SieveIndex(Index):
+    """SIEVE, optionally behind AdaptSize admission: the moves of ``ypws.policies.SieveCache``.
+
+    Entries are in insertion order (``tick``); the hand is the tick of the last entry it
+    looked at (0: start from the oldest). A hit sets the visited bit, so batches are exact.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_bytes: int, adaptsize: bool = False, busy_timeout: float = 30.0):
+        super().__init__(path, max_bytes, busy_timeout)
+        self.adaptsize_c = ADAPTSIZE_C * max_bytes if adaptsize else None
+
+    def insert(self, key: str, size: int) -> list[str] | None:
+        if size > self.max_bytes:
+            raise ValueError("entry larger than the cache")
+        return self._write(self._insert, key, size)
+
+    def _insert(self, db: sqlite3.Connection, key: str, size: int) -> list[str] | None:
+        seg_bytes = self._load_bytes(db)
+        old = db.execute("DELETE FROM entries WHERE key = ? RETURNING size, seg", (key,)).fetchone()
+        if old:
+            self._removed(seg_bytes, old[0], old[1])
+        if not self._admits(db, key, size):
+            self._store_bytes(db, seg_bytes)
+            return None
+        evicted = self._evict_until(db, seg_bytes, self.max_bytes - size)
+        db.execute("INSERT INTO entries (key, size, seg, tick, freq) VALUES (?, ?, 0, ?, 0)", (key, size, self._next_tick(db)))
+        seg_bytes[0] += size
+        self._store_bytes(db, seg_bytes)
+        return evicted
+
+    def _hits_batched(self, db: sqlite3.Connection, keys: list[str]) -> list[str]:
+        db.executemany("UPDATE entries SET freq = 1 WHERE key = ?", [(key,) for key in set(keys)])
+        return []
+
+    def _balance(self, db: sqlite3.Connection, seg_bytes: list[int]) -> list[str]:
+        return self._evict_until(db, seg_bytes, self.max_bytes)
+
+    def _evict_until(self, db: sqlite3.Connection, seg_bytes: list[int], limit: int) -> list[str]:
+        evicted = []
+        if seg_bytes[0] <= limit:
+            return evicted
+        row = db.execute("SELECT value FROM meta WHERE name = 'hand'").fetchone()
+        hand = row[0] if row else 0
+        while seg_bytes[0] > limit:
+            row = db.execute("SELECT key, size, freq, tick FROM entries WHERE seg = 0 AND tick > ? ORDER BY tick LIMIT 1",
+                             (hand,)).fetchone()
+            if row is None:  # past the newest: back to the oldest
+                if hand == 0:
+                    raise RuntimeError("cache index: byte total without entries")
+                hand = 0
+                continue
+            key, size, visited, hand = row
+            if visited:
+                db.execute("UPDATE entries SET freq = 0 WHERE key = ?", (key,))
+                continue
+            db.execute("DELETE FROM entries WHERE key = ?", (key,))
+            seg_bytes[0] -= size
+            evicted.append(key)
+        db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('hand', ?)", (hand,))
+        return evicted
+
+
 class S3FIFOIndex(Index):
     """S3-FIFO, optionally behind AdaptSize admission: the moves of ``ypws.policies.S3FIFOCache``.
 
@@ -341,7 +412,7 @@ class S3FIFOIndex(Index):
         old = db.execute("DELETE FROM entries WHERE key = ? RETURNING size, seg", (key,)).fetchone()
         if old:
             self._removed(seg_bytes, old[0], old[1])
-        if self.adaptsize_c is not None and not adaptsize_admits(key, size, self._next(db, "decisions"), self.adaptsize_c):
+        if not self._admits(db, key, size):
             self._store_bytes(db, seg_bytes)
             return None
         evicted = self._evict_until(db, seg_bytes, self.max_bytes - size)
