@@ -23,10 +23,10 @@ Eviction:
   first item whose bit is clear.
 * S3-FIFO (Yang et al., SOSP 2023): a small FIFO (10% of the bytes) that new items
   enter, a main FIFO, and a ghost FIFO of recently dropped keys (as many as the
-  cache holds entries). An item leaving
-  the small FIFO moves to main if it was hit there, else it is dropped and its key
-  remembered; a miss on a remembered key goes straight to main. Main re-inserts an
-  item that was hit (spending one of at most 3 credits) instead of evicting it.
+  cache holds entries). An item leaving the small FIFO moves to main if it was hit
+  there, else it is dropped and its key remembered; a miss on a remembered key goes
+  straight to main. Main re-inserts an item that was hit (spending one of at most 3
+  credits) instead of evicting it.
 
 Admission (``+adaptsize``): AdaptSize (Berger et al., NSDI 2017) admits a missed
 object of ``size`` bytes with probability ``exp(-size / c)``, so small renditions
