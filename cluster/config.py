@@ -193,6 +193,7 @@ class YpwsSection:
     timeout: int = 60
     access_log: str = "stderr"
     upload_url: str = ""
+    cache_retry_seconds: float = 5.0
     nodes: tuple[NodeConfig, ...] = ()
 
 
@@ -368,6 +369,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("ypws.hotlink_action: '403' or 'placeholder'")
     if cfg.ypws.cache_policy not in CACHE_POLICIES:
         raise ConfigError(f"ypws.cache_policy: one of {', '.join(CACHE_POLICIES)}, not {cfg.ypws.cache_policy!r}")
+    if not 0 < cfg.ypws.cache_retry_seconds <= 3600:
+        raise ConfigError("ypws.cache_retry_seconds: must be above 0 and at most 3600 seconds")
     cfg.purge.validate()
     if cfg.limits.max_upload_bytes <= 0 or cfg.limits.max_pixels <= 0:
         raise ConfigError("limits: max_upload_bytes and max_pixels must be positive")

@@ -8,6 +8,7 @@ from validated names, so no request can reach outside its own prefix.
     originals/{user}/{photo_id}_{secret}                original bytes, as uploaded
     renditions/{user}/{photo_id}_{secret}/{size}.{version}.{ext}
     dedupe/{user}/{sha256}.json                         same user + same bytes -> photo
+    timeline/{photo_id}_{user}                          every public photo, in time order (home page)
     purgelog/{minute}/{ms}-{tag}.json                   one cache purge (storage/purgelog.py)
 
 The secret is part of the original and rendition keys, so a public URL maps
@@ -126,6 +127,27 @@ class PhotoRef:
 
     def size_url_path(self, size: str, fmt: str) -> str:
         return f"{self.url_path}/{valid_size(size)}.{EXTENSIONS[fmt]}"
+
+
+def timeline_prefix() -> str:
+    return "timeline/"
+
+
+def timeline_key(photo_id: str, user: str) -> str:
+    """The site-wide, time-ordered entry of a public photo: the key says it all (the body is empty),
+    so one listing gives a page of the newest photos of every user."""
+    return f"timeline/{valid_photo_id(photo_id)}_{valid_user(user)}"
+
+
+def parse_timeline_key(key: str) -> tuple[str, str]:
+    """(photo_id, user) of a ``timeline/`` key; InvalidName otherwise."""
+    parts = key.split("/")
+    if len(parts) != 2 or parts[0] != "timeline":
+        raise InvalidName(f"not a timeline key: {key!r}"[:120])
+    photo_id, sep, user = parts[1].partition("_")
+    if not sep:
+        raise InvalidName(f"not a timeline key: {key!r}"[:120])
+    return valid_photo_id(photo_id), valid_user(user)
 
 
 def record_key(user: str, photo_id: str) -> str:

@@ -63,6 +63,7 @@ class PhotoRecord:
     title: str = ""
     taken_at: str | None = None  # EXIF DateTimeOriginal, "YYYY-MM-DDTHH:MM:SS"
     camera: str | None = None    # EXIF Make + Model
+    exposure: str | None = None  # EXIF shutter, aperture, ISO, focal length ("1/125 s · f/2.8 · ISO 100 · 35 mm")
     pages: int = 1               # frames of an animation / pages of a TIFF
     private: bool = False        # served only through signed URLs
     original_public: bool = True  # the owner lets anyone fetch the original

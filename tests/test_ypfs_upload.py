@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 
 from cluster import procs
 from storage import open_store
-from storage.keys import dedupe_key, record_key
+from storage.keys import dedupe_key, record_key, timeline_key
 from storage.purgelog import PurgeLog
 from storage.records import PhotoRecord
 
@@ -446,8 +446,9 @@ def test_the_owner_deletes_a_photo_and_every_object_of_it_goes(ypfs):
     ref = rec.ref
     for key in (ref.rendition_key("small", "0123abcd", "jpeg"), ref.rendition_key("medium", "0123abcd", "webp")):
         ypfs.store.put(key, b"rendition")  # what magickd would have written
-    keys = [ref.record_key, ref.original_key, dedupe_key("gina", rec.sha256), *ypfs.store.list(ref.rendition_prefix)]
-    assert len(keys) == 5 and all(ypfs.store.exists(k) for k in keys)
+    keys = [ref.record_key, ref.original_key, dedupe_key("gina", rec.sha256), timeline_key(rec.id, "gina"),
+            *ypfs.store.list(ref.rendition_prefix)]
+    assert len(keys) == 6 and all(ypfs.store.exists(k) for k in keys)
     url = f"{ypfs.url}/api/photos/gina/{rec.id}"
     assert requests.delete(url, timeout=10).status_code == 401
     assert requests.delete(url, headers=_as(ypfs, "stranger"), timeout=10).status_code == 403
@@ -455,7 +456,7 @@ def test_the_owner_deletes_a_photo_and_every_object_of_it_goes(ypfs):
 
     r = requests.delete(url, headers=_as(ypfs, "gina"), timeout=10)
     assert r.status_code == 200, r.text
-    assert r.json()["deleted"] == rec.id and r.json()["objects_removed"] == 5
+    assert r.json()["deleted"] == rec.id and r.json()["objects_removed"] == 6
     assert r.json()["cache"]["logged"] is True
     assert ref.purge_path() in [p for e in PurgeLog(ypfs.store).read("") for p in e.paths]
     assert [k for k in keys if ypfs.store.exists(k)] == []

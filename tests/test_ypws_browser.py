@@ -52,16 +52,39 @@ def test_upload_through_the_page_then_see_the_thumbnail_in_the_gallery(tmp_path,
     token = subprocess.run([sys.executable, "-m", "ypfs", "--config", str(path), "user", "add", "alice"],
                            capture_output=True, text=True, timeout=60, cwd=REPO, check=True).stdout.strip()
 
-    page = browser.new_page()
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
     page.set_default_timeout(60_000)
     page.goto(f"{cfg.public_url}/upload")
     page.fill("#token", token)
-    page.set_input_files("#photo", str(CORPUS / "formats" / "DSCN0010.jpg"))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo at all\n")
+    # several files at once; one is refused, which costs the others nothing
+    page.set_input_files("#photo", [str(CORPUS / "formats" / "DSCN0010.jpg"),
+                                    str(CORPUS / "formats" / "canon_hdr_NO.jpg"), str(notes)])
     page.fill("#title", "From the browser")
     page.click("#submit")
-    page.wait_for_selector("#uploaded")
-    photo_id = page.get_attribute("#uploaded", "data-photo")
-    assert photo_id and photo_id.isdigit()
+    page.wait_for_function("() => document.querySelectorAll('#files li.done, #files li.failed').length === 3")
+    rows = page.eval_on_selector_all("#files li", "ls => ls.map(l => [l.className, l.dataset.photo || '', "
+                                                  "l.querySelector('.name').textContent, "
+                                                  "l.querySelector('.msg').textContent, l.querySelector('progress').value "
+                                                  "=== l.querySelector('progress').max])")
+    by_name = {name: (cls, photo, msg, full) for cls, photo, name, msg, full in rows}
+    assert by_name["notes.txt"][0] == "file failed" and "not an image" in by_name["notes.txt"][2]
+    photo_id, canon_id = by_name["DSCN0010.jpg"][1], by_name["canon_hdr_NO.jpg"][1]
+    assert by_name["DSCN0010.jpg"][0] == "file done" and photo_id.isdigit() and canon_id.isdigit()
+    assert all(full for *_, full in by_name.values())  # every progress bar ran to its end
+    page.wait_for_function("() => [...document.querySelectorAll('#files li.done img')].every("
+                           "i => i.complete && i.naturalWidth > 0)")  # each thumbnail appears
+
+    # the token is remembered (no cookie): the next visit does not ask, and a re-upload says so
+    page.goto(f"{cfg.public_url}/upload")
+    assert page.is_hidden("#token-row") and page.inner_text("#who-name") == "alice"
+    assert page.context.cookies() == []
+    page.set_input_files("#photo", str(CORPUS / "formats" / "DSCN0010.jpg"))
+    page.click("#submit")
+    page.wait_for_selector("#files li.duplicate")
+    assert "you already uploaded this" in page.inner_text("#files li.duplicate .msg")
+    assert page.get_attribute("#files li.duplicate a", "href") == f"/p/alice/{photo_id}"
 
     page.click("#gallery-link")
     page.wait_for_url(f"{cfg.public_url}/u/alice")
@@ -88,4 +111,23 @@ def test_upload_through_the_page_then_see_the_thumbnail_in_the_gallery(tmp_path,
     page.click(f'a[href="/p/alice/{photo_id}"]')
     page.wait_for_selector("figure img")
     assert page.inner_text("h1") == "From the browser"
+
+    # a tall photo fits the window (1536x2048 in a 1280x720 one), its facts show, never its location,
+    # and its owner (this browser's token) gets the edit and delete actions
+    page.goto(f"{cfg.public_url}/p/alice/{canon_id}")
+    page.wait_for_function("() => { const i = document.querySelector('img.photo'); "
+                           "return i && i.complete && i.naturalWidth > 0; }")
+    box = page.eval_on_selector("img.photo", "i => { const r = i.getBoundingClientRect(); "
+                                             "return [r.width, r.height, i.currentSrc]; }")
+    assert box[0] <= 1280 and box[1] <= 0.85 * 720 + 1, box
+    assert "/xlarge." not in box[2]  # no more pixels fetched than shown
+    facts = page.inner_text("dl.facts")
+    assert "Canon PowerShot SX60 HS" in facts and "1/60 s" in facts and "ISO 800" in facts
+    assert "gps" not in page.content().lower()
+    assert page.is_visible("#owner-actions")
+    page.fill("#edit-title", "Renamed in the browser")
+    page.click("#save-title")
+    page.wait_for_function("() => document.querySelector('h1').textContent === 'Renamed in the browser'")
+    assert requests.get(f"{cfg.public_url}/api/photos/alice/{canon_id}", timeout=30).json()["title"] == \
+        "Renamed in the browser"
     page.close()

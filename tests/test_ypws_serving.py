@@ -465,6 +465,6 @@ def test_the_gallery_pages_newest_first_and_skips_private_photos(world):
         older = re.search(r'id="older" href="([^"]+)"', r.text)
         url = f"{world.url}{older.group(1)}" if older else None
     assert pages_seen == 3 and shown == expected
-    assert requests.get(f"{world.url}/u/pager?before=notanid", timeout=10).status_code == 404
+    assert requests.get(f"{world.url}/u/pager?before=notanid", timeout=10).status_code == 400
     last = requests.get(f"{world.url}/u/pager?before={ids[0]}", timeout=10)
     assert last.status_code == 200 and "No older photos." in last.text

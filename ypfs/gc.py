@@ -3,7 +3,8 @@
 A photo's record is its commit point: ypfs stores the original first and the record
 last, and a delete removes the record first. So an original or a rendition whose
 record is missing (or names another secret), and a duplicate entry naming a photo
-that is gone, are garbage that nothing serves: an upload killed between its two
+that is gone, and a home-page (timeline) entry of a photo that is gone or private, are
+garbage that nothing serves: an upload killed between its two
 writes, a delete cut short by a storage error, a render that finished after its
 photo was deleted. Garbage is removed only once it is older than ``grace``: an upload
 in flight has stored its original but not yet its record, and must not lose it.
@@ -18,10 +19,10 @@ from functools import lru_cache
 from typing import Callable, Iterator
 
 from storage import BlobStore, NotFound
-from storage.keys import InvalidName, photo_of_key, record_key
+from storage.keys import InvalidName, parse_timeline_key, photo_of_key, record_key
 from storage.records import PhotoRecord
 
-PREFIXES = ("originals/", "renditions/", "dedupe/")
+PREFIXES = ("originals/", "renditions/", "dedupe/", "timeline/")
 
 
 @dataclass
@@ -77,6 +78,14 @@ def _record_secrets(store: BlobStore) -> Callable[[str, str], str | None]:
 
 
 def _is_garbage(store: BlobStore, key: str, secret_of: Callable[[str, str], str | None]) -> bool:
+    if key.startswith("timeline/"):  # a home-page entry of a photo that is gone or private now
+        try:
+            photo_id, user = parse_timeline_key(key)
+            return PhotoRecord.load(store, user, photo_id).private
+        except NotFound:
+            return True
+        except (InvalidName, ValueError, TypeError):
+            return False  # not ours to judge
     if key.startswith("dedupe/"):
         parts = key.split("/")
         try:

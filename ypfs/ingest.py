@@ -24,7 +24,7 @@ from typing import Callable
 from cluster.config import Config
 from storage import BlobStore, NotFound
 from storage.ids import new_secret
-from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key
+from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key, timeline_key
 from storage.records import PhotoRecord, original_url, rendition_url
 
 from .pool import background
@@ -72,16 +72,20 @@ class Ingestor:
         rec = PhotoRecord(
             id=ref.photo_id, owner=user, secret=ref.secret, format=fmt, width=info.width, height=info.height,
             bytes=spool.size, sha256=spool.sha256, uploaded_at=self.clock(), title=meta.title,
-            taken_at=info.taken_at, camera=info.camera, pages=info.pages, private=meta.private,
+            taken_at=info.taken_at, camera=info.camera, exposure=info.exposure, pages=info.pages, private=meta.private,
             original_public=allow_originals,
         )
-        # The dedupe entry is written beside the record: one whose record is missing
-        # reads as "no duplicate" (see _existing). Last writer wins if the same bytes
-        # race in twice; both photos stay valid.
+        # The dedupe and timeline entries are written beside the record: a dedupe entry
+        # whose record is missing reads as "no duplicate" (see _existing), a timeline entry
+        # (the home page) as nothing. Last writer wins if the same bytes race in twice;
+        # both photos stay valid.
         dedupe = background().submit(self.store.put, dedupe_key(user, rec.sha256),
                                      json.dumps({"id": rec.id}).encode(), "application/json")
+        timeline = None if rec.private else background().submit(self.store.put, timeline_key(rec.id, user), b"")
         rec.save(self.store)
         dedupe.result()
+        if timeline is not None:
+            timeline.result()
         return rec, True
 
     def _take_back(self, ref: PhotoRef, stored: Future) -> None:
@@ -110,7 +114,8 @@ def photo_view(cfg: Config, rec: PhotoRecord) -> dict:
     return {
         "id": rec.id, "owner": rec.owner, "secret": rec.secret, "title": rec.title,
         "width": rec.width, "height": rec.height, "format": rec.format, "bytes": rec.bytes, "sha256": rec.sha256,
-        "pages": rec.pages, "taken_at": rec.taken_at, "camera": rec.camera, "private": rec.private,
+        "pages": rec.pages, "taken_at": rec.taken_at, "camera": rec.camera, "exposure": rec.exposure,
+        "private": rec.private,
         "original_public": rec.original_public, "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.uploaded_at)),
         "urls": urls,
     }

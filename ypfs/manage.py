@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from storage import BlobStore, NotFound
 from storage.ids import new_secret
-from storage.keys import CONTENT_TYPES, FORMAT_BY_EXT, InvalidName, PhotoRef, dedupe_key
+from storage.keys import CONTENT_TYPES, FORMAT_BY_EXT, InvalidName, PhotoRef, dedupe_key, timeline_key
 from storage.records import PhotoRecord
 
 
@@ -83,10 +83,12 @@ def apply_changes(store: BlobStore, rec: PhotoRecord, changes: PhotoChanges,
         new = dataclasses.replace(new, secret=make_secret())
         old_keys = _copy_objects(store, rec.ref, new.ref, CONTENT_TYPES.get(rec.format, "application/octet-stream"))
         new.save(store)
-        for key in old_keys:
+        for key in [timeline_key(rec.id, rec.owner), *old_keys]:
             store.delete(key)
         return new
     new.save(store)
+    if rec.private and not new.private:
+        store.put(timeline_key(rec.id, rec.owner), b"")
     return new
 
 
@@ -115,7 +117,7 @@ def delete_photo(store: BlobStore, rec: PhotoRecord) -> int:
     """Remove the photo: record first (the commit point), then its bytes. Returns the objects removed."""
     ref = rec.ref
     store.delete(ref.record_key)
-    doomed = [ref.original_key, *store.list(ref.rendition_prefix)]
+    doomed = [timeline_key(rec.id, rec.owner), ref.original_key, *store.list(ref.rendition_prefix)]
     try:
         key = dedupe_key(rec.owner, rec.sha256)
         if json.loads(store.get(key)).get("id") == rec.id:  # a later upload of the same bytes keeps its own

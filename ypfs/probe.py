@@ -56,6 +56,7 @@ class ProbeResult:
     pages: int
     taken_at: str | None = None
     camera: str | None = None
+    exposure: str | None = None  # "1/125 s · f/2.8 · ISO 100 · 35 mm": what the photo page shows
 
 
 _VIPS_LOADERS = {
@@ -82,8 +83,8 @@ def probe(src: Source, fmt: str, limits: LimitsSection) -> ProbeResult:
         raise ImageRejected(415, "unsupported_format", f"format {fmt!r} is not accepted")
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    taken_at, camera = read_exif(path, fmt)
-    return ProbeResult(fmt, width, height, pages, taken_at, camera)
+    taken_at, camera, exposure = read_exif(path, fmt)
+    return ProbeResult(fmt, width, height, pages, taken_at, camera, exposure)
 
 
 def _check_pixels(width: int, height: int, pages: int, limits: LimitsSection) -> None:
@@ -299,12 +300,13 @@ def _register_heif() -> None:
 
 
 _EXIF_IFD, _DATETIME_ORIGINAL, _DATETIME, _MAKE, _MODEL = 0x8769, 0x9003, 0x0132, 0x010F, 0x0110
+_EXPOSURE_TIME, _F_NUMBER, _ISO, _FOCAL_LENGTH = 0x829A, 0x829D, 0x8827, 0x920A
 
 
-def read_exif(path: str | bytes, fmt: str) -> tuple[str | None, str | None]:
-    """(taken_at as ISO 8601, camera make + model), each None when absent or unreadable."""
+def read_exif(path: str | bytes, fmt: str) -> tuple[str | None, str | None, str | None]:
+    """(taken_at as ISO 8601, camera make + model, exposure), each None when absent or unreadable."""
     if fmt not in ("jpeg", "tiff", "webp", "png", "heif", "avif"):
-        return None, None
+        return None, None, None
     from PIL import Image
 
     if fmt == "heif":
@@ -313,11 +315,43 @@ def read_exif(path: str | bytes, fmt: str) -> tuple[str | None, str | None]:
     try:
         with _open(path) as fh, Image.open(fh, formats=pil_format) as im:
             exif = im.getexif()
-            raw_date = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
+            ifd = exif.get_ifd(_EXIF_IFD)
+            raw_date = ifd.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
             make, model = exif.get(_MAKE), exif.get(_MODEL)
+            exposure = _exposure(ifd)
     except Exception:  # damaged metadata never fails an upload whose pixels are fine
-        return None, None
-    return _exif_date(raw_date), _camera(make, model)
+        return None, None, None
+    return _exif_date(raw_date), _camera(make, model), exposure
+
+
+def _number(value) -> float | None:
+    """An EXIF rational or integer as a float; None when absent, zero-divided or absurd."""
+    try:
+        if isinstance(value, tuple):
+            value = value[0] / value[1]
+        number = float(value)
+    except (TypeError, ValueError, ZeroDivisionError, IndexError):
+        return None
+    return number if 0 < number < 1e6 else None
+
+
+def _exposure(ifd) -> str | None:
+    """Shutter, aperture, ISO and focal length, as a photographer writes them."""
+    parts = []
+    t = _number(ifd.get(_EXPOSURE_TIME))
+    if t is not None:
+        parts.append(f"1/{round(1 / t)} s" if t < 0.5 else f"{t:g} s")
+    f = _number(ifd.get(_F_NUMBER))
+    if f is not None:
+        parts.append(f"f/{f:.1f}".replace(".0", ""))
+    iso = ifd.get(_ISO)
+    iso = _number(iso[0] if isinstance(iso, tuple) and iso and not isinstance(iso[0], tuple) else iso)
+    if iso is not None:
+        parts.append(f"ISO {int(iso)}")
+    mm = _number(ifd.get(_FOCAL_LENGTH))
+    if mm is not None:
+        parts.append(f"{round(mm, 1):g} mm")
+    return " · ".join(parts) or None
 
 
 def _clean(value) -> str:

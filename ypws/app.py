@@ -4,6 +4,7 @@
     PURGE    /photos/{user}/{id}_{secret}/{size}[.{ext}]  drop cached entries (admin token)
     PURGE    /photos/{user}/{id}_{secret}/                 drop every cached entry of the photo
     PURGE    /photos/                                      drop every cached entry (admin flush)
+    GET      /[?before={id}]                              home: every user's newest public photos, paged
     GET      /u/{user}[?before={id}]                      gallery, newest first, a page at a time
     GET      /p/{user}/{id}                               photo page
     GET      /upload                                      upload page (the POST goes to ypfs)
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 import hmac
 import os
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import falcon
 import falcon.routing
@@ -30,7 +32,8 @@ import falcon.routing
 from cluster.config import Config
 from cluster.web import fail, json_errors
 from storage import BlobStore, NotFound, StorageError
-from storage.keys import InvalidName, PhotoRef, parse_photo_segment, valid_photo_id, valid_user
+from storage.keys import (InvalidName, PhotoRef, parse_photo_segment, parse_timeline_key, record_key, valid_photo_id,
+                          valid_user)
 from storage.purgelog import PurgeLog
 from storage.records import PhotoRecord, UserRecord
 
@@ -38,7 +41,7 @@ from . import pages
 from .accesslog import AccessLog
 from .diskcache import DiskCache
 from .images import ImageRequest, ImageService, Reply
-from .listing import newest_record_keys
+from .listing import newest_record_keys, newest_timeline_keys
 from .metrics import exposition
 from .purgeapply import PurgeApplier, SyncGate
 from .urls import BadPath, NoSuchImage, check_path, parse_image_path
@@ -202,6 +205,35 @@ class MetricsResource:
         resp.set_header("Cache-Control", "no-store")
 
 
+def public_page(store: BlobStore, record_keys: Iterable[str]) -> tuple[list[PhotoRecord], str | None]:
+    """Up to GALLERY_LIMIT public records from newest-first record keys, and the id the next
+    page starts below (None on the last page). Missing or private records are skipped."""
+    records: list[PhotoRecord] = []
+    try:
+        for key in record_keys:
+            if len(records) == GALLERY_LIMIT:  # a photo beyond this page exists
+                return records, records[-1].id
+            try:
+                rec = PhotoRecord.from_json(store.get(key))
+            except (NotFound, ValueError, TypeError):
+                continue
+            if not rec.private:
+                records.append(rec)
+    except StorageError as exc:
+        raise fail(503, "storage_unavailable", f"storage failed: {exc}", {"Retry-After": "2"}) from None
+    return records, None
+
+
+def before_param(req: falcon.Request) -> str | None:
+    before = req.get_param("before")
+    if before:
+        try:
+            valid_photo_id(before)
+        except InvalidName:
+            raise fail(400, "bad_request", "before: a photo id") from None
+    return before
+
+
 class GalleryResource:
     def __init__(self, cfg: Config, store: BlobStore, clock: Callable[[], float] = time.time):
         self.cfg = cfg
@@ -210,31 +242,34 @@ class GalleryResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
         """Newest first, a page at a time: ``?before={id}`` starts below that photo."""
-        before = req.get_param("before")
         try:
             valid_user(user)
-            if before:
-                valid_photo_id(before)
         except InvalidName:
-            raise fail(404, "not_found", "no such user or photo") from None
+            raise fail(404, "not_found", "no such user") from None
+        before = before_param(req)
         keys = newest_record_keys(self.store, user, self.cfg.ids.epoch_ms, lambda: int(self.clock() * 1000), before)
-        records: list[PhotoRecord] = []
-        older = None
-        try:
-            for key in keys:
-                if len(records) == GALLERY_LIMIT:  # a photo beyond this page exists
-                    older = records[-1].id
-                    break
-                try:
-                    rec = PhotoRecord.from_json(self.store.get(key))
-                except (NotFound, ValueError, TypeError):
-                    continue
-                if not rec.private:
-                    records.append(rec)
-        except StorageError as exc:
-            raise fail(503, "storage_unavailable", f"storage failed: {exc}") from None
+        records, older = public_page(self.store, keys)
         resp.content_type = falcon.MEDIA_HTML
         resp.text = pages.gallery_html(self.cfg, user, records, older=older, paged=bool(before))
+        resp.set_header("Cache-Control", "no-cache")
+
+
+class HomeResource:
+    """``/``: the newest public photos of every user, a page at a time, from one timeline listing
+    (``timeline/{id}_{user}``) instead of a walk over every user."""
+
+    def __init__(self, cfg: Config, store: BlobStore, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.store = store
+        self.clock = clock
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        before = before_param(req)
+        keys = newest_timeline_keys(self.store, self.cfg.ids.epoch_ms, lambda: int(self.clock() * 1000), before)
+        records, older = public_page(self.store, (record_key(user, photo_id)
+                                                  for photo_id, user in map(parse_timeline_key, keys)))
+        resp.content_type = falcon.MEDIA_HTML
+        resp.text = pages.home_html(self.cfg, records, older=older, paged=bool(before))
         resp.set_header("Cache-Control", "no-cache")
 
 
@@ -260,12 +295,18 @@ class PhotoPageResource:
 
 
 class UploadPageResource:
-    def __init__(self, upload_url: str):
-        self.html = pages.upload_html(upload_url)
+    def __init__(self, upload_url: str, max_bytes: int):
+        self.html = pages.upload_html(upload_url, max_bytes)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_HTML
         resp.text = self.html
+
+
+def cache_index_unavailable(req: falcon.Request, resp: falcon.Response, exc: sqlite3.Error, params: dict) -> None:
+    """The cache index could not be read or written (its disk failing or full, and no way round it,
+    as for finding the keys a PURGE names): 503, so the caller (hashproxy's purge journal) retries."""
+    raise fail(503, "cache_unavailable", f"the cache index failed: {exc}", {"Retry-After": "2"})
 
 
 def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, renderer=None,
@@ -273,13 +314,15 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, rende
     """The WSGI app of one ypws node; every dependency is passed in (tests inject their own)."""
     service = service or ImageService(cfg, node, store, cache, renderer)
     app = json_errors(falcon.App(router=Router(), middleware=[RejectBadPaths()]))
+    app.add_error_handler(sqlite3.Error, cache_index_unavailable)
     app.req_options.strip_url_path_trailing_slash = True  # PURGE /photos/u/id_s/ is the whole photo
     app.add_route("/photos/{user}/{segment}/{name}", ImageResource(service, cfg.cluster.admin_token))
     app.add_route("/photos/{user}/{segment}", PhotoResource(service, cfg.cluster.admin_token))
     app.add_route("/photos", PurgeAllResource(service, cfg.cluster.admin_token))
+    app.add_route("/", HomeResource(cfg, store))
     app.add_route("/u/{user}", GalleryResource(cfg, store))
     app.add_route("/p/{user}/{photo_id}", PhotoPageResource(cfg, store))
-    app.add_route("/upload", UploadPageResource(cfg.ypws.upload_url))
+    app.add_route("/upload", UploadPageResource(cfg.ypws.upload_url, cfg.limits.max_upload_bytes))
     app.add_route("/healthz", HealthResource(node))
     app.add_route("/readyz", ReadyResource(service.gate, node))
     app.add_route("/metrics", MetricsResource(cache, node))
@@ -306,7 +349,8 @@ def cache_dir(cfg: Config, node: str) -> Path:
 
 
 def open_cache(cfg: Config, node: str) -> DiskCache:
-    return DiskCache(cache_dir(cfg, node), cfg.ypws.cache_bytes, cfg.ypws.cache_policy)
+    return DiskCache(cache_dir(cfg, node), cfg.ypws.cache_bytes, cfg.ypws.cache_policy,
+                     retry_after=cfg.ypws.cache_retry_seconds)
 
 
 def get_app(cfg: Config, node: str) -> NodeApp:
@@ -315,6 +359,7 @@ def get_app(cfg: Config, node: str) -> NodeApp:
     from storage import open_store
 
     store, cache = open_store(cfg), open_cache(cfg, node)
+    cache.connect()
     service = ImageService(cfg, node, store, cache, RenderClient(cfg))
     boot = os.environ.get(BOOT_ENV) or f"ppid-{os.getppid()}"  # `ypws serve` sets one per run
     p = cfg.purge

@@ -22,7 +22,7 @@ from storage.keys import CONTENT_TYPES, EXTENSIONS, InvalidName, PhotoRef
 from storage.records import PhotoRecord, UserRecord, profile_version
 
 from .conditional import RangeError, http_date, if_range_matches, not_modified, parse_range
-from .diskcache import DiskCache, body_digest
+from .diskcache import CorruptEntry, DiskCache, body_digest
 from .geoscrub import PatchedReader, apply_patches, location_patches, strip_location
 from .hotlink import HotlinkPolicy
 from .negotiation import pick_variant
@@ -164,7 +164,15 @@ class ImageService:
             return self.error(503, "warming_up", "this node has not yet applied the purge log since it started",
                               [("Retry-After", "1")])
         try:
-            return self._respond(req, fast)
+            try:
+                return self._respond(req, fast)
+            except CorruptEntry:
+                # the cached entry was found damaged before anything was sent, and dropped:
+                # the same request again is a plain miss, answered from storage
+                return self._respond(req, fast)
+        except CorruptEntry:  # damaged again at once: the cache disk is failing
+            return self.error(503, "cache_unavailable", "the cache disk is failing; try again shortly",
+                              [("Retry-After", "2")])
         except NoSuchImage:
             return self.error(404, "not_found", "no such image")
         except BadPath as exc:

@@ -112,7 +112,11 @@ class Index:
                 db.execute("COMMIT")
                 return result
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite has already rolled back after some errors (SQLITE_FULL)
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 raise
 
     # -- the policy (subclasses) -----------------------------------------------------------

@@ -23,7 +23,9 @@ COUNTERS = {
     "purged": "Entries removed by PURGE",
     "renders": "On-demand renders requested from magickd",
     "hotlinked": "Requests refused or given the placeholder by hotlink protection",
-    "corrupt": "Cache entries found damaged and dropped",
+    "corrupt": "Cache entries found damaged (or unreadable) and dropped",
+    "write_failures": "Cache writes (entries, temp files, index, locks) that failed: disk full or failing",
+    "bypassed": "Fills served without caching because the cache disk was full or failing",
 }
 HISTOGRAMS = {
     "origin_seconds": "Storage read latency on a cache miss",
@@ -43,7 +45,8 @@ class _Snapshot:
             family.add_metric(labels, t.get(name, 0.0))
             yield family
         for name, doc in (("bytes", "Bytes held by the cache"), ("entries", "Entries held by the cache"),
-                          ("max_bytes", "The cache's size bound")):
+                          ("max_bytes", "The cache's size bound"),
+                          ("degraded", "1 while the cache takes no new entries (disk full, or a write failed lately)")):
             family = GaugeMetricFamily(f"ypws_cache_{name}", doc, labels=["node"])
             family.add_metric(labels, t.get(name, 0))
             yield family

@@ -25,8 +25,11 @@ body{font-family:system-ui,sans-serif;margin:0;background:#fafafa;color:#222}
 header{background:#222;padding:.6em 1em}header a{color:#fff;margin-right:1em;text-decoration:none}
 main{padding:1em}ul.gallery{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:12px}
 ul.gallery li{width:240px;text-align:center}ul.gallery img{max-width:100%;height:auto;background:#ddd}
-figure img{max-width:100%;height:auto}.meta{color:#666}form p{margin:.6em 0}
-#result img{display:block;margin-top:.5em}.error{color:#b00}
+figure{margin:0 0 1em}img.photo{display:block;max-width:100%;max-height:85vh;width:auto;height:auto}
+.meta{color:#666}form p{margin:.6em 0}dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em}
+dl.facts dd{margin:0}.drop{border:2px dashed #aaa;padding:1em;border-radius:6px}.drop.over{background:#eef}
+ul.files{list-style:none;padding:0}ul.files li{margin:.5em 0}ul.files img{display:block;max-width:240px}
+.failed .msg{color:#b00}.done .msg{color:#060}
 """
 
 
@@ -55,9 +58,8 @@ def _srcset(cfg: Config, record: PhotoRecord, names: tuple[str, ...]) -> tuple[s
     return ", ".join(parts), last, dims
 
 
-def gallery_html(cfg: Config, user: str, records: list[PhotoRecord], older: str | None = None,
-                 paged: bool = False) -> str:
-    """Thumbnails of a user's public photos, newest first; ``older``: the id the next page starts below."""
+def _thumbs(cfg: Config, records: list[PhotoRecord], paged: bool, owners: bool = False) -> str:
+    """A grid of thumbnails linking to each photo page (and, with ``owners``, to each owner's gallery)."""
     items = []
     for rec in records:
         srcset, largest, _ = _srcset(cfg, rec, GALLERY_SIZES)
@@ -66,99 +68,235 @@ def gallery_html(cfg: Config, user: str, records: list[PhotoRecord], older: str 
             continue
         box = box_for(small, rec.width, rec.height)
         title = rec.title or f"Photo {rec.id}"
+        by = f' <span class="meta">by <a href="/u/{escape(rec.owner)}">{escape(rec.owner)}</a></span>' if owners else ""
         items.append(
             f'<li><a href="/p/{escape(rec.owner)}/{escape(rec.id)}">'
             f'<img class="thumb" src="{escape(rendition_url("", rec.ref, small))}" srcset="{escape(srcset)}" '
             f'sizes="240px" width="{box.out_w}" height="{box.out_h}" alt="{escape(title)}" loading="lazy" '
-            f'data-photo="{escape(rec.id)}"></a><div>{escape(title)}</div></li>'
+            f'data-photo="{escape(rec.id)}"></a><div>{escape(title)}{by}</div></li>'
         )
     empty = "No older photos." if paged else "No photos yet."
-    listing = f'<ul class="gallery">{"".join(items)}</ul>' if items else f'<p class="meta">{empty}</p>'
+    return f'<ul class="gallery">{"".join(items)}</ul>' if items else f'<p class="meta">{empty}</p>'
+
+
+def _pager(base: str, older: str | None, paged: bool) -> str:
     nav = []
     if paged:
-        nav.append(f'<a href="/u/{escape(user)}">Newest</a>')
+        nav.append(f'<a href="{escape(base)}">Newest</a>')
     if older:
-        nav.append(f'<a rel="next" id="older" href="/u/{escape(user)}?before={escape(older)}">Older photos</a>')
-    footer = f'<nav class="meta">{" · ".join(nav)}</nav>' if nav else ""
-    return _page(f"{user}'s photos", f"<h1>{escape(user)}</h1>{listing}{footer}")
+        nav.append(f'<a rel="next" id="older" href="{escape(base)}?before={escape(older)}">Older photos</a>')
+    return f'<nav class="meta">{" · ".join(nav)}</nav>' if nav else ""
+
+
+def gallery_html(cfg: Config, user: str, records: list[PhotoRecord], older: str | None = None,
+                 paged: bool = False) -> str:
+    """Thumbnails of a user's public photos, newest first; ``older``: the id the next page starts below."""
+    listing = _thumbs(cfg, records, paged)
+    return _page(f"{user}'s photos", f"<h1>{escape(user)}</h1>{listing}{_pager(f'/u/{user}', older, paged)}")
+
+
+def home_html(cfg: Config, records: list[PhotoRecord], older: str | None = None, paged: bool = False) -> str:
+    """The site's front page: what it is, and the newest public photos of every user."""
+    intro = ('<p class="meta">A photo site: upload your photos, and everyone sees them in the sizes that fit, '
+             'from the cache node nearest the URL. <a href="/upload">Upload photos</a>.</p>')
+    listing = _thumbs(cfg, records, paged, owners=True)
+    return _page("Newest photos", f"<h1>Newest photos</h1>{intro}{listing}{_pager('/', older, paged)}")
 
 
 def photo_html(cfg: Config, record: PhotoRecord, original_allowed: bool) -> str:
+    """One photo, fitted to the window (never wider, nor taller than most of it), its facts (never
+    its location), every size with its dimensions, and, for its owner, edit and delete."""
     srcset, largest, (w, h) = _srcset(cfg, record, PHOTO_SIZES)
     title = record.title or f"Photo {record.id}"
     img = ""
     if largest is not None:
-        img = (f'<figure><img src="{escape(rendition_url("", record.ref, largest))}" srcset="{escape(srcset)}" '
-               f'sizes="(max-width: 1100px) 100vw, 1024px" width="{w}" height="{h}" alt="{escape(title)}"></figure>')
+        # the image is shown at most min(viewport width, its own width, 85vh x its aspect) wide;
+        # `sizes` says the same, so the browser never fetches more pixels than it shows
+        fit = f"min(100vw, {w}px, calc(85vh * {w} / {h}))"
+        img = (f'<figure><img class="photo" src="{escape(rendition_url("", record.ref, largest))}" '
+               f'srcset="{escape(srcset)}" sizes="{escape(fit)}" width="{w}" height="{h}" alt="{escape(title)}">'
+               f'</figure>')
     sizes = []
     for profile in cfg.sizes:
         box = box_for(profile, record.width, record.height)
-        sizes.append(f'<a href="{escape(rendition_url("", record.ref, profile))}">{escape(profile.name)}</a> '
-                     f'<span class="meta">{box.out_w}&times;{box.out_h}</span>')
+        sizes.append(f'<li><a href="{escape(rendition_url("", record.ref, profile))}">{escape(profile.name)}</a> '
+                     f'<span class="meta">{box.out_w}&times;{box.out_h}</span></li>')
     if original_allowed:
-        sizes.append(f'<a href="{escape(original_url("", record.ref, record.format))}">original</a> '
-                     f'<span class="meta">{record.width}&times;{record.height}</span>')
-    facts = [f"by <a href=\"/u/{escape(record.owner)}\">{escape(record.owner)}</a>"]
-    if record.taken_at:
-        facts.append(f"taken {escape(record.taken_at)}")
-    if record.camera:
-        facts.append(escape(record.camera))
-    body = (f"<h1>{escape(title)}</h1>{img}<p class=\"meta\">{' &middot; '.join(facts)}</p>"
-            f"<p>Sizes: {' &middot; '.join(sizes)}</p>")
+        sizes.append(f'<li><a href="{escape(original_url("", record.ref, record.format))}">original</a> '
+                     f'<span class="meta">{record.width}&times;{record.height}</span></li>')
+    facts = [f'<dt>Owner</dt><dd><a href="/u/{escape(record.owner)}">{escape(record.owner)}</a></dd>']
+    for label, value in (("Taken", record.taken_at.replace("T", " ") if record.taken_at else None),
+                         ("Camera", record.camera), ("Exposure", record.exposure)):
+        if value:
+            facts.append(f"<dt>{label}</dt><dd>{escape(value)}</dd>")
+    owner = (f'<section id="owner-actions" hidden data-owner="{escape(record.owner)}" '
+             f'data-api="/api/photos/{escape(record.owner)}/{escape(record.id)}">'
+             '<h2>Your photo</h2><p><label>Title <input id="edit-title" maxlength="200" value="'
+             f'{escape(record.title)}"></label> <button id="save-title">Save</button> '
+             '<button id="make-private">Make private</button> <button id="delete-photo">Delete</button></p>'
+             '<p id="owner-status" class="meta" aria-live="polite"></p></section>')
+    body = (f'<h1>{escape(title)}</h1>{img}<dl class="facts">{"".join(facts)}</dl>'
+            f'<h2>Sizes</h2><ul class="sizes">{"".join(sizes)}</ul>{owner}<script>{OWNER_SCRIPT}</script>')
     return _page(title, body)
 
 
-def upload_html(upload_url: str) -> str:
-    """A form whose script posts multipart to ypfs with the user's token, then links to the gallery."""
-    script = UPLOAD_SCRIPT.replace("__UPLOAD_URL__", json.dumps(upload_url or "/upload"))
-    body = f"""<h1>Upload a photo</h1>
+#: the photo page's owner actions: shown only when the token this browser remembers (the upload
+#: page keeps it in localStorage, never in a cookie: no request carries it unasked) is the owner's
+OWNER_SCRIPT = r"""
+(function () {
+  var box = document.getElementById('owner-actions'), token = localStorage.getItem('yupoo-token') || '';
+  if (!box || token.split('.')[0] !== box.dataset.owner) return;
+  box.hidden = false;
+  var status = document.getElementById('owner-status'), api = box.dataset.api;
+  function call(method, body, done) {
+    status.textContent = 'Saving…';
+    var init = {method: method, headers: {'Authorization': 'Bearer ' + token}};
+    if (body) { init.body = JSON.stringify(body); init.headers['Content-Type'] = 'application/json'; }
+    fetch(api, init).then(function (r) { return r.json().then(function (j) { return [r.status, j]; }); })
+      .then(function (sr) {
+        if (sr[0] !== 200) { status.textContent = (sr[1].message || ('error ' + sr[0])); return; }
+        done(sr[1]);
+      }).catch(function (e) { status.textContent = String(e); });
+  }
+  document.getElementById('save-title').onclick = function () {
+    call('PATCH', {title: document.getElementById('edit-title').value}, function (j) {
+      document.querySelector('h1').textContent = j.title || ('Photo ' + j.id); status.textContent = 'Saved.';
+    });
+  };
+  document.getElementById('make-private').onclick = function () {
+    call('PATCH', {private: true}, function () { status.textContent = 'Private now: only signed links show it.'; });
+  };
+  document.getElementById('delete-photo').onclick = function () {
+    if (!confirm('Delete this photo for good?')) return;
+    call('DELETE', null, function () { location.href = '/u/' + encodeURIComponent(box.dataset.owner); });
+  };
+})();
+"""
+
+
+def upload_html(upload_url: str, max_bytes: int) -> str:
+    """Several photos at once (picker or drag-and-drop), each with its own progress bar and its own
+    outcome; the token is asked once and remembered in this browser (localStorage, no cookie)."""
+    script = (UPLOAD_SCRIPT.replace("__UPLOAD_URL__", json.dumps(upload_url or "/upload"))
+              .replace("__MAX_BYTES__", str(int(max_bytes))))
+    body = f"""<h1>Upload photos</h1>
 <form id="upload" enctype="multipart/form-data">
-<p><label>Upload token <input type="password" name="token" id="token" required autocomplete="off"></label></p>
-<p><label>Photo <input type="file" name="photo" id="photo" accept="image/*" required></label></p>
-<p><label>Title <input type="text" name="title" id="title" maxlength="200"></label></p>
+<p id="who" hidden>Uploading as <b id="who-name"></b> &middot; <a href="#" id="forget">use another token</a></p>
+<p id="token-row"><label>Upload token <input type="password" name="token" id="token" autocomplete="off"></label>
+<span class="meta">asked once, then remembered in this browser</span></p>
+<div id="drop" class="drop"><p>Drop photos here, or
+<label><input type="file" name="photo" id="photo" accept="image/*" multiple></label></p>
+<p class="meta">JPEG, PNG, GIF, WebP, TIFF, HEIC, AVIF, BMP; up to {max_bytes // (1024 * 1024)} MB each</p></div>
+<p><label>Title <input type="text" name="title" id="title" maxlength="200"></label>
+<span class="meta">(for every photo of this upload)</span></p>
 <p><label><input type="checkbox" name="private" id="private" value="1"> Private</label></p>
 <p><button type="submit" id="submit">Upload</button></p>
 </form>
-<div id="result" aria-live="polite"></div>
+<ul id="files" class="files" aria-live="polite"></ul>
+<p id="done" hidden><a id="gallery-link" href="/">See your photos</a></p>
 <script>{script}</script>"""
-    return _page("Upload a photo", body)
+    return _page("Upload photos", body)
 
 
 UPLOAD_SCRIPT = r"""
 (function () {
-  var form = document.getElementById('upload'), result = document.getElementById('result');
+  var KEY = 'yupoo-token', MAX = __MAX_BYTES__;
+  var form = document.getElementById('upload'), list = document.getElementById('files');
+  var picker = document.getElementById('photo'), drop = document.getElementById('drop');
+  var tokenInput = document.getElementById('token'), queued = [];
+
+  function showToken() {
+    var t = localStorage.getItem(KEY);
+    document.getElementById('who').hidden = !t;
+    document.getElementById('token-row').hidden = !!t;
+    if (t) document.getElementById('who-name').textContent = t.split('.')[0];
+  }
+  document.getElementById('forget').onclick = function (ev) {
+    ev.preventDefault(); localStorage.removeItem(KEY); showToken(); tokenInput.focus();
+  };
+  showToken();
+
+  function add(files) { for (var i = 0; i < files.length; i++) queued.push(files[i]); }
+  picker.addEventListener('change', function () { queued = []; add(picker.files); });
+  drop.addEventListener('dragover', function (ev) { ev.preventDefault(); drop.classList.add('over'); });
+  drop.addEventListener('dragleave', function () { drop.classList.remove('over'); });
+  drop.addEventListener('drop', function (ev) {
+    ev.preventDefault(); drop.classList.remove('over'); add(ev.dataTransfer.files);
+  });
+
+  function say(row, cls, text, link, href) {
+    row.className = 'file ' + cls;
+    var msg = row.querySelector('.msg'); msg.textContent = text;
+    if (link) { var a = document.createElement('a'); a.href = href; a.textContent = link; msg.append(' ', a); }
+  }
+  var WHY = {413: 'too large: at most ' + Math.round(MAX / 1048576) + ' MB',
+             415: 'not an image this site accepts', 401: 'the token was refused; enter it again',
+             429: 'the site is busy: try again in a moment', 503: 'the site is busy: try again in a moment'};
+
+  function one(file, token, title, priv) {
+    return new Promise(function (resolve) {
+      var row = document.createElement('li'), name = document.createElement('span');
+      var bar = document.createElement('progress'), msg = document.createElement('span');
+      name.className = 'name'; name.textContent = file.name; bar.max = file.size || 1; bar.value = 0;
+      msg.className = 'msg'; row.className = 'file sending'; row.append(name, ' ', bar, ' ', msg);
+      list.appendChild(row);
+      if (file.size > MAX) { say(row, 'failed', WHY[413]); return resolve(false); }
+      var data = new FormData();
+      data.append('photo', file); data.append('title', title);
+      if (priv) data.append('private', '1');
+      var xhr = new XMLHttpRequest();
+      xhr.open('POST', __UPLOAD_URL__);
+      xhr.setRequestHeader('Authorization', 'Bearer ' + token);
+      xhr.upload.onprogress = function (ev) { if (ev.lengthComputable) { bar.max = ev.total; bar.value = ev.loaded; } };
+      xhr.onerror = function () { say(row, 'failed', 'the connection failed: try again'); resolve(false); };
+      xhr.onload = function () {
+        var j = {}; try { j = JSON.parse(xhr.responseText); } catch (e) {}
+        bar.value = bar.max;
+        if (xhr.status === 201 || xhr.status === 200) {
+          row.dataset.photo = j.id;
+          var page = '/p/' + encodeURIComponent(j.owner) + '/' + encodeURIComponent(j.id);
+          if (xhr.status === 200) say(row, 'done duplicate', 'you already uploaded this:', 'see it', page);
+          else say(row, 'done', 'uploaded:', 'see it', page);
+          var thumb = j.urls && (j.urls.small || j.urls.thumb);
+          if (thumb) {
+            var u = new URL(thumb, location.href), img = document.createElement('img');
+            img.src = u.pathname + u.search; img.alt = file.name; img.className = 'thumb'; row.appendChild(img);
+          }
+          return resolve(j.owner || true);
+        }
+        if (xhr.status === 401) localStorage.removeItem(KEY);
+        say(row, 'failed', WHY[xhr.status] || (j.message || ('error ' + xhr.status)));
+        resolve(false);
+      };
+      xhr.send(data);
+    });
+  }
+
   form.addEventListener('submit', function (ev) {
     ev.preventDefault();
-    var data = new FormData();
-    data.append('photo', document.getElementById('photo').files[0]);
-    data.append('title', document.getElementById('title').value);
-    if (document.getElementById('private').checked) data.append('private', '1');
-    result.textContent = 'Uploading\u2026';
-    fetch(__UPLOAD_URL__, {method: 'POST', body: data,
-        headers: {'Authorization': 'Bearer ' + document.getElementById('token').value.trim()}})
-      .then(function (r) { return r.json().then(function (j) { return [r.status, j]; }); })
-      .then(function (sr) {
-        var status = sr[0], j = sr[1];
-        result.textContent = '';
-        if (status !== 201) {
-          result.innerHTML = '<p class="error"></p>';
-          result.firstChild.textContent = (j.error || 'error') + ': ' + (j.message || status);
-          return;
-        }
-        var p = document.createElement('p');
-        p.id = 'uploaded'; p.dataset.photo = j.id;
-        var a = document.createElement('a');
-        a.href = '/u/' + encodeURIComponent(j.owner); a.id = 'gallery-link';
-        a.textContent = 'Uploaded: see ' + j.owner + "'s photos";
-        p.appendChild(a); result.appendChild(p);
-        var thumb = j.urls && (j.urls.small || j.urls.thumb);
-        if (thumb) {
-          var img = document.createElement('img');
-          img.src = new URL(thumb, location.href).pathname + new URL(thumb, location.href).search;
-          img.alt = 'uploaded photo'; result.appendChild(img);
-        }
-      })
-      .catch(function (e) { result.innerHTML = '<p class="error"></p>'; result.firstChild.textContent = String(e); });
+    var token = localStorage.getItem(KEY) || tokenInput.value.trim();
+    if (!token) { tokenInput.focus(); return; }
+    if (!queued.length) { picker.focus(); return; }
+    var files = queued, title = document.getElementById('title').value;
+    var priv = document.getElementById('private').checked;
+    queued = []; picker.value = '';
+    // two at a time: one slow or refused file never holds up or loses the others
+    var next = 0, owner = null;
+    function worker() {
+      if (next >= files.length) return Promise.resolve();
+      var f = files[next++];
+      return one(f, token, title, priv).then(function (ok) {
+        if (ok && !localStorage.getItem(KEY)) { localStorage.setItem(KEY, token); showToken(); }
+        if (ok) owner = ok;
+        return worker();
+      });
+    }
+    Promise.all([worker(), worker()]).then(function () {
+      if (owner && owner !== true) {
+        var link = document.getElementById('gallery-link');
+        link.href = '/u/' + encodeURIComponent(owner); document.getElementById('done').hidden = false;
+      }
+    });
   });
 })();
 """

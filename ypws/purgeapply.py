@@ -31,6 +31,7 @@ reports ready.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ from .urls import BadPath, NoSuchImage, parse_image_path
 log = logging.getLogger("ypws.purge")
 
 STATE_FILE = "purgelog.state"
+STATE_BYTES = 512  # every state file is this long (padded), so one can be rewritten in place
 LOCK_FILE = "purgelog.lock"
 TRIM_EVERY = 60.0
 
@@ -71,9 +73,29 @@ class SyncState:
             return None  # none, or damaged: the cache cannot say what it missed
 
     def save(self, root: Path) -> None:
+        """Write a new state file and rename it over the old one; on a full cache disk (no room for
+        a new file) overwrite the old one in place: every state is padded to ``STATE_BYTES``, so
+        the old file's space holds the new one. A reader racing with that write may see it torn,
+        which reads as no checkpoint for a moment (the gate re-reads it a tenth of a second later)."""
+        data = json.dumps({"after": self.after, "synced_at": self.synced_at, "boot": self.boot}).encode()
+        data = data.ljust(STATE_BYTES)  # JSON allows the trailing spaces
         tmp = root / f".{STATE_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps({"after": self.after, "synced_at": self.synced_at, "boot": self.boot}))
-        os.replace(tmp, root / STATE_FILE)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, root / STATE_FILE)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            fd = os.open(root / STATE_FILE, os.O_WRONLY)  # no O_CREAT: only an old file has room
+            try:
+                if os.fstat(fd).st_size != len(data) or os.pwrite(fd, data, 0) != len(data):
+                    raise
+            finally:
+                os.close(fd)
 
 
 def apply_path(service, path: str) -> int:

@@ -40,6 +40,17 @@ class Stats:
             out, self._deltas = dict(self._deltas), defaultdict(float)
         return out
 
+    def restore(self, deltas: dict[str, float]) -> None:
+        """Put back deltas a failed flush could not store (they go with the next one)."""
+        with self._lock:
+            for name, value in deltas.items():
+                self._deltas[name] += value
+
+    def peek(self) -> dict[str, float]:
+        """The deltas not yet flushed (left in place)."""
+        with self._lock:
+            return dict(self._deltas)
+
     def pending(self) -> bool:
         return bool(self._deltas)
 

@@ -29,6 +29,7 @@ import httptools
 from gunicorn.workers import base
 
 from .accesslog import AccessLog
+from .diskcache import CorruptEntry
 from .images import ImageRequest, Reply
 
 MAX_URL = 8190
@@ -318,14 +319,20 @@ class HttpProtocol(asyncio.Protocol):
         keep = req.keep_alive
         try:
             is_head = req.method == b"HEAD"
-            for chunk in result:
-                if not head_sent:
-                    keep = self._send_head(req, state, keep)
-                    head_sent = True
-                if chunk and not is_head:
-                    if not self._write_from_thread(bytes(chunk)):
-                        return int(state["status"][:3]), sent, "-", False
-                    sent += len(chunk)
+            try:
+                for chunk in result:
+                    if not head_sent:
+                        keep = self._send_head(req, state, keep)
+                        head_sent = True
+                    if chunk and not is_head:
+                        if not self._write_from_thread(bytes(chunk)):
+                            return int(state["status"][:3]), sent, "-", False
+                        sent += len(chunk)
+            except CorruptEntry as exc:
+                # a cache entry found damaged mid-body (it is dropped): cut the connection short
+                # of its Content-Length, so the client sees an incomplete answer, never wrong bytes
+                self.worker.log.warning("answer cut: %s", exc)
+                return int(state.get("status", "500")[:3]), sent, "-", False
             if not head_sent:
                 keep = self._send_head(req, state, keep)
         finally:
