@@ -7,6 +7,8 @@ driven by Playwright. Skipped only when Chromium or Playwright is not installed.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import shutil
 import subprocess
@@ -14,6 +16,7 @@ import sys
 
 import pytest
 import requests
+from PIL import Image
 
 from magickd.geometry import box_for
 
@@ -86,8 +89,34 @@ def test_upload_through_the_page_then_see_the_thumbnail_in_the_gallery(tmp_path,
     assert "you already uploaded this" in page.inner_text("#files li.duplicate .msg")
     assert page.get_attribute("#files li.duplicate a", "href") == f"/p/alice/{photo_id}"
 
-    page.click("#gallery-link")
-    page.wait_for_url(f"{cfg.public_url}/u/alice")
+    # three files dropped on the page: three progress bars, three thumbnails
+    dropped = []
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.new("RGB", (320, 200), (60 * i, 120, 200 - 50 * i)).save(buf, "JPEG")
+        dropped.append(base64.b64encode(buf.getvalue()).decode())
+    page.evaluate("""files => {
+        const dt = new DataTransfer();
+        files.forEach((b64, i) => dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))],
+                                                         `dropped${i}.jpg`, {type: 'image/jpeg'})));
+        document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+    }""", dropped)
+    page.click("#submit")
+    page.wait_for_function("() => [...document.querySelectorAll('#files li')].filter("
+                           "l => l.querySelector('.name').textContent.startsWith('dropped')).length === 3 && "
+                           "[...document.querySelectorAll('#files li')].filter(l => l.classList.contains('done') "
+                           "&& l.querySelector('img') && l.querySelector('img').complete "
+                           "&& l.querySelector('img').naturalWidth > 0).length === 4")
+    assert page.eval_on_selector_all("#files li progress", "ps => ps.length") == 4
+    assert page.is_visible("#gallery-link") and page.get_attribute("#gallery-link", "href") == "/u/alice"
+
+    # the home page lists the new uploads, newest first, with their owner
+    page.goto(f"{cfg.public_url}/")
+    home = page.eval_on_selector_all("img.thumb", "is => is.map(i => i.dataset.photo)")
+    assert photo_id in home and canon_id in home and home.index(canon_id) < home.index(photo_id)
+    assert page.is_visible('a[href="/u/alice"]')
+
+    page.goto(f"{cfg.public_url}/u/alice")
     selector = f'img.thumb[data-photo="{photo_id}"]'
     page.wait_for_function(
         "sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; }", arg=selector)
@@ -130,4 +159,16 @@ def test_upload_through_the_page_then_see_the_thumbnail_in_the_gallery(tmp_path,
     page.wait_for_function("() => document.querySelector('h1').textContent === 'Renamed in the browser'")
     assert requests.get(f"{cfg.public_url}/api/photos/alice/{canon_id}", timeout=30).json()["title"] == \
         "Renamed in the browser"
+
+    # what a visitor sees, for a person to look at: every page at a laptop's and a phone's size
+    shots = REPO / "var" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    for width, height in ((1280, 800), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        for name, url in (("home", "/"), ("upload", "/upload"), ("gallery", "/u/alice"),
+                          ("photo", f"/p/alice/{canon_id}")):
+            page.goto(cfg.public_url + url)
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(shots / f"{name}-{width}x{height}.png"), full_page=True)
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= width  # nothing wider
     page.close()

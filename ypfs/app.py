@@ -4,6 +4,7 @@
     GET  /api/photos/{user}/{id}      a photo's public JSON (private ones only to their owner)
     PATCH /api/photos/{user}/{id}     the owner edits title, private, original_public (JSON)
     DELETE /api/photos/{user}/{id}    the owner deletes the photo: record, original, renditions
+    GET  /api/openapi.json            the OpenAPI 3 document of this API
     GET  /api/users/{user}/photos     a user's public photos, oldest first (?after=ID&limit=N);
                                       with the owner's token, the private ones too
     PURGE /photos/...                 an admin's cache purge (admin token), logged and pushed
@@ -30,7 +31,7 @@ from storage.keys import InvalidName, parse_record_key, photo_prefix, valid_phot
 from storage.purgelog import PurgeEntry, check_paths
 from storage.records import PhotoRecord, UserRecord
 
-from . import metrics
+from . import metrics, openapi
 from .ingest import Ingestor, UploadMeta, photo_view
 from .manage import BadChanges, PhotoChanges, apply_changes, delete_photo
 from .notify import RenderNotifier
@@ -252,6 +253,17 @@ class UserPhotosResource:
         resp.media = {"user": user, "photos": photos}
 
 
+class OpenApiResource:
+    """``GET /api/openapi.json``: the API's OpenAPI 3 document (ypfs/openapi.py). Public."""
+
+    def __init__(self, cfg: Config):
+        self.doc = openapi.document(cfg)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.doc
+        resp.set_header("Cache-Control", "no-cache")
+
+
 class PurgeSink:
     """``PURGE /photos/...`` (fronts forward it here): an admin's purge, committed to the purge
     log and pushed to every cache node. Only with the admin token; the answer says whether it
@@ -332,6 +344,7 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
     app.add_route("/upload", UploadResource(cfg, Ingestor(cfg, store, next_id), auth, work_dir / "spool", after_store))
     app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(cfg, store, auth, purger))
     app.add_route("/api/users/{user}/photos", UserPhotosResource(cfg, store, auth))
+    app.add_route("/api/openapi.json", OpenApiResource(cfg))
     app.add_sink(PurgeSink(cfg.cluster.admin_token, purger), "/photos/")
     app.add_route("/healthz", HealthResource(node, store))
     app.add_route("/metrics", MetricsResource())

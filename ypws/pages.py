@@ -38,7 +38,7 @@ def _page(title: str, body: str) -> str:
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n"
-        "<body><header><a href=\"/upload\">Upload</a></header>\n"
+        "<body><header><a href=\"/\">Photos</a><a href=\"/upload\">Upload</a></header>\n"
         f"<main>{body}</main></body></html>\n"
     )
 
