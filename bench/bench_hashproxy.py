@@ -179,7 +179,7 @@ def seed_rendition_catalog(p: Procs, tmp: Path, tree: dict) -> dict[str, int]:
 
     cfg = from_dict(tree)
     store = open_store(cfg)
-    corpus = REPO / "tests" / "corpus"
+    corpus = REPO.parent / "shared" / "corpus"  # beside the repo, never copied into it
     sources = []
     for i, name in enumerate(HIT_SOURCES):
         path = next(corpus.glob(f"*/{name}"))

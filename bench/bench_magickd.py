@@ -42,7 +42,7 @@ from typing import Callable
 from bench.results import record, table
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE = REPO / "tests" / "corpus" / "formats" / "iphone_hdr_NO.jpg"
+SOURCE = REPO.parent / "shared" / "corpus" / "formats" / "iphone_hdr_NO.jpg"  # the shared corpus, beside the repo
 CLASSES = {"4MP": (2560, 1600), "15MP": (4800, 3200), "24MP": (6000, 4000)}
 THUMBOR_VENV = Path("/tmp/yupoo-bench-thumbor")
 IM_CONVERT = "/usr/bin/convert"  # Debian's ImageMagick 6 (a PATH `convert` may be something else)

@@ -53,7 +53,7 @@ def served_anywhere(urls: list[str]) -> bool:
 
 def latency(purger: Purger, store, cfg, push: bool) -> list[float]:
     out = []
-    body = (Path(__file__).resolve().parent.parent / "tests" / "corpus" / "formats" / "hopper.jpg").read_bytes()
+    body = (Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "formats" / "hopper.jpg").read_bytes()
     profile = cfg.size("small")
     for i in range(SAMPLES):
         rec = PhotoRecord(id=str(2_000_000_000_000_000_000 + i), owner="bench", secret=new_secret(), format="jpeg",

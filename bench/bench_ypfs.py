@@ -34,7 +34,7 @@ from storage.records import UserRecord
 from .results import record, table
 
 REPO = Path(__file__).resolve().parent.parent
-PHOTO = REPO / "tests" / "corpus" / "formats" / "iphone_hdr_NO.jpg"
+PHOTO = REPO.parent / "shared" / "corpus" / "formats" / "iphone_hdr_NO.jpg"  # the shared corpus, beside the repo
 RUNS = {1: 30, 8: 96}  # uploads per concurrency level
 WORKERS = 4
 

@@ -89,7 +89,7 @@ def thumbnail_bytes() -> bytes:
     """A JPEG of about 30 KB, from the test corpus."""
     from PIL import Image
 
-    src = Path(__file__).resolve().parent.parent / "tests" / "corpus" / "formats" / "DSCN0010.jpg"
+    src = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "formats" / "DSCN0010.jpg"
     with Image.open(src) as im:
         im = im.convert("RGB")
         im.thumbnail((500, 500))

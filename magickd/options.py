@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from cluster.config import Config, SizeProfile
+from cluster.config import Config, LimitsSection, SizeProfile
 from storage.records import profile_version
 
 from .errors import BadRequest
@@ -33,11 +33,12 @@ class Limits:
     timeout: float
     webp_effort: int = 4
     avif_effort: int = 2
+    upload: LimitsSection = LimitsSection()  # the acceptance check's limits: refuse what ypfs refuses
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Limits":
         m = cfg.magickd
-        return cls(cfg.limits.max_pixels, m.render_timeout, m.webp_effort, m.avif_effort)
+        return cls(cfg.limits.max_pixels, m.render_timeout, m.webp_effort, m.avif_effort, cfg.limits)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def decode(data: bytes, formats: list[str]) -> pyvips.Image:
                 pixels = upright.convert(MODES[mode][0]) if upright.mode != mode else upright
                 width, height = pixels.size
                 raw = pixels.tobytes()
-    except Exception as exc:  # Pillow raises many types for bad input (see tests/corpus/README.md)
+    except Exception as exc:  # Pillow raises many types for bad input (see ../shared/corpus/README.md)
         raise Undecodable(f"cannot decode the original: {exc.__class__.__name__}: {exc}") from None
     _, bands, interpretation = MODES[mode]
     image = pyvips.Image.new_from_memory(raw, width, height, bands, "uchar").copy(interpretation=interpretation)

@@ -14,7 +14,14 @@ from cluster import procs
 from cluster.config import Config, dump_toml, load, load_dict
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = Path(__file__).resolve().parent / "corpus"
+#: the shared test corpora live beside the repository (../shared), never copied into it
+SHARED = REPO.parent / "shared"
+CORPUS = SHARED / "corpus"
+CORPUS2 = SHARED / "corpus2"
+for _corpus in (CORPUS, CORPUS2):
+    if not (_corpus / "MANIFEST.tsv").exists():  # a test-setup error, never a silent skip
+        raise RuntimeError(f"the shared image corpus is missing: {_corpus} (the tests read it from ../shared "
+                           "beside the repository)")
 
 
 def deep_update(tree: dict, over: dict) -> dict:

@@ -12,7 +12,7 @@ from cluster.config import ConfigError, dump_toml, from_dict, load, load_dict
 from storage import ids
 from storage.keys import InvalidName, PhotoRef, parse_photo_segment, parse_record_key, record_key, valid_user
 from storage.records import PhotoRecord, UserRecord, profile_version, rendition_url
-from ypfs.sniff import headless_heif, sniff
+from media.sniff import headless_heif, sniff
 
 from .helpers import CORPUS
 

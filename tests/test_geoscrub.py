@@ -206,7 +206,7 @@ def test_no_corpus_file_has_a_pixel_or_an_offset_changed(path):
     """Hostile files included: an EXIF whose GPS pointer leads out of its APP1 segment (as in
     hostile/broken-exif-tag.jpg, into the quantisation tables) must not have the bytes it points at
     zeroed. Whatever the scrub changes, the image decodes to the same pixels."""
-    from ypfs.sniff import sniff
+    from media.sniff import sniff
 
     original = path.read_bytes()
     served = strip_location(original, sniff(original[:4096]) or "jpeg")

@@ -329,8 +329,8 @@ def test_every_hostile_file_is_a_clean_4xx_or_a_clean_rendition():
 
 def test_every_original_ypfs_accepts_renders():
     """The upload check and the renderer agree: an acknowledged photo always gets its sizes."""
-    from ypfs.probe import ImageRejected, probe
-    from ypfs.sniff import sniff
+    from media.probe import ImageRejected, probe
+    from media.sniff import sniff
 
     accepted = 0
     for path in sorted(p for p in CORPUS.glob("*/*") if p.suffix not in (".tsv", ".md")):

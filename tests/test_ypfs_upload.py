@@ -286,7 +286,7 @@ def test_a_decode_past_its_deadline_is_a_clear_422():
     import dataclasses
 
     from cluster.config import load
-    from ypfs.probe import ImageRejected, probe
+    from media.probe import ImageRejected, probe
 
     limits = dataclasses.replace(load(with_secrets=False).limits, decode_timeout=0.002)
     data = (CORPUS / "formats" / "iphone_hdr_NO.jpg").read_bytes()  # ~20 ms to check

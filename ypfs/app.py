@@ -35,7 +35,7 @@ from . import metrics, openapi
 from .ingest import Ingestor, UploadMeta, photo_view
 from .manage import BadChanges, PhotoChanges, apply_changes, delete_photo
 from .notify import RenderNotifier
-from .probe import ImageRejected
+from media.probe import ImageRejected
 from .spool import Spool, TooLarge, receive
 
 #: multipart framing around the file (boundaries, part headers, small fields)

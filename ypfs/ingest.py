@@ -27,9 +27,9 @@ from storage.ids import new_secret
 from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key, timeline_key
 from storage.records import PhotoRecord, original_url, rendition_url
 
-from .pool import background
-from .probe import ImageRejected, probe
-from .sniff import SUPPORTED, headless_heif, sniff
+from cluster.pool import background
+from media.probe import ImageRejected, probe
+from media.sniff import SUPPORTED, headless_heif, sniff
 from .spool import Spool
 
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
-from .sniff import HEAD_BYTES
+from media.sniff import HEAD_BYTES
 
 CHUNK = 1024 * 1024  # falcon's multipart stream finds the boundary per read: fewer, larger reads
 

@@ -14,6 +14,7 @@ import io
 import pyvips
 
 from cluster.jpeg import JpegStructureError, count_scans
+from media.probe import ImageRejected, strict_check
 
 from ..context import RenderContext, Source
 from ..errors import TooLarge, TooManyScans, Undecodable, UnsupportedFormat
@@ -22,9 +23,14 @@ from ..errors import TooLarge, TooManyScans, Undecodable, UnsupportedFormat
 VIPS_LOADERS = {
     "jpegload_buffer": "jpeg", "pngload_buffer": "png", "gifload_buffer": "gif",
     "webpload_buffer": "webp", "tiffload_buffer": "tiff", "heifload_buffer": "avif",
+    # an Ultra HDR JPEG (a gain map in an MPF secondary image): rendered from its SDR base image,
+    # which every viewer shows (scale_on_load reads it with jpegload)
+    "uhdrload_buffer": "jpeg",
 }
-#: formats the pyvips binary cannot decode, read with Pillow instead (Pillow format id -> ours)
-PILLOW_FORMATS = {"HEIF": "heif", "BMP": "bmp"}
+#: formats the pyvips binary cannot decode, read with Pillow instead (Pillow format id -> ours):
+#: HEIC, BMP, and AVIF image sequences (libheif in the pyvips wheel refuses them; the first
+#: frame is rendered, as for every animated original)
+PILLOW_FORMATS = {"HEIF": "heif", "BMP": "bmp", "AVIF": "avif"}
 ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
@@ -45,6 +51,10 @@ def probe(ctx: RenderContext) -> None:
             count_scans(ctx.data)
         except JpegStructureError as exc:
             raise (TooManyScans if exc.code == "too_many_scans" else Undecodable)(str(exc)) from None
+    try:  # what libvips tolerates and an upload is refused for (damaged chunks, truncated GIF data)
+        strict_check(ctx.data, source.fmt, ctx.options.limits.upload)
+    except ImageRejected as exc:
+        raise Undecodable(str(exc)) from None
     ctx.source = source
 
 
@@ -80,7 +90,7 @@ def _pillow_header(data: bytes) -> Source | None:
             if orientation in ROTATED:
                 w, h = h, w
             return Source("pillow", PILLOW_FORMATS[im.format], w, h, getattr(im, "n_frames", 1) or 1)
-    except Exception:  # Pillow raises many types for bad input (see tests/corpus/README.md)
+    except Exception:  # Pillow raises many types for bad input (see ../shared/corpus/README.md)
         return None
 
 

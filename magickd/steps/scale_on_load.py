@@ -35,8 +35,8 @@ def scale_on_load(ctx: RenderContext) -> None:
         icc = {"output_profile": "srgb"} if source.has_icc else {}
         if source.fmt == "jpeg":
             shrink = jpeg_shrink(source.width, source.height, base_w, base_h)
-            image = pyvips.Image.new_from_buffer(ctx.data, "", shrink=shrink, fail_on="warning",
-                                                 access="sequential")
+            # jpegload, not whatever loader sniffs first: an Ultra HDR JPEG is its SDR base image here
+            image = pyvips.Image.jpegload_buffer(ctx.data, shrink=shrink, fail_on="warning", access="sequential")
             ctx.base = image.thumbnail_image(base_w, height=base_h, size="down", **icc)
         else:
             ctx.base = pyvips.Image.thumbnail_buffer(

@@ -2,7 +2,7 @@
 
 Order matters, and every step is bounded:
 
-1. the format is already known from magic bytes (ypfs.sniff), so each format is
+1. the format is already known from magic bytes (media.sniff), so each format is
    opened only by its own loader (never libvips' or Pillow's content sniffing);
 2. the header is read and the declared pixels checked against the limit before
    any pixel is decoded (decompression bombs stop here);
@@ -37,7 +37,7 @@ import pyvips
 from cluster.config import LimitsSection
 from cluster.jpeg import JpegStructureError, count_scans
 
-from .pool import background
+from cluster.pool import background
 
 
 class ImageRejected(Exception):
@@ -85,6 +85,16 @@ def probe(src: Source, fmt: str, limits: LimitsSection) -> ProbeResult:
         width, height = height, width
     taken_at, camera, exposure = read_exif(path, fmt)
     return ProbeResult(fmt, width, height, pages, taken_at, camera, exposure)
+
+
+def strict_check(data: bytes, fmt: str, limits: LimitsSection) -> None:
+    """The parts of the acceptance check that libvips' own decode does not repeat: Pillow's
+    stricter PNG and GIF parsers and the GIF block walk. The render pool runs this on every
+    original so that it refuses exactly what an upload would have (ImageRejected)."""
+    if fmt in _PILLOW_CROSS_CHECK:
+        _pillow_cross_check(data, fmt, limits.decode_timeout)
+    if fmt == "gif":
+        check_gif_structure(data, limits)
 
 
 def _check_pixels(width: int, height: int, pages: int, limits: LimitsSection) -> None:

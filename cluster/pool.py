@@ -16,5 +16,5 @@ _pool: tuple[int, ThreadPoolExecutor] | None = None
 def background() -> ThreadPoolExecutor:
     global _pool
     if _pool is None or _pool[0] != os.getpid():
-        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="ypfs-bg"))
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="bg"))
     return _pool[1]
