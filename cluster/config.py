@@ -220,6 +220,8 @@ class HashproxySection:
     pool_idle_timeout: float = 1.5
     pool_max_idle: int = 64
     reuse_port: bool = True
+    upload_deadline: float = 300.0
+    spool_bytes: int = 1073741824
 
     @property
     def bind_host(self) -> str:

@@ -3,10 +3,17 @@
 Every error any service returns is JSON, ``{"error": code, "message": text}``,
 including falcon's own (404 route, 405, malformed multipart) and unexpected
 exceptions (500, logged with a traceback, never the traceback in the body).
+
+Every response also carries ``X-Content-Type-Options: nosniff`` (a browser never
+guesses a type from bytes, e.g. HTML inside an "image"), and HTML pages a CSP with
+``frame-ancestors 'none'`` (no framing, no clickjacking). Internal endpoints
+(magickd ``/render``, every ``/metrics``) take the cluster's service credential,
+``cluster.admin_token``, as ``Authorization: Bearer``; ``/healthz`` stays public.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import re
@@ -44,10 +51,37 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, para
     raise fail(500, "internal_error", "the server failed; the error is logged")
 
 
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
+HTML_CSP = ("Content-Security-Policy", "frame-ancestors 'none'")
+
+
+class SecurityHeaders:
+    """nosniff on every response; no framing of HTML pages."""
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+        resp.set_header(*NOSNIFF)
+        if (resp.content_type or "").startswith("text/html"):
+            resp.set_header(*HTML_CSP)
+
+
 def json_errors(app: falcon.App) -> falcon.App:
     app.set_error_serializer(_serialize)
     app.add_error_handler(Exception, _unexpected)
+    app.add_middleware(SecurityHeaders())
     return app
+
+
+def bearer_ok(header: str | None, token: str) -> bool:
+    """``Authorization: Bearer <token>`` matches (constant time); never with an empty token."""
+    scheme, _, given = (header or "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def require_service_token(req: falcon.Request, token: str) -> None:
+    """401 unless the request carries the cluster's service credential; the same answer for a wrong one or none."""
+    if not bearer_ok(req.get_header("Authorization"), token):
+        raise fail(401, "unauthorized", "this endpoint needs 'Authorization: Bearer <service token>'",
+                   headers={"WWW-Authenticate": "Bearer"})
 
 
 def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int = 60, name: str = "app",

@@ -8,10 +8,11 @@ Layout (small modules, the HTTP-free core first):
     loads.py       in-flight/requests/errors counters shared by the workers (one mmap)
     balancer.py    node choice: hash + bounded loads, least-connections (pure)
     upstream.py    keep-alive connection pool to the nodes, response parsing
-    headers.py     one pass over request headers: routing facts, what a node is sent
+    headers.py     one pass over request headers: routing facts, what a node is sent (framing re-derived)
     responses.py   responses the proxy writes itself (JSON errors, /healthz)
     protocol.py    the client-facing asyncio protocol (httptools), pipelining, limits
     cycle.py       one proxied request: retries, streaming both ways, errors
+    spool.py       request bodies bound for ypfs, taken whole (memory, then disk) before a node is chosen
     checker.py     active health checks
     metrics.py     /metrics in the Prometheus text format
     app.py         ProxyApp: what a worker shares between its connections, the router, timeouts

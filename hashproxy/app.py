@@ -11,6 +11,7 @@ once per worker from the config.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
 from typing import TYPE_CHECKING, Iterable
 
@@ -22,6 +23,7 @@ from .cycle import Cycle, ProxyCycle, Reply, Request
 from .headers import scan
 from .health import HealthBoard
 from .loads import SharedCounters
+from .spool import SpoolBudget
 from .upstream import UpstreamPool
 from .urls import BadTarget, Route, classify
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from .protocol import ProxyProtocol
 
 ROLES = ("ypws", "ypfs")
+SPOOL_SLACK = 1024 * 1024  # multipart framing and form fields beyond limits.max_upload_bytes
 
 
 def validate(settings: HashproxySection) -> None:
@@ -41,6 +44,10 @@ def validate(settings: HashproxySection) -> None:
         raise ConfigError("hashproxy.balance_factor: 0 (off) or at least 1.0")
     if settings.balance_min_load < 0:
         raise ConfigError("hashproxy.balance_min_load: 0 or more")
+    if settings.upload_deadline <= 0:
+        raise ConfigError("hashproxy.upload_deadline: more than 0 seconds")
+    if settings.spool_bytes < 1024 * 1024:
+        raise ConfigError("hashproxy.spool_bytes: at least 1 MiB")
 
 
 def counter_names(cfg: Config) -> list[str]:
@@ -74,6 +81,9 @@ class ProxyApp:
                                                        min_load=s.balance_min_load)
         self.pages = LeastConnections(self.ypws)
         self.uploads = LeastConnections(self.ypfs)
+        self._token = cfg.cluster.admin_token.encode()  # the service credential /metrics takes
+        self.spool_budget = SpoolBudget(s.spool_bytes, cfg.data_dir / "hashproxy" / "spool")
+        self._spool_max = cfg.limits.max_upload_bytes + SPOOL_SLACK
         self.pid = os.getpid()
 
     def route(self, proto: "ProxyProtocol", method: str, raw_target: bytes, headers: list[tuple[bytes, bytes]],
@@ -97,6 +107,10 @@ class ProxyApp:
                                                         b"application/json", keep_alive=keep_alive, http10=http10,
                                                         head_only=method == "HEAD"), keep_alive)
         elif route is Route.METRICS:
+            if not self.authorized(req.headers.auth):
+                return self._error(proto, 401, "unauthorized",
+                                   "/metrics needs 'Authorization: Bearer <service token>'", keep_alive, http10,
+                                   [(b"WWW-Authenticate", b"Bearer")])
             from .metrics import render
             body, ctype = render(self)
             return Reply(proto, req, responses.response(200, body, ctype, keep_alive=keep_alive, http10=http10,
@@ -105,7 +119,17 @@ class ProxyApp:
             raise AssertionError(f"unrouted {route}")
         if not candidates:
             return self._error(proto, 503, "no_healthy_node", f"no healthy {nodes.role} node", keep_alive, http10)
+        if route is Route.YPFS and req.headers.length <= self._spool_max:
+            # bodies are taken whole first: slow clients never hold an upload worker. One declared
+            # past the upload limit is streamed instead, so ypfs refuses it (413) before it is sent.
+            return ProxyCycle(proto, req, nodes, pool, candidates, balancer, s.read_timeout, s.client_timeout,
+                              self.spool_budget, s.upload_deadline)
         return ProxyCycle(proto, req, nodes, pool, candidates, balancer, s.read_timeout, s.client_timeout)
+
+    def authorized(self, header: bytes) -> bool:
+        """``Authorization: Bearer <cluster.admin_token>``, compared in constant time."""
+        scheme, _, token = header.partition(b" ")
+        return scheme.lower() == b"bearer" and bool(self._token) and hmac.compare_digest(token.strip(), self._token)
 
     def health_report(self) -> dict:
         return {"status": "ok", "worker": self.worker, "pid": self.pid,

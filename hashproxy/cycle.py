@@ -8,6 +8,11 @@ node's data callback, one write per read (node reading paused while the client's
 socket buffer is full). A request without a body that fails before the node
 answered (connect error, timeout, reset) is retried once on the next node of its
 order; nothing is retried once the client has seen a byte of the response.
+
+A request body bound for ypfs is the exception to streaming: it is taken whole
+first (spool.py), under ``hashproxy.upload_deadline``, and only then is a ypfs
+node chosen and sent it, with a Content-Length, so no client can hold an upload
+worker by sending slowly.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from . import responses
 from .balancer import ImageBalancer, NodeSet
 from .headers import RequestHeaders, upstream_head
 from .loads import ERRORS, INFLIGHT, REQUESTS, RETRIES
+from .spool import BodySpool, SpoolBudget
 from .upstream import ConnectFailed, UpstreamConnection, UpstreamPool
 from .urls import Target
 
@@ -60,6 +66,7 @@ class Failure:
     message: str
     node_fault: bool = True   # counts against the node's health
     retry: bool = False       # another node may be tried (nothing was sent to the client yet)
+    retry_after: int = 0      # seconds, for a Retry-After header (0: none)
 
 
 class ClientTimeout(Exception):
@@ -121,10 +128,12 @@ class ProxyCycle(Cycle):
     __slots__ = ("nodes", "pool", "candidates", "balancer", "read_timeout", "client_timeout", "loop", "head",
                  "retriable", "started", "chunk_out", "close_delimited", "body_sent", "conn", "node", "task",
                  "finished", "deadline", "_attempt", "_holding", "_stale_retry", "_failure", "_body", "_buffered",
-                 "_body_ended", "_body_waiter", "_waiting_for_client", "_out")
+                 "_body_ended", "_body_waiter", "_waiting_for_client", "_out", "spool", "_spool_budget",
+                 "_upload_deadline")
 
     def __init__(self, proto: "ProxyProtocol", req: Request, nodes: NodeSet, pool: UpstreamPool,
-                 candidates: list[int], balancer: ImageBalancer | None, read_timeout: float, client_timeout: float):
+                 candidates: list[int], balancer: ImageBalancer | None, read_timeout: float, client_timeout: float,
+                 spool_budget: SpoolBudget | None = None, upload_deadline: float = 0.0):
         super().__init__(proto, req)
         self.nodes, self.pool, self.candidates, self.balancer = nodes, pool, candidates, balancer
         self.read_timeout, self.client_timeout = read_timeout, client_timeout
@@ -151,11 +160,17 @@ class ProxyCycle(Cycle):
         self._body_waiter: asyncio.Future | None = None
         self._waiting_for_client = False
         self._out: list[bytes] | None = None
+        self.spool: BodySpool | None = None   # the whole body, when it is taken before a node is chosen
+        self._spool_budget = spool_budget if req.has_body else None
+        self._upload_deadline = upload_deadline
 
     # -- driven by the client protocol -------------------------------------------------
     def start(self) -> None:
         if self.req.headers.expect_continue and self.req.has_body and not self.req.http10:
             self.proto.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self._spool_budget is not None:
+            self.task = self.loop.create_task(self._take_body(self._spool_budget))
+            return
         self._try_next()
 
     def feed_body(self, data: bytes) -> None:
@@ -184,6 +199,7 @@ class ProxyCycle(Cycle):
         self.finished = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        self._close_spool()
         if self.conn is not None:
             self.conn.detach()
             self.conn.close()
@@ -277,6 +293,7 @@ class ProxyCycle(Cycle):
         self.finished = True
         if self.task is not None and not self.task.done() and self.task is not asyncio.current_task():
             self.task.cancel()
+        self._close_spool()
         proto = self.proto
         if failure is None:
             proto.cycle_done(self, self.keep_alive and self.body_sent)
@@ -286,12 +303,61 @@ class ProxyCycle(Cycle):
             if failure is _STALE:
                 failure = Failure(502, "upstream_failed", f"{self.nodes.names[self.node]} kept closing connections")
             keep = self.keep_alive and self._body_ended and not self._body
+            extra = [(b"Retry-After", b"%d" % failure.retry_after)] if failure.retry_after else []
             proto.write(responses.error(failure.status, failure.code, failure.message, keep_alive=keep,
-                                        http10=self.req.http10, head_only=self.req.method == "HEAD"))
+                                        http10=self.req.http10, head_only=self.req.method == "HEAD", headers=extra))
             proto.cycle_done(self, keep)
 
     # -- the request body ---------------------------------------------------------------------
+    async def _take_body(self, budget: SpoolBudget) -> None:
+        """Take the whole body (upload_deadline overall, client_timeout per gap), then choose a node."""
+        spool = self.spool = BodySpool(budget)
+        deadline = self.loop.time() + self._upload_deadline
+        try:
+            while True:
+                remaining = deadline - self.loop.time()
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                chunk = await asyncio.wait_for(self._read_body(), remaining)
+                if not chunk:
+                    break
+                if not spool.write(chunk):
+                    self._give_up(Failure(503, "busy", "the proxy is holding too many uploads; try again shortly",
+                                          node_fault=False, retry_after=2))
+                    return
+        except ClientTimeout:
+            self._give_up(Failure(408, "client_timeout", f"no request body data for {self.client_timeout}s",
+                                  node_fault=False))
+            return
+        except asyncio.TimeoutError:
+            self._give_up(Failure(408, "upload_deadline",
+                                  f"the request body was not received within {self._upload_deadline:g}s",
+                                  node_fault=False))
+            return
+        h = self.req.headers
+        h.chunked, h.length = False, spool.size   # the node gets a sized body, whatever the client sent
+        self.head = upstream_head(self.req.method, self.req.target.path, self.req.target.query, h, self.req.client_ip)
+        self._try_next()
+
+    def _give_up(self, failure: Failure) -> None:
+        self.keep_alive = False  # the rest of the body (if any) is not read: close after the answer
+        self._finish(failure)
+
+    def _close_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
     async def _send_body(self, conn: UpstreamConnection) -> None:
+        if self.spool is not None:
+            for block in self.spool.blocks():  # page cache, at loopback speed
+                conn.write(block)
+                await conn.drain()
+                if conn.closed:
+                    return
+            self.body_sent = True
+            self.deadline = self.loop.time() + self.read_timeout
+            return
         chunked = self.req.headers.chunked
         try:
             while True:

@@ -3,11 +3,20 @@
 One pass over the client's headers; hop-by-hop headers (RFC 9110 7.6.1, plus any
 named in Connection) are dropped from what is forwarded, and X-Forwarded-For and
 Via are extended rather than trusted blindly.
+
+The head has passed ``cluster.framing.check_head`` first. Framing is never copied
+from the client's lines: the node gets a ``Content-Length`` or ``Transfer-Encoding:
+chunked`` written here from what was parsed (the proxy re-chunks the body it
+streams), and a Connection header cannot mark Content-Length, Transfer-Encoding or
+Host hop-by-hop. Otherwise ``Connection: content-length`` would strip the length
+while the body still followed, and the node would read the body as a second request.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from cluster.framing import connection_tokens, content_length
 
 _HOST, _CL, _TE, _EXPECT, _AUTH, _XFF, _VIA, _CONN, _DROP = range(9)
 _SPECIAL = {
@@ -23,6 +32,7 @@ class RequestHeaders:
     host: bytes = b""
     auth: bytes = b""
     has_body: bool = False
+    length: int = -1       # the parsed Content-Length; -1: none
     chunked: bool = False
     expect_continue: bool = False
     xff: bytes = b""
@@ -42,12 +52,11 @@ def scan(headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
         elif kind == _HOST:
             out.host = value
             lines.append(b"%s: %s\r\n" % (name, value))
-        elif kind == _CL:
-            out.has_body = out.has_body or value.strip() != b"0"
-            lines.append(b"%s: %s\r\n" % (name, value))
-        elif kind == _TE:
-            if b"chunked" in value.lower():
-                out.chunked = out.has_body = True
+        elif kind == _CL:  # re-written by upstream_head from the parsed value
+            out.length = content_length(value)
+            out.has_body = out.length > 0
+        elif kind == _TE:  # check_head let only "chunked" through
+            out.chunked = out.has_body = True
         elif kind == _EXPECT:
             out.expect_continue = value.strip().lower() == b"100-continue"
         elif kind == _AUTH:
@@ -58,7 +67,7 @@ def scan(headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
         elif kind == _VIA:
             out.via = out.via + b", " + value if out.via else value
         elif kind == _CONN:
-            tokens = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
+            tokens = connection_tokens(value)
             if tokens:
                 extra_hop = (extra_hop or set()) | tokens
     if extra_hop:  # headers the client marked hop-by-hop in Connection: rare, so a second pass
@@ -76,5 +85,6 @@ def upstream_head(method: str, path: str, query: str, h: RequestHeaders, client_
         b"X-Forwarded-For: ", h.xff + b", " if h.xff else b"", client_ip, b"\r\n",
         b"X-Forwarded-Host: " + h.host + b"\r\n" if h.host else b"",
         b"X-Forwarded-Proto: http\r\nVia: ", h.via + b", " if h.via else b"", b"1.1 hashproxy\r\n",
-        b"Transfer-Encoding: chunked\r\n\r\n" if h.chunked else b"\r\n",
+        b"Transfer-Encoding: chunked\r\n\r\n" if h.chunked else
+        b"Content-Length: %d\r\n\r\n" % h.length if h.length >= 0 else b"\r\n",
     ))

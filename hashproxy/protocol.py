@@ -6,6 +6,12 @@ app's router, which returns a cycle, and runs the cycles of one connection one
 after another (HTTP/1.1 pipelining: later requests wait, with reading paused,
 until the earlier response is written). Reading is paused for named reasons
 (body backpressure, pipelining, a refused request) and resumes only when none is left.
+
+Framing is checked before a request is routed (cluster/framing.py): an ambiguous
+head is refused with 400 and the connection closed. A request refused while its
+body is being streamed (bad chunk framing, chunk extensions past their budget, a
+chunked body past ``limits.max_upload_bytes``) has its node connection dropped
+at once, so the node never sees the rest of it, let alone a second request in it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 import httptools
+
+from cluster.framing import CHUNK_OVERHEAD_REFUSAL, ChunkBudget, check_head
 
 from . import responses
 from .cycle import Cycle, Reply
@@ -50,6 +58,8 @@ class ProxyProtocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._refusal: tuple[int, str, str] | None = None
+        self._chunks: ChunkBudget | None = None   # framing spent by the chunked body being received
+        self._max_chunked = app.cfg.limits.max_upload_bytes
         settings = app.settings
         self._max_line = settings.max_request_line
         self._max_headers = settings.max_header_bytes
@@ -94,10 +104,13 @@ class ProxyProtocol(asyncio.Protocol):
             return
         if self._in_head:
             self._head_bytes += len(data)
+        chunks = self._chunks
+        if chunks is not None:
+            chunks.raw += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "upgrade_unsupported", "protocol upgrades (WebSocket, h2c) are not supported")
+            self._refuse(*UPGRADE_REFUSAL)
             return
         except httptools.HttpParserError as exc:
             status, code, message = self._refusal or (400, "bad_request", f"malformed HTTP request: {_short(exc)}")
@@ -105,6 +118,8 @@ class ProxyProtocol(asyncio.Protocol):
             return
         if self._in_head and self._head_bytes > self._max_head:
             self._refuse(431, "headers_too_large", f"the request head is larger than {self._max_head} bytes")
+        elif chunks is not None and chunks is self._chunks and chunks.exceeded():
+            self._refuse(*CHUNK_OVERHEAD_REFUSAL)  # all of data went to one body: its framing outweighs it
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -121,6 +136,7 @@ class ProxyProtocol(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._refusal = None
         self._head_bytes = 0
         self._url = b""
         self._headers = []
@@ -144,18 +160,33 @@ class ProxyProtocol(asyncio.Protocol):
         self.idle_deadline = 0.0
         parser = self.parser
         if parser.should_upgrade():
-            self._refusal = (400, "upgrade_unsupported", "protocol upgrades (WebSocket, h2c) are not supported")
+            self._refusal = UPGRADE_REFUSAL
+            raise _Refused
+        version = parser.get_http_version()
+        refusal = check_head(self._headers, version == "1.0")
+        if refusal is not None:
+            self._refusal = refusal
             raise _Refused
         cycle = self.app.route(self, parser.get_method().decode("ascii", "replace"), self._url, self._headers,
-                               parser.get_http_version(), parser.should_keep_alive())
+                               version, parser.should_keep_alive())
         self.receiving = cycle
+        req = cycle.req
+        if req is not None and req.headers.chunked:
+            self._chunks = ChunkBudget()
         self._enqueue(cycle)
 
     def on_body(self, body: bytes) -> None:
+        chunks = self._chunks
+        if chunks is not None:
+            chunks.data += len(body)
+            if chunks.data > self._max_chunked:
+                self._refusal = (413, "body_too_large", f"the request body is larger than {self._max_chunked} bytes")
+                raise _Refused
         if self.receiving is not None:
             self.receiving.feed_body(body)
 
     def on_message_complete(self) -> None:
+        self._chunks = None
         if self.receiving is not None:
             self.receiving.end_body()
             self.receiving = None
@@ -218,11 +249,25 @@ class ProxyProtocol(asyncio.Protocol):
             self.pause_reading("pipeline")
 
     def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer a request that cannot be parsed or breaks a limit, then close (the stream is out of sync)."""
+        """Answer a request that cannot be parsed or breaks a limit, then close (the stream is out of sync).
+
+        A request whose body was being streamed is cut off first: its node connection is
+        dropped (the node sees a truncated request, never the bytes after the fault)."""
         self.pause_reading("refused")
-        self.receiving = None
+        cut, self.receiving = self.receiving, None
+        self._chunks = None
         self._in_head = False
-        self._enqueue(Reply(self, None, responses.error(status, code, message, keep_alive=False), keep_alive=False))
+        reply = Reply(self, None, responses.error(status, code, message, keep_alive=False), keep_alive=False)
+        if cut is not None:
+            cut.abort()
+            if cut is self.cycle:
+                self.cycle = None
+                if getattr(cut, "started", False):  # its response is half written: only closing is left
+                    self.close()
+                    return
+            elif cut in self.pipeline:
+                self.pipeline.remove(cut)
+        self._enqueue(reply)
 
     def _arm_idle_timer(self) -> None:
         self.idle_deadline = self.loop.time() + self._client_timeout
@@ -238,6 +283,9 @@ class ProxyProtocol(asyncio.Protocol):
                     self.close()
         if self.write_deadline and now >= self.write_deadline and self.write_paused and self.transport is not None:
             self.transport.abort()  # the client stopped reading; free the node's connection
+
+
+UPGRADE_REFUSAL = (400, "upgrade_unsupported", "protocol upgrades (WebSocket, h2c) are not supported")
 
 
 def _short(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ def response(status: int, body: bytes, content_type: bytes, *, keep_alive: bool 
              head_only: bool = False, headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
     """A whole HTTP/1.1 response with Content-Length."""
     lines = [b"HTTP/1.1 %d %s" % (status, reason(status)), b"Content-Type: " + content_type,
-             b"Content-Length: %d" % len(body), b"Via: 1.1 hashproxy"]
+             b"Content-Length: %d" % len(body), b"Via: 1.1 hashproxy", b"X-Content-Type-Options: nosniff"]
     lines += [k + b": " + v for k, v in headers]
     if not keep_alive:
         lines.append(b"Connection: close")

@@ -6,7 +6,11 @@ the query (version, signature) and the extension are dropped, so every format of
 one size (jpg/webp/avif chosen by Accept) and every version of it live on one node.
 Paths are normalised first (duplicate slashes collapsed, escaped unreserved
 characters decoded, other escapes upper-cased; nothing lower-cased), so two
-spellings of one URL cannot land on two nodes and be cached twice.
+spellings of one URL cannot land on two nodes and be cached twice. An encoded
+slash (``%2F``) is refused: ypws decodes it into a real one, so
+``/photos/alice%2F1_s/small.jpg`` would be served as an image while the proxy
+routed it as a page (no pinning, and a purge of the real URL would miss it).
+``/metrics/`` is the proxy's own /metrics, never a page forwarded to a node.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ def normalise_path(raw: bytes) -> str:
     """The canonical spelling of a path; BadTarget for '..', control characters or non-UTF-8."""
     if b"%" in raw:
         raw = _normalise_escapes(raw)
+        if b"%2F" in raw:
+            raise BadTarget(400, "bad_path", "an encoded '/' (%2F) is not allowed in a path")
     if b"//" in raw:
         raw = _SLASHES.sub(b"/", raw)
     if b"/." in raw:
@@ -148,7 +154,7 @@ def classify(method: str, raw_target: bytes) -> Target:
         raise BadTarget(405, "method_not_allowed", "PURGE is only for /photos/ URLs")
     if path == "/healthz":
         return Target(Route.HEALTH, path, query)
-    if path == "/metrics":
+    if path == "/metrics" or path == "/metrics/":
         return Target(Route.METRICS, path, query)
     if path.startswith("/api/") or path == "/api" or (path == "/upload" and method == "POST"):
         return Target(Route.YPFS, path, query)

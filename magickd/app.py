@@ -5,6 +5,11 @@
     GET  /metrics  Prometheus text, merged over the node's worker processes
 
 Every error is JSON ``{"error": code, "message": text}``; a 429 carries Retry-After.
+``/render`` and ``/metrics`` need the cluster's service credential (``Authorization:
+Bearer <cluster.admin_token>``): anyone who can reach the port could otherwise keep
+the pool busy with ``force`` re-renders. Without it: 401, before the body is read.
+A photo that does not exist, a wrong secret and a missing original get one and
+the same 404, so the answer is no oracle for which ids exist.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import falcon
 
-from cluster.web import json_errors, metrics_body
+from cluster.web import json_errors, metrics_body, require_service_token
 
 from . import metrics
 from .errors import BadRequest, RenderFailure
@@ -52,10 +57,12 @@ def _error(resp: falcon.Response, status: int, code: str, message: str) -> None:
 
 
 class RenderResource:
-    def __init__(self, service: RenderService):
+    def __init__(self, service: RenderService, token: str):
         self.service = service
+        self.token = token
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_service_token(req, self.token)
         started = time.monotonic()
         try:
             body = _read_json(req)
@@ -91,7 +98,11 @@ class HealthResource:
 
 
 class MetricsResource:
+    def __init__(self, token: str):
+        self.token = token
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_service_token(req, self.token)
         data, content_type = metrics_body()
         resp.data = data
         resp.content_type = content_type
@@ -117,7 +128,8 @@ def _read_json(req: falcon.Request) -> dict[str, Any]:
 
 def create_app(service: RenderService, node: str) -> falcon.App:
     app = json_errors(falcon.App())
-    app.add_route("/render", RenderResource(service))
+    token = service.cfg.cluster.admin_token
+    app.add_route("/render", RenderResource(service, token))
     app.add_route("/healthz", HealthResource(service, node))
-    app.add_route("/metrics", MetricsResource())
+    app.add_route("/metrics", MetricsResource(token))
     return app

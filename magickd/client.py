@@ -8,6 +8,8 @@ Wire contract (the service in magickd/app.py implements it):
       200  {"renditions": [{"size", "format", "version", "key", "width", "height", "bytes"}]}
       404  original or record missing        422  original undecodable / over limits
       429  queue full (Retry-After)          503  node unhealthy
+      401  no or wrong service credential (``Authorization: Bearer <cluster.admin_token>``,
+           which this client always sends)
       every error body: {"error": code, "message": text}
 
 Node choice: the nodes are ordered per photo by rendezvous hashing (xxhash), so
@@ -71,6 +73,7 @@ class RenderClient:
         self.retries = cfg.magickd.client_retries
         self.timeout = timeout if timeout is not None else cfg.magickd.client_timeout
         self.pool = pool or urllib3.PoolManager(maxsize=8, retries=False)
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {cfg.cluster.admin_token}"}
 
     def render(
         self, ref: PhotoRef, sizes: Sequence[str] | None = None, formats: Sequence[str] | None = None,
@@ -89,7 +92,7 @@ class RenderClient:
         for node in node_order(self.nodes, ref.photo_id)[: self.retries + 1]:
             try:
                 resp = self.pool.request(
-                    "POST", f"{node.url}/render", body=body, headers={"Content-Type": "application/json"},
+                    "POST", f"{node.url}/render", body=body, headers=self.headers,
                     timeout=urllib3.Timeout(connect=2.0, read=timeout or self.timeout),
                 )
             except urllib3.exceptions.HTTPError as exc:

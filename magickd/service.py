@@ -8,6 +8,7 @@ are returned as they are: the call is idempotent) -> original -> a render slot
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from .geometry import box_for
 from .options import Limits, RenderOptions, Target, parse_targets
 
 log = logging.getLogger("magickd.service")
+#: the one answer for a missing photo, a wrong secret and a missing original
+NO_SUCH_PHOTO = "no such photo"
 
 
 class Hooks:
@@ -99,11 +102,11 @@ class RenderService:
         try:
             record = PhotoRecord.load(self.store, ref.user, ref.photo_id)
         except NotFound:
-            raise PhotoNotFound(f"no photo {ref.user}/{ref.photo_id}") from None
+            raise PhotoNotFound(NO_SUCH_PHOTO) from None
         except StorageError as exc:
             raise Unavailable(f"storage: {exc}") from None
-        if record.secret != ref.secret:
-            raise PhotoNotFound(f"no photo {ref.user}/{ref.photo_id}_{ref.secret}")
+        if not hmac.compare_digest(record.secret, ref.secret):
+            raise PhotoNotFound(NO_SUCH_PHOTO)  # word for word the missing photo's answer: no oracle
         return record
 
     def _render_locked(self, ref: PhotoRef, record: PhotoRecord, targets: tuple[Target, ...],
@@ -138,7 +141,7 @@ class RenderService:
         try:
             data = self.store.get(ref.original_key)
         except NotFound:
-            raise PhotoNotFound(f"the original of {ref.user}/{ref.photo_id} is missing") from None
+            raise PhotoNotFound(NO_SUCH_PHOTO) from None
         except StorageError as exc:
             raise Unavailable(f"storage: {exc}") from None
         with self._waiting_for(self.admission.slot()):

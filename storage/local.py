@@ -4,6 +4,10 @@ Writes are atomic and durable: bytes go to a temp file in the destination folder
 which is fsynced, renamed over the key, and the folder fsynced, so a crash at any
 point leaves either the old object or the new one, never a partial file under
 the key. Temp files start with ``.tmp-`` and are never listed.
+
+Nothing is world-readable: objects are written 0640 and folders created 0750
+(originals of private photos, GPS included, live here), so only the cluster's
+user, and its group, can read the store.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from .base import AlreadyExists, BlobStore, Data, NotFound, ObjectInfo, as_strea
 
 TMP_PREFIX = ".tmp-"
 COPY_CHUNK = 1024 * 1024
+FILE_MODE = 0o640
+DIR_MODE = 0o750
 
 
 def _fsync_dir(path: Path) -> None:
@@ -33,15 +39,29 @@ class LocalStore(BlobStore):
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=DIR_MODE, exist_ok=True)
+
+    def _make_dirs(self, folder: Path) -> None:
+        """Create ``folder`` and its missing parents below the root, each DIR_MODE (mkdir -p ignores the mode)."""
+        missing = []
+        while folder != self.root and not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, DIR_MODE)
+            except FileExistsError:
+                pass
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
     def _write_temp(self, path: Path, data: Data) -> str:
         for attempt in range(3):  # a delete may remove the folder, empty, between mkdir and mkstemp
-            path.parent.mkdir(parents=True, exist_ok=True)
             try:
+                self._make_dirs(path.parent)
                 fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
                 break
             except FileNotFoundError:
@@ -55,7 +75,7 @@ class LocalStore(BlobStore):
                     shutil.copyfileobj(as_stream(data), fh, COPY_CHUNK)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, FILE_MODE)
         except BaseException:
             os.unlink(tmp)
             raise

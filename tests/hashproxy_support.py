@@ -13,6 +13,8 @@ from cluster.config import Config
 from .helpers import REPO, Services, cluster_tree, write_config
 
 STUB = str(REPO / "tests" / "hashproxy_upstream.py")
+ADMIN_TOKEN = "proxy-test-admin-token"
+METRICS_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # /metrics takes the service credential
 
 
 class ProxyCluster:
@@ -22,7 +24,7 @@ class ProxyCluster:
                  hashproxy: dict | None = None, delay: float = 0.0, cache_bytes: int = 0):
         self.tmp_path, self.services, self.delay, self.cache_bytes = tmp_path, services, delay, cache_bytes
         # quick checks, but patient ones: a loaded 2-core box must not make a live stub look dead
-        overrides = {"hashproxy": {"health_interval": 0.2, "health_timeout": 3.0, "fail_threshold": 3,
+        overrides = {"cluster": {"admin_token": ADMIN_TOKEN}, "hashproxy": {"health_interval": 0.2, "health_timeout": 3.0, "fail_threshold": 3,
                                    "rampup_seconds": 0.0, **(hashproxy or {})}}
         self.tree = cluster_tree(tmp_path, ypws_nodes=ypws, ypfs_nodes=ypfs, overrides=overrides)
         self.cfg, self.config_path = write_config(tmp_path, self.tree)

@@ -58,6 +58,11 @@ def cluster_tree(tmp_path: Path, *, backend: str = "local", seaweed=None, bucket
     return deep_update(tree, overrides or {})
 
 
+def service_auth(cfg: Config) -> dict[str, str]:
+    """Headers carrying the cluster's service credential (magickd /render, every /metrics)."""
+    return {"Authorization": f"Bearer {cfg.cluster.admin_token}"}
+
+
 def write_config(tmp_path: Path, tree: dict) -> tuple[Config, Path]:
     path = tmp_path / "yupoo.toml"
     path.write_text(dump_toml(tree))

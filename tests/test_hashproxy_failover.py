@@ -13,13 +13,13 @@ import requests
 
 from hashproxy.ring import Ring
 
-from .hashproxy_support import ProxyCluster, image_urls
+from .hashproxy_support import METRICS_AUTH, ProxyCluster, image_urls
 
 pytestmark = pytest.mark.slow
 
 
 def metric(base: str, name: str, labels: str) -> float:
-    text = requests.get(base + "/metrics", timeout=10).text
+    text = requests.get(base + "/metrics", headers=METRICS_AUTH, timeout=10).text
     line = next(l for l in text.splitlines() if l.startswith(f"{name}{{{labels}}}"))
     return float(line.rsplit(" ", 1)[1])
 

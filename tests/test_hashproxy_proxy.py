@@ -15,7 +15,7 @@ from cluster.config import dump_toml, load
 from hashproxy.ring import Ring
 
 from .hashproxy_support import ProxyCluster, image_urls
-from .helpers import Services, check_connection_cap, deep_update
+from .helpers import Services, check_connection_cap, deep_update, service_auth
 
 pytestmark = pytest.mark.slow
 
@@ -276,14 +276,14 @@ def test_node_errors_pass_through_and_are_counted(cluster):
     r = requests.get(cluster.base + "/_status/503", timeout=10)
     assert r.status_code == 503
     assert r.headers["X-Served-By"].startswith("ypws")
-    metrics = requests.get(cluster.base + "/metrics", timeout=10).text
+    metrics = requests.get(cluster.base + "/metrics", headers=service_auth(cluster.cfg), timeout=10).text
     errors = [l for l in metrics.splitlines() if l.startswith("hashproxy_upstream_errors_total{") and 'role="ypws"' in l]
     assert sum(float(l.rsplit(" ", 1)[1]) for l in errors) >= 1
 
 
 def test_metrics_show_per_node_requests_and_url_share(cluster):
     served_by(cluster.base, image_urls(30, user="gina"))
-    text = requests.get(cluster.base + "/metrics", timeout=10).text
+    text = requests.get(cluster.base + "/metrics", headers=service_auth(cluster.cfg), timeout=10).text
     for n in cluster.cfg.ypws.nodes:
         assert f'hashproxy_upstream_requests_total{{node="{n.name}",role="ypws"}}' in text
         share = next(l for l in text.splitlines() if l.startswith(f'hashproxy_node_url_share{{node="{n.name}"}}'))

@@ -19,6 +19,8 @@ from .helpers import CORPUS, Services, cluster_tree, seed_photo, write_config
 from .magickd_support import decode, has_metadata, start_magickd
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
+TOKEN = "magickd-test-service-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # /render and /metrics take the cluster's service credential
 FORMATS = CORPUS / "formats"
 
 
@@ -26,7 +28,8 @@ FORMATS = CORPUS / "formats"
 def node(seaweed, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("magickd-svc")
     tree = cluster_tree(tmp, backend="s3", seaweed=seaweed,
-                        overrides={"magickd": {"workers": 2, "queue_size": 1, "queue_wait": 30.0}})
+                        overrides={"cluster": {"admin_token": TOKEN},
+                                   "magickd": {"workers": 2, "queue_size": 1, "queue_wait": 30.0}})
     cfg, path = write_config(tmp, tree)
     services = Services(tmp)
     n = start_magickd(services, cfg, path)
@@ -37,7 +40,7 @@ def node(seaweed, tmp_path_factory):
 
 
 def _metric(url: str, name: str, **labels) -> float:
-    text = requests.get(f"{url}/metrics", timeout=5).text
+    text = requests.get(f"{url}/metrics", headers=AUTH, timeout=5).text
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in text.splitlines():
         m = re.match(rf"^{name}(?:{{(.*)}})? (\S+)$", line)
@@ -50,7 +53,7 @@ def test_health_and_metrics(node):
     cfg, store, services, url = node
     r = requests.get(f"{url}/healthz", timeout=5)
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["workers"] == 2
-    m = requests.get(f"{url}/metrics", timeout=5)
+    m = requests.get(f"{url}/metrics", headers=AUTH, timeout=5)
     assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
     for name in ("magickd_queue_depth", "magickd_renders_in_progress"):
         assert name in m.text
@@ -103,7 +106,7 @@ def test_full_queue_answers_429_with_retry_after(node):
     def post(rec):
         barrier.wait(10)
         return requests.post(f"{url}/render", json={"user": rec.owner, "photo": rec.id, "secret": rec.secret,
-                                                    "sizes": ["xlarge"], "formats": ["avif"]}, timeout=120)
+                                                    "sizes": ["xlarge"], "formats": ["avif"]}, headers=AUTH, timeout=120)
 
     with ThreadPoolExecutor(len(recs)) as pool:
         answers = list(pool.map(post, recs))
@@ -122,13 +125,13 @@ def test_hostile_originals_get_422_and_are_then_refused_quickly_without_killing_
         rec = seed_photo(store, "mallory", CORPUS / "formats" / "hopper.jpg")
         store.put(rec.ref.original_key, (CORPUS / "hostile" / name).read_bytes())  # swap in the hostile bytes
         body = {"user": rec.owner, "photo": rec.id, "secret": rec.secret, "sizes": None, "formats": None}
-        r = requests.post(f"{url}/render", json=body, timeout=60)
+        r = requests.post(f"{url}/render", json=body, headers=AUTH, timeout=60)
         if r.status_code == 200:  # damaged metadata only: a clean rendition is acceptable
             assert name == "png_decompression_dos.png"
             continue
         assert r.status_code == 422, (name, r.status_code, r.text)
         assert set(r.json()) == {"error", "message"}
-        again = requests.post(f"{url}/render", json=body, timeout=60)
+        again = requests.post(f"{url}/render", json=body, headers=AUTH, timeout=60)
         assert again.status_code == 422 and "remembered" in again.json()["message"]
         assert again.json()["error"] == r.json()["error"]
     assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
@@ -150,9 +153,9 @@ def test_bad_requests_are_clean_json_errors(node):
         ({"user": 5}, 400, "bad_request"),
     ]
     for body, status, code in cases:
-        r = requests.post(f"{url}/render", json=body, timeout=10)
+        r = requests.post(f"{url}/render", json=body, headers=AUTH, timeout=10)
         assert (r.status_code, r.json()["error"]) == (status, code), body
-    r = requests.post(f"{url}/render", data=b"{not json", headers={"Content-Type": "application/json"}, timeout=10)
+    r = requests.post(f"{url}/render", data=b"{not json", headers={**AUTH, "Content-Type": "application/json"}, timeout=10)
     assert r.status_code == 400 and r.json()["error"] == "bad_request"
     r = requests.get(f"{url}/nowhere", timeout=10)
     assert r.status_code == 404 and r.json()["error"] == "not_found"

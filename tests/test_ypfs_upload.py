@@ -62,7 +62,7 @@ class RenderRecorder(ThreadingHTTPServer):
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                recorder.calls.append(json.loads(body))
+                recorder.calls.append({**json.loads(body), "_authorization": self.headers.get("Authorization")})
                 payload = b'{"renditions": []}' if recorder.status == 200 else b'{"error": "down"}'
                 self.send_response(recorder.status)
                 self.send_header("Content-Type", "application/json")
@@ -190,6 +190,7 @@ def test_upload_end_to_end(ypfs):
     assert wait_for(lambda: ypfs.recorder.calls_for(body["id"]))
     call = ypfs.recorder.calls_for(body["id"])[0]
     assert (call["user"], call["secret"], call["sizes"]) == ("alice", body["secret"], None)
+    assert call["_authorization"] == f"Bearer {ypfs.cfg.cluster.admin_token}"  # magickd needs the service credential
 
 
 def test_same_bytes_again_returns_the_existing_photo(ypfs):
@@ -200,6 +201,28 @@ def test_same_bytes_again_returns_the_existing_photo(ypfs):
     assert again.json()["id"] == first.json()["id"]
     other_user = ypfs.upload("bob", data)
     assert other_user.status_code == 201 and other_user.json()["id"] != first.json()["id"]
+
+
+def test_same_bytes_again_as_private_does_not_pretend_to_be_private(ypfs):
+    """Issue 13 (LOW): a private=1 re-upload of a public photo silently returned the public photo."""
+    data = jpeg_variant("formats/DSCN0010.jpg", 1)
+    first = ypfs.upload("priya", data)
+    assert first.status_code == 201 and first.json()["private"] is False
+    again = ypfs.upload("priya", data, private="1")
+    assert again.status_code == 409, again.text
+    body = again.json()
+    assert body["error"] == "already_public"
+    assert first.json()["id"] in body["message"] and "PATCH" in body["message"]
+    assert body["photo"]["id"] == first.json()["id"] and body["photo"]["private"] is False
+    assert again.headers["Location"] == f"/api/photos/priya/{first.json()['id']}"
+    # the photo itself was not changed behind the owner's back
+    assert PhotoRecord.load(ypfs.store, "priya", first.json()["id"]).private is False
+    # a private photo uploaded again (privately or not) is answered as the private photo it is
+    secret = ypfs.upload("priya", jpeg_variant("formats/DSCN0010.jpg", 2), private="1")
+    assert secret.status_code == 201
+    for fields in ({"private": "1"}, {}):
+        r = ypfs.upload("priya", jpeg_variant("formats/DSCN0010.jpg", 2), **fields)
+        assert r.status_code == 200 and r.json()["id"] == secret.json()["id"] and r.json()["private"] is True
 
 
 @pytest.mark.parametrize("path", VALID)

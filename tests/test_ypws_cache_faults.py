@@ -63,8 +63,11 @@ def entry_path(cfg, node: str, key: str) -> Path:
     return cache_dir(cfg, node) / "entries" / h[:2] / h[2:]
 
 
+METRICS_TOKEN = "test-admin-token"  # /metrics takes the service credential; the nodes here use this token
+
+
 def metrics(url: str) -> str:
-    return fetch(f"{url}/metrics")[2].decode()
+    return fetch(f"{url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})[2].decode()
 
 
 @contextmanager
@@ -308,7 +311,7 @@ def test_a_node_starting_on_a_full_disk_serves_and_says_so(tmp_path):
             miss = client.simulate_get(f"{fresh.ref.url_path}/original.jpg")
             assert miss.status_code == 200 and miss.headers["X-Cache"] == "MISS"
             assert miss.content == strip_location(store.get(fresh.ref.original_key), "jpeg")
-        m = client.simulate_get("/metrics")
+        m = client.simulate_get("/metrics", headers={"Authorization": "Bearer admin-token"})
         assert m.status_code == 200 and metric(m.text, "ypws_cache_degraded") == 1.0
         assert metric(m.text, "ypws_bypassed_total") == 2
         purge = client.simulate_request("PURGE", f"{fresh.ref.url_path}/original",
@@ -331,7 +334,8 @@ def test_a_full_cache_disk_serves_from_storage_and_recovers(tmp_path, services):
     with tmpfs(tmp_path / "cachefs", "size=8m,nr_inodes=2000") as fs:
         try:
             tree = cluster_tree(tmp_path, overrides={"ypws": {"workers": 2, "cache_dir": str(fs), "access_log": "off",
-                                                              "cache_retry_seconds": RETRY}})
+                                                              "cache_retry_seconds": RETRY},
+                                                     "cluster": {"admin_token": METRICS_TOKEN}})
             cfg, _ = start_ypws(services, tmp_path / "n", tree, "ypws1")
             url = cfg.ypws.nodes[0].url
             store = open_store(cfg)

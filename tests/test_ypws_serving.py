@@ -76,7 +76,8 @@ def admin(world) -> dict:
 
 
 def metrics(url: str) -> str:
-    return requests.get(f"{url}/metrics", timeout=10).text
+    """/metrics takes the service credential (the world's admin token)."""
+    return requests.get(f"{url}/metrics", headers={"Authorization": "Bearer test-admin-token"}, timeout=10).text
 
 
 def metrics_when(url: str, name: str, predicate) -> str | None:

@@ -8,7 +8,7 @@
     GET  /api/users/{user}/photos     a user's public photos, oldest first (?after=ID&limit=N);
                                       with the owner's token, the private ones too
     PURGE /photos/...                 an admin's cache purge (admin token), logged and pushed
-    GET  /healthz, /metrics
+    GET  /healthz, /metrics           /metrics needs the service credential (Bearer cluster.admin_token)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import falcon
 
 from cluster.config import Config
 from cluster.purge import Purger
-from cluster.web import fail, json_errors, metrics_body
+from cluster.web import fail, json_errors, metrics_body, require_service_token
 from storage import BlobStore, NotFound, StorageError
 from storage.ids import IdGenerator, claim_slot
 from storage.keys import InvalidName, parse_record_key, photo_prefix, valid_photo_id, valid_user
@@ -141,8 +141,17 @@ class UploadResource:
             except StorageError as exc:
                 raise fail(503, "storage_unavailable", f"the photo could not be stored: {exc}", {"Retry-After": "5"}) from None
         metrics.UPLOAD_BYTES.inc(rec.bytes if created else 0)
-        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.location = f"/api/photos/{rec.owner}/{rec.id}"
+        if private and not rec.private:
+            # The same bytes are already this user's *public* photo. Answering it as if the
+            # upload had made a private one would tell the uploader a lie about who can see it.
+            resp.status = falcon.HTTP_409
+            resp.media = {"error": "already_public",
+                          "message": f"these bytes are already your public photo {rec.id}; to make it private, "
+                                     f"PATCH {resp.location} with {{\"private\": true}}",
+                          "photo": photo_view(self.cfg, rec)}
+            return
+        resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
         resp.media = photo_view(self.cfg, rec)
         if created:
             self.after_store(rec)
@@ -307,7 +316,13 @@ class HealthResource:
 
 
 class MetricsResource:
+    """/metrics takes the cluster's service credential (``Authorization: Bearer <cluster.admin_token>``)."""
+
+    def __init__(self, token: str):
+        self.token = token
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_service_token(req, self.token)
         resp.data, resp.content_type = metrics_body()
 
 
@@ -347,5 +362,5 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
     app.add_route("/api/openapi.json", OpenApiResource(cfg))
     app.add_sink(PurgeSink(cfg.cluster.admin_token, purger), "/photos/")
     app.add_route("/healthz", HealthResource(node, store))
-    app.add_route("/metrics", MetricsResource())
+    app.add_route("/metrics", MetricsResource(cfg.cluster.admin_token))
     return app

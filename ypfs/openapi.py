@@ -93,6 +93,11 @@ def document(cfg: Config) -> dict:
                                    "private": {"type": "string", "enum": ["1", "0", "true", "false"]}}}}}},
                 "responses": {"201": _json(photo, "Stored (durably: the answer comes after the write)"),
                               "200": _json(photo, "The same user uploaded the same bytes before: that photo"),
+                              "409": _json({"type": "object", "required": ["error", "message", "photo"],
+                                            "properties": {"error": {"type": "string", "enum": ["already_public"]},
+                                                           "message": {"type": "string"}, "photo": photo}},
+                                           "private=1 was asked, but these bytes are already this user's public "
+                                           "photo (unchanged; Location and the message say how to make it private)"),
                               **_errors(400, 401, 413, 415, 422, 503)},
             }},
             "/api/photos/{user}/{photo_id}": {

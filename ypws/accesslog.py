@@ -6,18 +6,33 @@
 Lines are formatted with the C string escaper (no dict, no json.dumps) and
 written every quarter second or 64 KiB, so logging costs a hit a few
 microseconds and no system call of its own.
+
+The ``exp`` and ``sig`` of a signed URL are never written: a signed URL is a bearer
+link to a private photo, and logs are read by more people than the photo's owner.
+Their values are replaced by ``-`` (the parameter names stay, so the line still shows
+that the request was signed).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
 
 _q = json.encoder.encode_basestring_ascii  # C implementation: quotes and escapes a str
 FLUSH_BYTES = 65536
+_SECRET_PARAMS = re.compile(rb"([?&;](?:exp|sig)=)[^&;#]*", re.IGNORECASE)
+
+
+def redact(url: bytes) -> bytes:
+    """The request target with the values of ``exp`` and ``sig`` replaced by ``-``."""
+    if b"?" not in url:
+        return url
+    path, _, query = url.partition(b"?")
+    return path + _SECRET_PARAMS.sub(rb"\1-", b"?" + query)
 
 
 class AccessLog:
@@ -46,6 +61,8 @@ class AccessLog:
               referer: str | None, ua: str | None, peer: str) -> None:
         if self.pid != os.getpid():  # forked since construction
             self.pid = os.getpid()
+        if b"g=" in url or b"p=" in url or b"G=" in url or b"P=" in url:  # cheap pre-filter for sig=/exp=
+            url = redact(url)
         line = (
             f'{{"t":{time.time():.3f},"node":{self.node},"pid":{self.pid},"method":{_q(method.decode("latin-1"))},'
             f'"path":{_q(url.decode("latin-1"))},"status":{status},"bytes":{sent},"cache":{_q(cache)},'

@@ -8,7 +8,7 @@
     GET      /u/{user}[?before={id}]                      gallery, newest first, a page at a time
     GET      /p/{user}/{id}                               photo page
     GET      /upload                                      upload page (the POST goes to ypfs)
-    GET      /healthz (alive), /readyz (purge log applied, storage reachable), /metrics
+    GET      /healthz (alive), /readyz (purge log applied, storage reachable), /metrics (service credential)
 
 Cache hits normally never reach falcon: the worker (``ypws.worker``) answers them
 on its event loop through the same ``ImageService``; this app serves the misses,
@@ -30,7 +30,7 @@ import falcon
 import falcon.routing
 
 from cluster.config import Config
-from cluster.web import fail, json_errors
+from cluster.web import fail, json_errors, require_service_token
 from storage import BlobStore, NotFound, StorageError
 from storage.keys import (InvalidName, PhotoRef, parse_photo_segment, parse_timeline_key, record_key, valid_photo_id,
                           valid_user)
@@ -62,9 +62,17 @@ class Router(falcon.routing.CompiledRouter):
 
 
 class RejectBadPaths:
-    """Malformed paths (non-UTF-8, overlong, traversal) get a 400 before any routing."""
+    """Malformed paths (non-UTF-8, overlong, traversal, an encoded '/') get a 400 before any routing.
+
+    ``%2F`` is refused as hashproxy refuses it: PATH_INFO arrives decoded, so
+    ``/photos/alice%2F1_s/small.jpg`` would otherwise be served as the image that the
+    proxy routed as a page (unpinned, and missed by a purge of the real URL). The raw
+    request target is in RAW_URI (set by our worker, as gunicorn's own workers do)."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raw_uri = req.env.get("RAW_URI", "")
+        if "%" in raw_uri and "%2f" in raw_uri.partition("?")[0].lower():
+            raise fail(400, "bad_path", "an encoded '/' (%2F) is not allowed in a path")
         raw = req.env.get("PATH_INFO", "")
         try:
             path = raw.encode("latin-1").decode("utf-8")
@@ -194,11 +202,15 @@ class ReadyResource:
 
 
 class MetricsResource:
-    def __init__(self, cache: DiskCache, node: str):
+    """/metrics (and /metrics/: trailing slashes are stripped) take the cluster's service credential."""
+
+    def __init__(self, cache: DiskCache, node: str, token: str):
         self.cache = cache
         self.node = node
+        self.token = token
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        require_service_token(req, self.token)
         body, content_type = exposition(self.cache.totals(), self.node)
         resp.data = body
         resp.content_type = content_type
@@ -325,7 +337,7 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, rende
     app.add_route("/upload", UploadPageResource(cfg.ypws.upload_url, cfg.limits.max_upload_bytes))
     app.add_route("/healthz", HealthResource(node))
     app.add_route("/readyz", ReadyResource(service.gate, node))
-    app.add_route("/metrics", MetricsResource(cache, node))
+    app.add_route("/metrics", MetricsResource(cache, node, cfg.cluster.admin_token))
     return app
 
 

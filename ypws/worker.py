@@ -8,7 +8,16 @@ parser. For each GET/HEAD of an image it first asks ``ImageService.respond(...,
 fast=True)``: a cache hit is answered right there from one cache file read, with
 no environ and no thread. A miss, a page, PURGE or anything else goes, as WSGI,
 to the falcon app on a thread pool; the connection waits (requests pipelined
-behind it are queued) and its reading is paused meanwhile.
+behind it are queued) and its reading is paused meanwhile. Likewise while the
+client is not reading its answers (the transport's write buffer is past its high
+water mark): reading is paused and parsed requests wait in the queue, so a client
+that pipelines hits and never reads holds a few small request objects, not
+megabytes of answers.
+
+Framing follows the same strict rules as hashproxy (cluster/framing.py): an
+ambiguous head, an Upgrade, or a chunked body whose framing outweighs its data is
+refused with a JSON 400 and the connection closed; a refusal that follows requests
+still being answered is written after their responses, never before.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from urllib.parse import unquote_to_bytes
 import httptools
 from gunicorn.workers import base
 
+from cluster.framing import CHUNK_OVERHEAD_REFUSAL, ChunkBudget, check_head
+
 from .accesslog import AccessLog
 from .diskcache import CorruptEntry
 from .images import ImageRequest, Reply
@@ -44,16 +55,24 @@ IMAGE_HEADERS = {
     b"if-modified-since": "if_modified_since", b"range": "range", b"if-range": "if_range",
 }
 LOGGED_HEADERS = {**IMAGE_HEADERS, b"user-agent": "ua"}
+#: headers that make a request head worth the full framing check (cluster.framing.check_head)
+FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 HEAD_MEMO_MAX = 4096
 STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 
 
 SHED_LINGER = 1.0  # seconds a refused connection may take to close its side
+UPGRADE_REFUSAL = (400, "upgrade_unsupported", "protocol upgrades (WebSocket, h2c) are not supported")
+NOSNIFF = b"X-Content-Type-Options: nosniff\r\n"
 
 
 class _Refused(Exception):
     def __init__(self, status: int, code: str, message: str):
         self.status, self.code, self.message = status, code, message
+
+
+class _Refusal(tuple):
+    """A refusal queued behind pipelined requests: (status, code, message)."""
 
 
 class _Request:
@@ -90,9 +109,11 @@ class HttpProtocol(asyncio.Protocol):
         self.peer = ("", 0)
         self.pending: deque[_Request] = deque()
         self.busy = False
+        self.write_paused = False  # the client is not reading: answer nothing more until it does
         self.shed = False  # refused at the connection cap: incoming data is dropped
         self.last_active = self.loop.time()
         self.started: float | None = None  # when the request being received sent its first byte
+        self.chunks: ChunkBudget | None = None  # framing spent by the chunked body being received
         self.can_write = threading.Event()
         self.can_write.set()
         self._reset()
@@ -104,6 +125,7 @@ class HttpProtocol(asyncio.Protocol):
         self.body: list[bytes] = []
         self.header_bytes = 0
         self.body_bytes = 0
+        self.framing = False  # a framing header or a second Host was seen: check_head runs
 
     # -- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -124,28 +146,41 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.can_write.clear()
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.can_write.set()
+        self.write_paused = False
+        if self.transport is not None and not self.busy:
+            self.transport.resume_reading()
+            self._drain()
 
     def data_received(self, data: bytes) -> None:
         if self.shed:
             return  # read and dropped: closing with unread data would reset the connection
         self.last_active = self.loop.time()
+        chunks = self.chunks
+        if chunks is not None:
+            chunks.raw += len(data)
         try:
             self.parser.feed_data(data)
         except _Refused as exc:
-            self._refuse(exc.status, exc.code, exc.message)
+            self._refuse_in_order(exc.status, exc.code, exc.message)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Refused):
-                self._refuse(cause.status, cause.code, cause.message)
+                self._refuse_in_order(cause.status, cause.code, cause.message)
             else:
-                self._refuse(400, "bad_request", "malformed HTTP request")
+                self._refuse_in_order(400, "bad_request", "malformed HTTP request")
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "bad_request", "protocol upgrades are not supported")
+            self._refuse_in_order(*UPGRADE_REFUSAL)
         except httptools.HttpParserError:
-            self._refuse(400, "bad_request", "malformed HTTP request")
+            self._refuse_in_order(400, "bad_request", "malformed HTTP request")
+        else:
+            if chunks is not None and chunks is self.chunks and chunks.exceeded():
+                self._refuse_in_order(*CHUNK_OVERHEAD_REFUSAL)  # all of data went to one body
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -162,11 +197,31 @@ class HttpProtocol(asyncio.Protocol):
         if self.header_bytes > MAX_HEADER_BYTES or len(self.headers) >= MAX_HEADERS:
             raise _Refused(431, "headers_too_large", "the request headers are too large")
         self.headers.append((name, value))
-        field = LOGGED_HEADERS.get(name.lower())
+        lname = name.lower()
+        field = LOGGED_HEADERS.get(lname)
         if field is not None:
+            if field in self.fields:  # a repeated Host (or any logged header): let check_head judge
+                self.framing = True
             self.fields[field] = value.decode("latin-1")
+        elif lname in FRAMING_HEADERS:
+            self.framing = True
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        if p.should_upgrade():
+            raise _Refused(*UPGRADE_REFUSAL)
+        if self.framing:  # the hit path (no body, one Host) skips the full check
+            refusal = check_head(self.headers, p.get_http_version() == "1.0")
+            if refusal is not None:
+                raise _Refused(*refusal)
+
+    def on_chunk_header(self) -> None:
+        if self.chunks is None:
+            self.chunks = ChunkBudget()
 
     def on_body(self, body: bytes) -> None:
+        if self.chunks is not None:
+            self.chunks.data += len(body)
         self.body_bytes += len(body)
         if self.body_bytes > MAX_BODY:
             raise _Refused(413, "body_too_large", "ypws takes no request bodies this large")
@@ -174,16 +229,20 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.started = None
+        self.chunks = None
         p = self.parser
         req = _Request(p.get_method(), self.url, self.headers, self.fields, b"".join(self.body), p.should_keep_alive(),
                        p.get_http_version(), time.perf_counter())
-        if self.busy or self.pending:
+        if self.busy or self.pending or self.write_paused:
             self.pending.append(req)
         else:
             self._handle(req)
 
     # -- requests ----------------------------------------------------------------------------
     def _handle(self, req: _Request) -> None:
+        if req.__class__ is _Refusal:
+            self._refuse(*req)
+            return
         if self.service is not None and req.method in (b"GET", b"HEAD") and req.url.startswith(b"/photos/"):
             reply = self._fast(req)
             if reply is not None:
@@ -219,7 +278,7 @@ class HttpProtocol(asyncio.Protocol):
         headers = reply.headers if reply.headers.__class__ is tuple else tuple(reply.headers)
         block = memo.get(headers)
         if block is None:
-            block = "".join(f"{k}: {v}\r\n" for k, v in reply.headers).encode("latin-1")
+            block = "".join(f"{k}: {v}\r\n" for k, v in reply.headers).encode("latin-1") + NOSNIFF
             if len(memo) >= HEAD_MEMO_MAX:
                 memo.clear()
             memo[headers] = block
@@ -235,6 +294,16 @@ class HttpProtocol(asyncio.Protocol):
         transport.writelines(head)
         return 0
 
+    def _refuse_in_order(self, status: int, code: str, message: str) -> None:
+        """Refuse now, or, when earlier requests are still being answered, right after their responses."""
+        if self.busy or self.pending:
+            self.shed = True  # nothing more is read from this connection
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self.pending.append(_Refusal((status, code, message)))
+            return
+        self._refuse(status, code, message)
+
     def _refuse(self, status: int, code: str, message: str, extra: bytes = b"", linger: bool = False) -> None:
         """Answer a request we could not even parse (or take), then close.
 
@@ -249,7 +318,7 @@ class HttpProtocol(asyncio.Protocol):
         body = json.dumps({"error": code, "message": message}).encode()
         self.transport.writelines([
             STATUS_LINES[status], b"Content-Type: application/json\r\nContent-Length: ", str(len(body)).encode(),
-            b"\r\nConnection: close\r\n", extra, self.worker.date_header(), b"\r\n", body,
+            b"\r\nConnection: close\r\n", NOSNIFF, extra, self.worker.date_header(), b"\r\n", body,
         ])
         if self.log.enabled:
             self.log.write(b"-", self.url[:200], status, len(body), "-", 0.0, None, None, self.peer[0])
@@ -284,8 +353,13 @@ class HttpProtocol(asyncio.Protocol):
         if not keep:
             self.transport.close()
             return
-        self.transport.resume_reading()
-        while self.pending and not self.busy and self.transport is not None:
+        if not self.write_paused:
+            self.transport.resume_reading()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Answer queued requests until one goes to a thread, the client stops reading, or none is left."""
+        while self.pending and not self.busy and not self.write_paused and self.transport is not None:
             self._handle(self.pending.popleft())
 
     def _write_from_thread(self, data: bytes) -> bool:
@@ -377,7 +451,7 @@ class HttpProtocol(asyncio.Protocol):
             "REQUEST_METHOD": req.method.decode("latin-1"),
             "SCRIPT_NAME": "",
             "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-            "QUERY_STRING": query.decode("latin-1"),
+            "QUERY_STRING": query.decode("latin-1"), "RAW_URI": req.url.decode("latin-1"),
             "SERVER_NAME": sockname[0], "SERVER_PORT": str(sockname[1]),
             "SERVER_PROTOCOL": f"HTTP/{req.version}",
             "REMOTE_ADDR": str(self.peer[0]), "REMOTE_PORT": str(self.peer[1] if len(self.peer) > 1 else ""),
