@@ -21,7 +21,7 @@ from ypws.policies import (ADAPTSIZE_C, POLICIES, LRUCache, S3FIFOCache, S4LRUCa
                            split_policy)
 from ypws.simulate import compare, object_sizes, replay, zipf_trace
 
-from .helpers import CORPUS, Services, cluster_tree, seed_photo
+from .helpers import CORPUS, Services, cluster_tree, seed_photo, service_auth
 from .ypws_support import access_lines, metric, seed_rendition, start_ypws, wait_for
 
 DEFAULT = load_dict()["ypws"]["cache_policy"]
@@ -316,7 +316,7 @@ def test_default_policy_in_a_real_node_shared_by_workers_and_warm_after_restart(
         index = cache_dir(cfg, "ypws1") / "index.sqlite3"
 
         def figures():
-            text = requests.get(f"{base}/metrics", timeout=10).text
+            text = requests.get(f"{base}/metrics", headers=service_auth(cfg), timeout=10).text
             got = {k: metric(text, f"ypws_{k}_total") or 0 for k in ("misses", "fills", "not_admitted", "hits")}
             return got if got["hits"] + got["misses"] == 2 * len(urls) else None
 
