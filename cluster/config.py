@@ -72,10 +72,11 @@ class S3StoreConfig:
     secure: bool = False
     region: str = "us-east-1"
     part_size: int = 16 * 1024 * 1024
-    retries: int = 4
+    retries: int = 3
     retry_backoff: float = 0.2
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    connect_timeout: float = 2.0
+    read_timeout: float = 5.0
+    deadline: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class SizeProfile:
 class YpfsSection:
     workers: int = 2
     timeout: int = 60
+    request_deadline: float = 25.0
     render_after_upload: bool = True
     render_retries: int = 3
     nodes: tuple[NodeConfig, ...] = ()
@@ -158,15 +160,16 @@ class YpfsSection:
 class MagickdSection:
     workers: int = 0
     queue_size: int = 8
-    render_timeout: float = 30.0
+    render_timeout: float = 20.0
     failure_ttl: float = 300.0
     vips_concurrency: int = 1
     vips_cache_max_mem: int = 0
-    client_timeout: float = 60.0
+    client_timeout: float = 30.0
     client_retries: int = 2
     webp_effort: int = 4
     avif_effort: int = 2
-    queue_wait: float = 60.0
+    queue_wait: float = 10.0
+    request_deadline: float = 25.0
     nodes: tuple[NodeConfig, ...] = ()
 
     @property
@@ -191,6 +194,7 @@ class YpwsSection:
     cache_policy: str = "s3fifo+adaptsize"
     threads: int = 8
     timeout: int = 60
+    request_deadline: float = 35.0
     access_log: str = "stderr"
     upload_url: str = ""
     cache_retry_seconds: float = 5.0
@@ -210,7 +214,7 @@ class HashproxySection:
     fail_threshold: int = 2
     rampup_seconds: float = 10.0
     connect_timeout: float = 2.0
-    read_timeout: float = 60.0
+    read_timeout: float = 75.0
     client_timeout: float = 30.0
     max_connections: int = 1000
     max_request_line: int = 8190
@@ -378,6 +382,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("limits: max_upload_bytes and max_pixels must be positive")
     _validate_addresses(cfg)
     cfg.supervise.validate()
+    from .budget import check_timeout_budget
+
+    check_timeout_budget(cfg)
 
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")

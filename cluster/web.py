@@ -3,12 +3,16 @@
 Every error any service returns is JSON, ``{"error": code, "message": text}``,
 including falcon's own (404 route, 405, malformed multipart) and unexpected
 exceptions (500, logged with a traceback, never the traceback in the body).
+A storage failure that no resource turned into an answer of its own is a 503
+with Retry-After, never a 500: whatever a request was doing when the store
+failed, the client may retry it shortly. ``RequestDeadline`` gives every
+request's storage calls one shared deadline (storage.deadline).
 
 Every response also carries ``X-Content-Type-Options: nosniff`` (a browser never
 guesses a type from bytes, e.g. HTML inside an "image"), and HTML pages a CSP with
 ``frame-ancestors 'none'`` (no framing, no clickjacking). Internal endpoints
 (magickd ``/render``, every ``/metrics``) take the cluster's service credential,
-``cluster.admin_token``, as ``Authorization: Bearer``; ``/healthz`` stays public.
+``cluster.admin_token``, as ``Authorization: Bearer``; ``/healthz`` and ``/readyz`` stay public.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import signal
 from typing import Any, Callable
 
 import falcon
+
+from storage import deadline
+from storage.base import NotFound, StorageError
 
 from .lifeline import die_with_parent
 
@@ -51,6 +58,22 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, para
     raise fail(500, "internal_error", "the server failed; the error is logged")
 
 
+#: seconds a client is asked to wait after a storage failure
+STORAGE_RETRY_AFTER = "5"
+
+
+def storage_failed(exc: StorageError) -> falcon.HTTPError:
+    """The answer to a storage failure: 503 + Retry-After (the store's message names no secret)."""
+    return fail(503, "storage_unavailable", f"storage failed: {exc}", {"Retry-After": STORAGE_RETRY_AFTER})
+
+
+def _storage_error(req: falcon.Request, resp: falcon.Response, exc: StorageError, params: dict) -> None:
+    if isinstance(exc, NotFound):  # a read that found nothing, not caught where it was made
+        raise fail(404, "not_found", "no such object")
+    log.warning("storage failed on %s %s: %s", req.method, req.path, exc)
+    raise storage_failed(exc)
+
+
 NOSNIFF = ("X-Content-Type-Options", "nosniff")
 HTML_CSP = ("Content-Security-Policy", "frame-ancestors 'none'")
 
@@ -67,8 +90,34 @@ class SecurityHeaders:
 def json_errors(app: falcon.App) -> falcon.App:
     app.set_error_serializer(_serialize)
     app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(StorageError, _storage_error)
     app.add_middleware(SecurityHeaders())
     return app
+
+
+class RequestDeadline:
+    """Falcon middleware: the request's storage calls end within ``seconds`` of its start (together)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        deadline.begin(self.seconds)
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool) -> None:
+        deadline.end()
+
+
+def readiness(resp: falcon.Response, service: str, node: str, ready: bool, reasons: list[str]) -> None:
+    """A /readyz answer: 200 when ready, else 503 with the reasons (public: no secrets in them)."""
+    resp.set_header("Cache-Control", "no-store")
+    if ready:
+        resp.media = {"status": "ready", "service": service, "node": node}
+        return
+    resp.status = falcon.HTTP_503
+    resp.set_header("Retry-After", "1")
+    resp.media = {"error": "not_ready", "message": "; ".join(reasons) or "not ready", "service": service,
+                  "node": node, "reasons": reasons}
 
 
 def bearer_ok(header: str | None, token: str) -> bool:

@@ -4,7 +4,7 @@ Layout (small modules, the HTTP-free core first):
 
     urls.py        request target -> normalised path, route and routing key (pure)
     ring.py        rendezvous (HRW) hashing over xxhash: a key's node order (pure)
-    health.py      per-node up/down state and rejoin ramp-up (pure, clock injected)
+    health.py      per-node up/down and ready state, rejoin ramp-up (pure, clock injected)
     loads.py       in-flight/requests/errors counters shared by the workers (one mmap)
     balancer.py    node choice: hash + bounded loads, least-connections (pure)
     upstream.py    keep-alive connection pool to the nodes, response parsing
@@ -13,7 +13,7 @@ Layout (small modules, the HTTP-free core first):
     protocol.py    the client-facing asyncio protocol (httptools), pipelining, limits
     cycle.py       one proxied request: retries, streaming both ways, errors
     spool.py       request bodies bound for ypfs, taken whole (memory, then disk) before a node is chosen
-    checker.py     active health checks
+    checker.py     active checks of each node's /readyz (live, ready)
     metrics.py     /metrics in the Prometheus text format
     app.py         ProxyApp: what a worker shares between its connections, the router, timeouts
     server.py      one worker process: event loop, listening, graceful shutdown

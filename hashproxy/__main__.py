@@ -46,7 +46,8 @@ def cmd_route(args: argparse.Namespace) -> int:
         print(f"{order[0]}\tkey={target.key}\torder={','.join(order)}")
     else:
         where = {Route.YPFS: "ypfs (least-connections)", Route.PAGE: "ypws (least-connections)",
-                 Route.HEALTH: "hashproxy itself", Route.METRICS: "hashproxy itself"}[target.route]
+                 Route.HEALTH: "hashproxy itself", Route.READY: "hashproxy itself",
+                 Route.METRICS: "hashproxy itself"}[target.route]
         print(f"{where}\tpath={target.path}")
     return 0
 

@@ -1,7 +1,7 @@
 """ProxyApp: what one worker shares between its connections (the ServerState), and the router.
 
 The router turns a parsed request head into a cycle: a local reply (/healthz,
-/metrics, an error) or a request proxied to the node(s) the balancers chose.
+/readyz, /metrics, an error) or a request proxied to the node(s) the balancers chose.
 PURGE is proxied to ypfs, which commits it to the purge log that every cache
 node follows (storage/purgelog.py): a front keeps no purge state of its own, so
 any number of fronts can stand behind one address. Everything it needs (nodes, health, counters, pools) is built
@@ -106,6 +106,12 @@ class ProxyApp:
             return Reply(proto, req, responses.response(200, responses.json_body(self.health_report()),
                                                         b"application/json", keep_alive=keep_alive, http10=http10,
                                                         head_only=method == "HEAD"), keep_alive)
+        elif route is Route.READY:
+            ready, report = self.ready_report()
+            extra = [(b"Cache-Control", b"no-store")] + ([] if ready else [(b"Retry-After", b"1")])
+            return Reply(proto, req, responses.response(200 if ready else 503, responses.json_body(report),
+                                                        b"application/json", keep_alive=keep_alive, http10=http10,
+                                                        head_only=method == "HEAD", headers=extra), keep_alive)
         elif route is Route.METRICS:
             if not self.authorized(req.headers.auth):
                 return self._error(proto, 401, "unauthorized",
@@ -118,7 +124,8 @@ class ProxyApp:
         else:
             raise AssertionError(f"unrouted {route}")
         if not candidates:
-            return self._error(proto, 503, "no_healthy_node", f"no healthy {nodes.role} node", keep_alive, http10)
+            return self._error(proto, 503, "no_healthy_node", f"no healthy {nodes.role} node", keep_alive, http10,
+                               [(b"Retry-After", b"1")])
         if route is Route.YPFS and req.headers.length <= self._spool_max:
             # bodies are taken whole first: slow clients never hold an upload worker. One declared
             # past the upload limit is streamed instead, so ypfs refuses it (413) before it is sent.
@@ -134,6 +141,20 @@ class ProxyApp:
     def health_report(self) -> dict:
         return {"status": "ok", "worker": self.worker, "pid": self.pid,
                 "nodes": {role: ns.health.snapshot() for role, ns in self.nodesets.items()}}
+
+    def ready_report(self) -> tuple[bool, dict]:
+        """Ready when every role it routes to (ypws, ypfs; magickd is not proxied) has a node up and ready.
+
+        What an outer load balancer checks: a proxy that could only fall back to unready
+        nodes is live (``/healthz``) but should get no new traffic while another proxy can.
+        """
+        reasons = [f"no ready {role} node" for role, ns in self.nodesets.items()
+                   if not any(ns.health.is_ready(i) for i in range(len(ns)))]
+        nodes = {role: {n: ns.health.is_ready(i) for i, n in enumerate(ns.names)} for role, ns in self.nodesets.items()}
+        if reasons:
+            return False, {"error": "not_ready", "message": "; ".join(reasons), "reasons": reasons,
+                           "worker": self.worker, "ready": nodes}
+        return True, {"status": "ready", "worker": self.worker, "ready": nodes}
 
     def _error(self, proto: "ProxyProtocol", status: int, code: str, message: str, keep_alive: bool,
                http10: bool, headers: Iterable[tuple[bytes, bytes]] = ()) -> Reply:

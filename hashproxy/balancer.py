@@ -71,7 +71,7 @@ class HashBalancer:
         ring = self.ring
         chosen, later = [], []
         for i in order:
-            if health.is_up(i):
+            if health.routable(i):
                 (chosen if ring.admits(i, key, health.ramp(i)) else later).append(i)
         return chosen + later
 

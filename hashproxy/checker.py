@@ -1,4 +1,9 @@
-"""Active health checks: every ``health_interval``, GET /healthz on every node over a fresh connection.
+"""Active health checks: every ``health_interval``, GET /readyz on every node over a fresh connection.
+
+200 is live and ready; 503 is live but not ready (the node says why: e.g. its
+storage is unreachable), which keeps the node up but takes it out of routing while
+another node of its role is ready (health.py); anything else, or no answer, is a
+failure.
 
 A fresh connection tests what a new request needs (accept, answer) and never
 competes with pooled keep-alive connections. Results feed the same HealthBoard
@@ -35,10 +40,12 @@ class HealthChecker:
 
     async def check(self, nodes: NodeSet, pool: UpstreamPool, node: int) -> bool:
         try:
-            status, _ = await call(pool, node, "GET", "/healthz", timeout=self.timeout, pooled=False)
-            ok = status == 200
+            status, _ = await call(pool, node, "GET", "/readyz", timeout=self.timeout, pooled=False)
+            ok = status in (200, 503)
         except UpstreamError:
             ok = False
+        if ok and nodes.health.set_ready(node, status == 200):
+            log.warning("%s/%s is %s", nodes.role, nodes.names[node], "ready" if status == 200 else "live but not ready")
         name = f"{nodes.role}/{nodes.names[node]}"
         if ok:
             if nodes.health.success(node):

@@ -428,7 +428,8 @@ class ProxyCycle(Cycle):
         self.deadline = self.loop.time() + self.read_timeout
         if status >= 500:
             self.nodes.counters.add(self.node, ERRORS)
-            self.nodes.health.failure(self.node)
+            if status != 503:  # a 503 is a live node's deliberate answer (storage down...): /readyz decides
+                self.nodes.health.failure(self.node)
         else:
             self.nodes.health.success(self.node, revive=False)
         self.started = True

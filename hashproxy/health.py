@@ -5,7 +5,15 @@ counter: ``fail_threshold`` failures in a row take a node out, one success (an
 active check, since a down node gets no traffic) brings it back. A node that
 comes back starts cold, so its share ramps from 0 to 1 over ``rampup_seconds``
 (see Ring.admits). Nodes are up and fully ramped at start-up, so every worker
-begins with the same mapping. Pure: the clock is a constructor argument.
+begins with the same mapping.
+
+Readiness is a second, separate bit per node, set by the active check of
+``/readyz``: a node that answers 503 there is live (it keeps its failure count at
+zero) but *not ready*, and gets no new traffic while some other up node of its
+role is ready. If no up node is ready, every up node is routed to as before: when
+storage is down everywhere, a ypws node can still serve its cache hits and ypfs
+still answers 503 + Retry-After itself, which beats the proxy refusing everything.
+``up_nodes`` (and ``routable``) is that choice. Pure: the clock is a constructor argument.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ class HealthBoard:
         self._up = [True] * len(self.names)
         self._fails = [0] * len(self.names)
         self._up_since = [float("-inf")] * len(self.names)
+        self._ready = [True] * len(self.names)
+        self._routable = [True] * len(self.names)
         self.up_nodes: tuple[int, ...] = tuple(range(len(self.names)))
         self._ramp_until = float("-inf")
 
@@ -35,6 +45,22 @@ class HealthBoard:
 
     def is_up(self, node: int) -> bool:
         return self._up[node]
+
+    def is_ready(self, node: int) -> bool:
+        """Up and ready (its last /readyz said 200)."""
+        return self._up[node] and self._ready[node]
+
+    def routable(self, node: int) -> bool:
+        """Gets new traffic: up and ready, or up while no node of the role is ready."""
+        return self._routable[node]
+
+    def set_ready(self, node: int, ready: bool) -> bool:
+        """Record the node's readiness; True when it changed."""
+        if self._ready[node] == ready:
+            return False
+        self._ready[node] = ready
+        self._refresh()
+        return True
 
     def ramp(self, node: int) -> float:
         """The fraction of its share the node takes now: 0 just after rejoining, 1 once ramped."""
@@ -69,8 +95,13 @@ class HealthBoard:
         return False
 
     def _refresh(self) -> None:
-        self.up_nodes = tuple(i for i, up in enumerate(self._up) if up)
+        up = tuple(i for i, up in enumerate(self._up) if up)
+        ready = tuple(i for i in up if self._ready[i])
+        self.up_nodes = ready or up  # no ready node: the live ones (see the module docstring)
+        chosen = set(self.up_nodes)
+        self._routable = [i in chosen for i in range(len(self.names))]
 
     def snapshot(self) -> dict[str, dict]:
-        return {n: {"up": self._up[i], "ramp": round(self.ramp(i), 3), "fails": self._fails[i]}
+        return {n: {"up": self._up[i], "ready": self._ready[i], "ramp": round(self.ramp(i), 3),
+                    "fails": self._fails[i]}
                 for i, n in enumerate(self.names)}

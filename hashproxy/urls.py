@@ -34,7 +34,8 @@ class BadTarget(ValueError):
 
 
 class Route(enum.Enum):
-    HEALTH = "healthz"        # answered by the proxy itself
+    HEALTH = "healthz"        # answered by the proxy itself: liveness
+    READY = "readyz"          # answered by the proxy itself: a ready node per role (for an outer balancer)
     METRICS = "metrics"       # answered by the proxy itself
     IMAGE = "image"           # one ypws node by hash of the routing key
     YPFS = "ypfs"             # uploads, the API and PURGE: least-connections over ypfs
@@ -154,6 +155,8 @@ def classify(method: str, raw_target: bytes) -> Target:
         raise BadTarget(405, "method_not_allowed", "PURGE is only for /photos/ URLs")
     if path == "/healthz":
         return Target(Route.HEALTH, path, query)
+    if path == "/readyz":
+        return Target(Route.READY, path, query)
     if path == "/metrics" or path == "/metrics/":
         return Target(Route.METRICS, path, query)
     if path.startswith("/api/") or path == "/api" or (path == "/upload" and method == "POST"):

@@ -55,10 +55,18 @@ class Admission:
         finally:
             os.close(fd)
 
+    def saturated(self) -> bool:
+        """True when every ticket is taken: a request arriving now would get a 429 (for /readyz)."""
+        fd = self._try_any("tickets", self.tickets)
+        if fd is None:
+            return True
+        os.close(fd)
+        return False
+
     @contextmanager
-    def slot(self) -> Iterator[None]:
-        """One of the node's render slots, waited for up to ``wait`` seconds."""
-        fd = self._poll(lambda: self._try_any("slots", self.slots), "a render slot")
+    def slot(self, wait: float | None = None) -> Iterator[None]:
+        """One of the node's render slots, waited for up to ``wait`` seconds (default: the configured wait)."""
+        fd = self._poll(lambda: self._try_any("slots", self.slots), "a render slot", wait)
         try:
             yield
         finally:
@@ -87,14 +95,15 @@ class Admission:
                 return fd
         return None
 
-    def _poll(self, attempt: Callable[[], int | None], what: str) -> int:
-        deadline = self.clock() + self.wait
+    def _poll(self, attempt: Callable[[], int | None], what: str, wait: float | None = None) -> int:
+        wait = self.wait if wait is None else wait
+        deadline = self.clock() + wait
         pause = POLL_MIN
         while True:
             fd = attempt()
             if fd is not None:
                 return fd
             if self.clock() >= deadline:
-                raise Unavailable(f"waited {self.wait:g}s for {what}")
+                raise Unavailable(f"waited {wait:g}s for {what}")
             self.sleep(pause)
             pause = min(POLL_MAX, pause * 1.5)

@@ -1,10 +1,14 @@
 """The HTTP face of a magickd node: thin falcon resources over RenderService.
 
     POST /render   render (or find) a photo's renditions; see magickd/client.py for the contract
-    GET  /healthz  200 {"status": "ok", ...} while the node can reach its store, else 503
+    GET  /healthz  liveness: 200 {"status": "ok", ...}, constant
+    GET  /readyz   readiness: 200 while the store answers and a request would be admitted
+                   (a ticket is free), else 503 with the reasons
     GET  /metrics  Prometheus text, merged over the node's worker processes
 
-Every error is JSON ``{"error": code, "message": text}``; a 429 carries Retry-After.
+Every error is JSON ``{"error": code, "message": text}``; a 429 or 503 carries
+Retry-After. A request ends within ``magickd.request_deadline``: its storage calls
+share that deadline, and the slot wait and the render are cut to what is left.
 ``/render`` and ``/metrics`` need the cluster's service credential (``Authorization:
 Bearer <cluster.admin_token>``): anyone who can reach the port could otherwise keep
 the pool busy with ``force`` re-renders. Without it: 401, before the body is read.
@@ -21,7 +25,8 @@ from typing import Any
 
 import falcon
 
-from cluster.web import json_errors, metrics_body, require_service_token
+from cluster.web import RequestDeadline, json_errors, metrics_body, readiness, require_service_token
+from storage.readiness import StorageProbe
 
 from . import metrics
 from .errors import BadRequest, RenderFailure
@@ -73,8 +78,8 @@ class RenderResource:
         except RenderFailure as exc:
             metrics.ERRORS.labels(exc.code).inc()
             _error(resp, exc.status, exc.code, exc.message)
-            if exc.status == 429:
-                resp.set_header("Retry-After", str(getattr(exc, "retry_after", 1)))
+            if exc.status in (429, 503):
+                resp.set_header("Retry-After", str(getattr(exc, "retry_after", 1 if exc.status == 429 else 5)))
             return
         finally:
             metrics.LATENCY.observe(time.monotonic() - started)
@@ -87,14 +92,26 @@ class HealthResource:
         self.node = node
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        try:
-            self.service.store.exists("health/magickd")
-        except Exception as exc:  # any storage failure means this node cannot render
-            _error(resp, 503, "storage_unavailable", str(exc)[:300])
-            return
         m = self.service.cfg.magickd
         resp.media = {"status": "ok", "node": self.node, "workers": m.effective_workers,
                       "queue_size": m.queue_size}
+
+
+class ReadyResource:
+    """Ready to render: the store answers (cached probe) and the queue has room."""
+
+    def __init__(self, service: RenderService, node: str):
+        self.service, self.node = service, node
+        self.probe = StorageProbe(service.store)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        reasons = []
+        ok, reason = self.probe.status()
+        if not ok:
+            reasons.append(reason)
+        if self.service.admission.saturated():
+            reasons.append("render queue full: every render slot and queue place is taken")
+        readiness(resp, "magickd", self.node, not reasons, reasons)
 
 
 class MetricsResource:
@@ -127,9 +144,10 @@ def _read_json(req: falcon.Request) -> dict[str, Any]:
 
 
 def create_app(service: RenderService, node: str) -> falcon.App:
-    app = json_errors(falcon.App())
+    app = json_errors(falcon.App(middleware=[RequestDeadline(service.cfg.magickd.request_deadline)]))
     token = service.cfg.cluster.admin_token
     app.add_route("/render", RenderResource(service, token))
     app.add_route("/healthz", HealthResource(service, node))
+    app.add_route("/readyz", ReadyResource(service, node))
     app.add_route("/metrics", MetricsResource(token))
     return app

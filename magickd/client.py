@@ -15,12 +15,16 @@ Wire contract (the service in magickd/app.py implements it):
 Node choice: the nodes are ordered per photo by rendezvous hashing (xxhash), so
 every caller sends a given photo to the same node first, where concurrent
 requests for it coalesce into one render; on a connect error, timeout, 429 or
-5xx the next node in that order is tried.
+5xx the next node in that order is tried. A caller that must answer in time
+(ypws, for a missing size) gives ``budget``: the whole call, every node
+together, ends within it, so a node that times out spends the budget and no
+second full wait follows.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
@@ -77,9 +81,13 @@ class RenderClient:
 
     def render(
         self, ref: PhotoRef, sizes: Sequence[str] | None = None, formats: Sequence[str] | None = None,
-        timeout: float | None = None, force: bool = False,
+        timeout: float | None = None, force: bool = False, budget: float | None = None,
     ) -> list[Rendition]:
-        """Render (or find) the renditions; ``force`` re-renders ones that exist (verify --repair)."""
+        """Render (or find) the renditions; ``force`` re-renders ones that exist (verify --repair).
+
+        ``budget``: seconds for the whole call; each node gets what is left of it, and
+        no further node is tried once less than a second remains.
+        """
         payload: dict[str, Any] = {
             "user": ref.user, "photo": ref.photo_id, "secret": ref.secret,
             "sizes": list(sizes) if sizes is not None else None,
@@ -89,11 +97,19 @@ class RenderClient:
             payload["force"] = True
         body = json.dumps(payload).encode()
         failures: list[str] = []
+        read = timeout or self.timeout
+        end = None if budget is None else time.monotonic() + budget
         for node in node_order(self.nodes, ref.photo_id)[: self.retries + 1]:
+            if end is not None:
+                left = end - time.monotonic()
+                if left < 1.0:
+                    failures.append("no time left for another node")
+                    break
+                read = min(read, left)
             try:
                 resp = self.pool.request(
                     "POST", f"{node.url}/render", body=body, headers=self.headers,
-                    timeout=urllib3.Timeout(connect=2.0, read=timeout or self.timeout),
+                    timeout=urllib3.Timeout(connect=min(2.0, read), read=read),
                 )
             except urllib3.exceptions.HTTPError as exc:
                 failures.append(f"{node.name}: {exc.__class__.__name__}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from cluster.budget import magickd_worker_timeout
 from cluster.config import Config
 from cluster.web import prepare_metrics_dir
 from cluster.web import serve as run
@@ -42,7 +43,7 @@ def serve(cfg: Config, node: str) -> None:
         service = RenderService.for_node(cfg, node_cfg.name, open_store(cfg), MetricsHooks())
         return create_app(service, node_cfg.name)
 
-    run(load_app, node_cfg.bind, workers, timeout=int(m.render_timeout + m.queue_wait + 30),
+    run(load_app, node_cfg.bind, workers, timeout=magickd_worker_timeout(cfg),
         name=f"magickd-{node_cfg.name}", options={
             "worker_class": "gthread",
             # every ticket holder may sit in one worker, plus room to answer 429s and /healthz

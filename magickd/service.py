@@ -8,6 +8,7 @@ are returned as they are: the call is idempotent) -> original -> a render slot
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Sequence
 
 from cluster.config import Config
-from storage import NotFound, StorageError
+from storage import NotFound, StorageError, deadline
 from storage.base import BlobStore
 from storage.keys import CONTENT_TYPES, InvalidName, PhotoRef
 from storage.records import PhotoRecord
@@ -24,7 +25,7 @@ from storage.records import PhotoRecord
 from . import pipeline
 from .client import Rendition
 from .admission import Admission
-from .errors import BadRequest, PhotoNotFound, RenderFailure, Unavailable
+from .errors import BadRequest, PhotoNotFound, RenderFailure, RenderTimeout, Unavailable
 from .failures import FailureMemory
 from .geometry import box_for
 from .options import Limits, RenderOptions, Target, parse_targets
@@ -144,11 +145,20 @@ class RenderService:
             raise PhotoNotFound(NO_SUCH_PHOTO) from None
         except StorageError as exc:
             raise Unavailable(f"storage: {exc}") from None
-        with self._waiting_for(self.admission.slot()):
+        with self._waiting_for(self.admission.slot(self._left(self.cfg.magickd.queue_wait))):
+            limits = self.limits
+            left = self._left(limits.timeout)
+            if left < limits.timeout:  # the request's deadline (magickd.request_deadline) is nearer
+                limits = dataclasses.replace(limits, timeout=left)
             self.hooks.rendering(+1)
             started = time.monotonic()
             try:
-                outputs = self._render(data, RenderOptions(targets, self.limits))
+                outputs = self._render(data, RenderOptions(targets, limits))
+            except RenderTimeout as exc:
+                if limits is not self.limits:  # cut short by the request's deadline: not the original's fault
+                    raise Unavailable(f"the request's deadline ran out while rendering ({exc.message})") from None
+                self.failures.remember(ref.original_key, exc.code, exc.message)
+                raise
             except RenderFailure as exc:
                 if exc.permanent:
                     self.failures.remember(ref.original_key, exc.code, exc.message)
@@ -169,6 +179,17 @@ class RenderService:
             infos.append(Rendition(t.name, t.fmt, t.version, key, out.width, out.height, len(out.data)))
         self.failures.forget(ref.original_key)
         return infos
+
+
+    @staticmethod
+    def _left(most: float) -> float:
+        """``most`` seconds, or what is left of the request's deadline if that is less (Unavailable if none)."""
+        left = deadline.remaining()
+        if left is None or left >= most:
+            return most
+        if left <= 0.05:
+            raise Unavailable("the request's deadline passed before its render could start")
+        return left
 
 
 def _failure_from(code: str, message: str) -> RenderFailure:

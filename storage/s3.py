@@ -6,6 +6,10 @@
   reader never sees part of an object.
 - Transient failures (connection errors, timeouts, 5xx, SlowDown) are retried with
   exponential back-off; seekable bodies are rewound for the retry.
+- Every operation, retries included, ends within ``deadline`` seconds (and within the
+  calling request's deadline, storage.deadline): each HTTP call's connect and read
+  timeouts are cut to the time left, and no retry starts that could not finish, so
+  an unreachable or hung endpoint becomes StorageUnavailable (a 503) in seconds.
 - Bad credentials raise StorageAuthError, an unreachable endpoint
   StorageUnavailable, each with a message naming the endpoint.
 """
@@ -16,6 +20,7 @@ import email.utils
 import io
 import threading
 import time
+from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterator, TypeVar
 
 import urllib3
@@ -25,6 +30,7 @@ from minio.error import MinioException, S3Error, ServerError
 
 from cluster.config import S3StoreConfig
 
+from . import deadline as request_deadline
 from .base import (
     AlreadyExists, BlobStore, Data, NotFound, ObjectInfo, StorageAuthError, StorageError,
     StorageUnavailable, as_stream, check_key, check_prefix,
@@ -62,17 +68,50 @@ class _ObjectStream(io.RawIOBase):
         super().close()
 
 
+class _DeadlinePool(urllib3.PoolManager):
+    """A PoolManager whose calls, inside an operation, get timeouts cut to the operation's time left.
+
+    minio makes its HTTP calls through ``urlopen`` with no timeout of its own, so this
+    is the one place where each call (multipart parts included) can be bounded.
+    Calls from minio's own part-upload threads keep the configured timeouts.
+    """
+
+    def __init__(self, connect: float, read: float, **kw):
+        super().__init__(timeout=urllib3.Timeout(connect=connect, read=read), **kw)
+        self._connect, self._read = connect, read
+        self._local = threading.local()
+
+    @contextmanager
+    def until(self, when: float):
+        outer = getattr(self._local, "until", None)
+        self._local.until = when if outer is None else min(outer, when)
+        try:
+            yield
+        finally:
+            self._local.until = outer
+
+    def urlopen(self, method, url, redirect=True, **kw):
+        when = getattr(self._local, "until", None)
+        if when is not None:
+            left = when - time.monotonic()
+            if left <= 0:
+                raise urllib3.exceptions.TimeoutError("the storage operation's deadline has passed")
+            kw["timeout"] = urllib3.Timeout(connect=min(self._connect, left), read=min(self._read, left))
+        return super().urlopen(method, url, redirect=redirect, **kw)
+
+
 class S3Store(BlobStore):
     name = "s3"
 
     def __init__(self, cfg: S3StoreConfig, sleep: Callable[[float], None] = time.sleep):
         self.cfg = cfg
         self._sleep = sleep
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout),
+        http = _DeadlinePool(
+            cfg.connect_timeout, cfg.read_timeout,
             maxsize=16,
             retries=False,  # our own loop retries, with back-off and rewinding
         )
+        self._http = http
         self.client = Minio(
             cfg.endpoint,
             access_key=cfg.access_key or None,
@@ -93,9 +132,18 @@ class S3Store(BlobStore):
         pos = rewind.tell() if rewind is not None and rewind.seekable() else None
         delay = self.cfg.retry_backoff
         attempts = max(1, self.cfg.retries)
+        started = time.monotonic()
+        until = started + self.cfg.deadline
+        outer = request_deadline.until()
+        if outer is not None:
+            if outer <= started:
+                raise StorageUnavailable(f"S3 {what} not started: the request's deadline has passed")
+            until = min(until, outer)
+        attempt, last = 0, None
         for attempt in range(1, attempts + 1):
             try:
-                return fn()
+                with self._http.until(until):
+                    return fn()
             except S3Error as exc:
                 if exc.code in NOT_FOUND_CODES:
                     raise NotFound(what) from None
@@ -105,7 +153,7 @@ class S3Store(BlobStore):
                     ) from None
                 if exc.code not in TRANSIENT_CODES or attempt == attempts:
                     raise StorageError(f"S3 {what} failed: {exc.code}: {exc.message}") from None
-                last: Exception = exc
+                last = exc
             except ServerError as exc:
                 if exc.status_code == 403:
                     raise StorageAuthError(f"S3 endpoint {self.cfg.endpoint} refused the credentials for {what}") from None
@@ -118,12 +166,15 @@ class S3Store(BlobStore):
                 break
             if pos is None and rewind is not None:
                 break  # a consumed, unseekable body cannot be sent again
+            if time.monotonic() + delay >= until:
+                break  # no time left for another attempt within the deadline
             if pos is not None:
                 rewind.seek(pos)
             self._sleep(delay)
             delay *= 2
         raise StorageUnavailable(
-            f"S3 endpoint {self.cfg.endpoint} unreachable or failing for {what} after {attempt} attempt(s): {last}"
+            f"S3 endpoint {self.cfg.endpoint} unreachable or failing for {what} after {attempt} attempt(s) "
+            f"in {time.monotonic() - started:.1f}s: {last}"
         ) from None
 
     def _bucket(self) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from cluster import procs
 from cluster.config import Config
 
-from .helpers import REPO, Services, cluster_tree, write_config
+from .helpers import REPO, Services, cluster_tree, deep_update, tight_budget, write_config
 
 STUB = str(REPO / "tests" / "hashproxy_upstream.py")
 ADMIN_TOKEN = "proxy-test-admin-token"
@@ -26,6 +26,8 @@ class ProxyCluster:
         # quick checks, but patient ones: a loaded 2-core box must not make a live stub look dead
         overrides = {"cluster": {"admin_token": ADMIN_TOKEN}, "hashproxy": {"health_interval": 0.2, "health_timeout": 3.0, "fail_threshold": 3,
                                    "rampup_seconds": 0.0, **(hashproxy or {})}}
+        if "read_timeout" in (hashproxy or {}):  # a short proxy timeout: the nodes' budget nests under it
+            overrides = deep_update(tight_budget(hashproxy["read_timeout"]), overrides)
         self.tree = cluster_tree(tmp_path, ypws_nodes=ypws, ypfs_nodes=ypfs, overrides=overrides)
         self.cfg, self.config_path = write_config(tmp_path, self.tree)
 

@@ -9,6 +9,7 @@ node); PURGE is recorded; POST/PUT stream the body and answer its length and
 sha256. ``/_status/N`` answers status N, ``/_sleep/S`` sleeps S seconds first, ``/_chunked``
 and ``/_close`` answer chunked and close-delimited bodies.
 ``GET /_stats`` reports what the node saw, ``POST /_reset`` clears it.
+``/readyz`` answers 200, or 503 after ``POST /_ready/0`` (``POST /_ready/1`` undoes it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import xxhash
 class State:
     def __init__(self, name: str, delay: float, cache_bytes: int):
         self.name, self.delay, self.cache_bytes = name, delay, cache_bytes
+        self.ready = True
         self.lock = threading.Lock()
         self.reset()
 
@@ -91,6 +93,10 @@ def make_handler(state: State):
             path = urlsplit(self.path).path
             if path == "/healthz":
                 return self._json(200, {"status": "ok", "node": state.name})
+            if path == "/readyz":
+                if state.ready:
+                    return self._json(200, {"status": "ready", "node": state.name})
+                return self._json(503, {"error": "not_ready", "message": "told so", "node": state.name})
             if path == "/_stats":
                 with state.lock:
                     return self._json(200, {"node": state.name, "requests": state.requests, "paths": state.paths,
@@ -145,6 +151,9 @@ def make_handler(state: State):
                              "authorization": self.headers.get("Authorization", "")})
 
         def do_POST(self):
+            if self.path.startswith("/_ready/"):
+                state.ready = self.path.endswith("/1")
+                return self._json(200, {"node": state.name, "ready": state.ready})
             if self.path == "/_reset":
                 with state.lock:
                     state.reset()

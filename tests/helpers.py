@@ -58,6 +58,26 @@ def cluster_tree(tmp_path: Path, *, backend: str = "local", seaweed=None, bucket
     return deep_update(tree, overrides or {})
 
 
+def tight_budget(read_timeout: float) -> dict:
+    """Overrides that nest the whole timeout budget (cluster/budget.py) under a short
+    ``hashproxy.read_timeout``: for tests of the proxy's own timeouts against stub nodes."""
+    node = max(1, int(read_timeout * 0.7))          # gunicorn timeouts are whole seconds
+    if not node < read_timeout:
+        raise ValueError(f"hashproxy.read_timeout {read_timeout} leaves no room for a node timeout")
+    request = node * 0.8
+    client = request * 0.9
+    render_request = client * 0.9
+    return {
+        "hashproxy": {"read_timeout": read_timeout},
+        "ypfs": {"timeout": node, "request_deadline": request},
+        "ypws": {"timeout": node, "request_deadline": request},
+        "magickd": {"client_timeout": client, "request_deadline": render_request,
+                    "render_timeout": render_request * 0.8, "queue_wait": render_request * 0.8},
+        "storage": {"s3": {"deadline": render_request * 0.8}},
+        "limits": {"decode_timeout": request * 0.8},
+    }
+
+
 def service_auth(cfg: Config) -> dict[str, str]:
     """Headers carrying the cluster's service credential (magickd /render, every /metrics)."""
     return {"Authorization": f"Bearer {cfg.cluster.admin_token}"}

@@ -14,7 +14,6 @@ import io
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from hashproxy.haproxy import IMAGE_PATH_REGEX, READY_PATH, ROUTE_KEY_HEADER, re
 from hashproxy.urls import image_key
 
 from .helpers import CORPUS, REPO, cluster_tree, deep_update, write_config
-from .ypws_support import access_lines, raw_http
+from .ypws_support import access_lines, raw_http, wait_for
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 SECRETS = {"admin_token": "adm-SECRET-token-1234567890", "url_key": "url-SECRET-key-0987654321"}
@@ -64,7 +63,7 @@ def section(text: str, header: str) -> list[str]:
 
 def test_generated_config_routes_like_hashproxy_and_haproxy_accepts_it(tmp_path):
     cfg, _ = config(tmp_path, overrides={"hashproxy": {"host": "127.0.0.1", "connect_timeout": 1.5,
-                                                       "client_timeout": 20.0, "read_timeout": 45.0,
+                                                       "client_timeout": 20.0, "read_timeout": 80.0,
                                                        "health_interval": 0.5, "fail_threshold": 3}})
     text = render(cfg)
     s = cfg.hashproxy
@@ -75,7 +74,7 @@ def test_generated_config_routes_like_hashproxy_and_haproxy_accepts_it(tmp_path)
     assert "use_backend ypfs if { path /api } || { path_beg /api/ } || { path /upload } METH_POST" in front
     assert "default_backend ypws_pages" in front
     defaults = section(text, "defaults")
-    assert {"timeout connect 1500ms", "timeout client 20000ms", "timeout server 45000ms"} <= set(defaults)
+    assert {"timeout connect 1500ms", "timeout client 20000ms", "timeout server 80000ms"} <= set(defaults)
     assert any(line.startswith("http-error status 503 ") and line.endswith("hdr Retry-After 1") for line in defaults)
 
     images = section(text, "backend ypws_images")
@@ -171,15 +170,6 @@ def test_cli_prints_the_config_without_secrets(tmp_path):
 # -- a real cluster behind a real HAProxy -----------------------------------------------------
 
 
-def wait_until(predicate, timeout: float, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
-
-
 @pytest.mark.slow
 def test_real_cluster_behind_haproxy(tmp_path, services):
     need_haproxy()
@@ -193,7 +183,7 @@ def test_real_cluster_behind_haproxy(tmp_path, services):
                                   health_url=f"{node.url}/healthz", timeout=90)
     # /readyz lands on every component in a parallel change; until a node has it (404), all are checked on /healthz
     def readyz(url: str) -> int:  # a node may say 503 until it is ready (a ypws node applies the purge log first)
-        return wait_until(lambda: (code := requests.get(f"{url}{READY_PATH}", timeout=10).status_code) != 503 and code,
+        return wait_for(lambda: (code := requests.get(f"{url}{READY_PATH}", timeout=10).status_code) != 503 and code,
                           timeout=30) or 503
 
     probes = {n.name: readyz(n.url) for n in (*cfg.ypws.nodes, *cfg.ypfs.nodes)}
@@ -290,7 +280,7 @@ def test_real_cluster_behind_haproxy(tmp_path, services):
     purge = http.request("PURGE", f"{front}/photos/alice/{photo['id']}_{photo['secret']}/small",
                          headers={"Authorization": f"Bearer {SECRETS['admin_token']}"}, timeout=30)
     assert purge.status_code == 200 and purge.json()["logged"] is True, purge.text
-    assert wait_until(lambda: any(line["method"] == "PURGE" for line in access_lines(services.log("ypfs1"))), 10)
+    assert wait_for(lambda: any(line["method"] == "PURGE" for line in access_lines(services.log("ypfs1"))), 10)
     purged = http.get(photo["urls"]["small"], timeout=60)  # gone from its node's cache: rendered/read again
     assert purged.status_code == 200 and purged.headers["X-Cache"] != "HIT"
     assert purged.headers["X-Served-By"] == served_by["small"]
@@ -314,12 +304,12 @@ def test_real_cluster_behind_haproxy(tmp_path, services):
     # a cache node dies: its URLs fail over to the others, everyone else's stay where they were
     victim = served_by["small"]
     services.stop(victim, timeout=10)
-    moved = wait_until(lambda: (resp := http.get(photo["urls"]["small"], timeout=30)).status_code == 200
+    moved = wait_for(lambda: (resp := http.get(photo["urls"]["small"], timeout=30)).status_code == 200
                        and resp.headers["X-Served-By"] != victim and resp, timeout=15)
     assert moved, "the dead node's URL did not fail over"
     with Image.open(io.BytesIO(moved.content)) as im:
         assert im.size == (180, 240)
-    after = wait_until(lambda: (o := owners()) and victim not in o.values() and o, timeout=15)
+    after = wait_for(lambda: (o := owners()) and victim not in o.values() and o, timeout=15)
     assert after, "URLs still sent to the dead node"
     assert {k: v for k, v in after.items() if before[k] != victim} == {k: v for k, v in before.items() if v != victim}
     assert http.get(f"{front}/readyz", timeout=10).status_code == 200
@@ -327,7 +317,7 @@ def test_real_cluster_behind_haproxy(tmp_path, services):
     # no cache node left: a JSON 503 with Retry-After, and the front says it is not ready
     for node in cfg.ypws.nodes:
         services.stop(node.name, timeout=10)
-    assert wait_until(lambda: http.get(f"{front}/readyz", timeout=10).status_code == 503, timeout=15)
+    assert wait_for(lambda: http.get(f"{front}/readyz", timeout=10).status_code == 503, timeout=15)
     down = http.get(photo["urls"]["small"], timeout=30)
     assert down.status_code == 503 and down.headers["Retry-After"] == "1"
     assert down.json()["error"] == "no_healthy_node"

@@ -22,8 +22,6 @@ from ypfs.gc import sweep
 from ypws.app import create_app as ypws_app
 from ypws.diskcache import DiskCache
 
-from .helpers import CORPUS
-
 IDS = iter(range(10**18 + 1, 10**18 + 10**6))
 
 

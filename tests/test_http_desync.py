@@ -31,6 +31,7 @@ from ypws.accesslog import AccessLog
 from ypws.worker import HttpProtocol
 
 from .hashproxy_support import ProxyCluster
+from .fake_transport import FakeTransport
 from .helpers import cluster_tree
 
 SMUGGLED = b"GET /photos/bob/1000_abcdef0123/medium.jpg HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -79,46 +80,6 @@ UPGRADES = {
 
 
 # -- a fake transport and a response reader ------------------------------------------------------------
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-        self.reading = True
-
-    def write(self, data) -> None:
-        assert not self.closed, "written after close"
-        self.out += data
-
-    def writelines(self, lines) -> None:
-        for line in lines:
-            self.write(line)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def set_write_buffer_limits(self, high=None, low=None) -> None:
-        pass
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
 
 
 def parse_responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:

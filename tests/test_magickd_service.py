@@ -29,7 +29,10 @@ def node(seaweed, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("magickd-svc")
     tree = cluster_tree(tmp, backend="s3", seaweed=seaweed,
                         overrides={"cluster": {"admin_token": TOKEN},
-                                   "magickd": {"workers": 2, "queue_size": 1, "queue_wait": 30.0}})
+                                   "magickd": {"workers": 2, "queue_size": 1, "queue_wait": 30.0,
+                                               # the budget nests around the long queue wait
+                                               "request_deadline": 40.0, "client_timeout": 45.0},
+                                   "ypws": {"request_deadline": 50.0}})
     cfg, path = write_config(tmp, tree)
     services = Services(tmp)
     n = start_magickd(services, cfg, path)

@@ -21,11 +21,13 @@ from ypws.accesslog import AccessLog
 from ypws.images import Reply
 from ypws.worker import HttpProtocol
 
+from .fake_transport import FakeTransport
+
 BODY = 30_000
 HIGH = 256 * 1024
 
 
-class BufferedTransport(asyncio.Transport):
+class BufferedTransport(FakeTransport):
     """Collects writes like a socket whose peer does not read: pause_writing() past HIGH bytes."""
 
     def __init__(self) -> None:
@@ -35,8 +37,6 @@ class BufferedTransport(asyncio.Transport):
         self.delivered = bytearray()
         self.pending = bytearray()
         self.paused = False
-        self.reading = True
-        self.closed = False
 
     def write(self, data) -> None:
         self.pending += data
@@ -56,24 +56,6 @@ class BufferedTransport(asyncio.Transport):
         if self.paused:
             self.paused = False
             self.protocol.resume_writing()
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def set_write_buffer_limits(self, high=None, low=None) -> None:
-        pass
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
 
 
 class HitService:
@@ -135,7 +117,7 @@ def test_a_client_that_never_reads_stops_being_answered_and_read(node):
         assert transport.buffered <= HIGH + BODY + 1024
     transport.drain()
     assert not proto.pending and transport.reading
-    assert service.answered == [f"/photos/a/1_0123456789/small.jpg" for _ in range(n)]
+    assert service.answered == ["/photos/a/1_0123456789/small.jpg"] * n
     assert statuses(transport.delivered) == [200] * n
 
 

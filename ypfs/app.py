@@ -8,7 +8,13 @@
     GET  /api/users/{user}/photos     a user's public photos, oldest first (?after=ID&limit=N);
                                       with the owner's token, the private ones too
     PURGE /photos/...                 an admin's cache purge (admin token), logged and pushed
-    GET  /healthz, /metrics           /metrics needs the service credential (Bearer cluster.admin_token)
+    GET  /healthz                     liveness: constant, touches nothing
+    GET  /readyz                      readiness: 200 while storage answers (probed at most once a second), else 503
+    GET  /metrics                     needs the service credential (Bearer cluster.admin_token)
+
+Any storage failure is a 503 with Retry-After (cluster.web), and every request's
+storage calls share one deadline, ``ypfs.request_deadline`` (an upload's starts
+again once its body is in: a slow client's sending is not storage time).
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import falcon
 
 from cluster.config import Config
 from cluster.purge import Purger
-from cluster.web import fail, json_errors, metrics_body, require_service_token
-from storage import BlobStore, NotFound, StorageError
+from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness, require_service_token
+from storage import BlobStore, NotFound, StorageError, deadline
+from storage.readiness import StorageProbe
 from storage.ids import IdGenerator, claim_slot
 from storage.keys import InvalidName, parse_record_key, photo_prefix, valid_photo_id, valid_user
 from storage.purgelog import PurgeEntry, check_paths
@@ -134,6 +141,7 @@ class UploadResource:
                     private = (part.get_text() or "").strip().lower() in TRUE_WORDS
             if not got_photo:
                 raise fail(400, "missing_photo", "no 'photo' file field in the form")
+            deadline.begin(self.cfg.ypfs.request_deadline)  # storage time starts now, not at the first byte
             try:
                 rec, created = self.ingestor.ingest(user.name, spool, UploadMeta(title, private), user.allow_originals)
             except ImageRejected as exc:
@@ -315,6 +323,17 @@ class HealthResource:
         resp.media = {"status": "ok", "service": "ypfs", "node": self.node, "storage": self.store.name}
 
 
+class ReadyResource:
+    """Ready while the store answers: hashproxy sends no new uploads or API calls here otherwise."""
+
+    def __init__(self, node: str, probe: StorageProbe):
+        self.node, self.probe = node, probe
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ok, reason = self.probe.status()
+        readiness(resp, "ypfs", self.node, ok, [] if ok else [reason])
+
+
 class MetricsResource:
     """/metrics takes the cluster's service credential (``Authorization: Bearer <cluster.admin_token>``)."""
 
@@ -352,7 +371,7 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
         if notifier is not None and cfg.ypfs.render_after_upload:
             notifier.submit(rec.ref)
 
-    app = json_errors(falcon.App())
+    app = json_errors(falcon.App(middleware=[RequestDeadline(cfg.ypfs.request_deadline)]))
     form_opts = app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options
     form_opts.max_body_part_count = 16
     form_opts.max_body_part_buffer_size = 64 * 1024  # small text fields only; the file is streamed
@@ -362,5 +381,6 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
     app.add_route("/api/openapi.json", OpenApiResource(cfg))
     app.add_sink(PurgeSink(cfg.cluster.admin_token, purger), "/photos/")
     app.add_route("/healthz", HealthResource(node, store))
+    app.add_route("/readyz", ReadyResource(node, StorageProbe(store)))
     app.add_route("/metrics", MetricsResource(cfg.cluster.admin_token))
     return app

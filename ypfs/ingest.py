@@ -15,14 +15,16 @@ record is stored; the de-duplication entry comes last.
 
 from __future__ import annotations
 
+import contextvars
 import json
+import logging
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
 from cluster.config import Config
-from storage import BlobStore, NotFound
+from storage import BlobStore, NotFound, StorageError
 from storage.ids import new_secret
 from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key, timeline_key
 from storage.records import PhotoRecord, original_url, rendition_url
@@ -31,6 +33,13 @@ from cluster.pool import background
 from media.probe import ImageRejected, probe
 from media.sniff import SUPPORTED, headless_heif, sniff
 from .spool import Spool
+
+log = logging.getLogger("ypfs.ingest")
+
+
+def _beside(fn: Callable, *args) -> Future:
+    """Run ``fn`` on the worker's helper pool, under this request's deadline (storage.deadline)."""
+    return background().submit(contextvars.copy_context().run, fn, *args)
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ class Ingestor:
 
     def ingest(self, user: str, spool: Spool, meta: UploadMeta, allow_originals: bool = True) -> tuple[PhotoRecord, bool]:
         """Store the photo; return (record, created). Same user + same bytes → the existing photo."""
-        lookup = background().submit(self._existing, user, spool.sha256)
+        lookup = _beside(self._existing, user, spool.sha256)
         fmt = sniff(spool.head)
         if fmt is None:
             if (existing := lookup.result()) is not None:
@@ -58,7 +67,7 @@ class Ingestor:
             raise ImageRejected(415, "unsupported_format",
                                 f"not a supported image (by its content); accepted: {', '.join(SUPPORTED)}")
         ref = PhotoRef(user, self.next_id(), new_secret())
-        stored = background().submit(self._put_original, ref, spool, fmt)
+        stored = _beside(self._put_original, ref, spool, fmt)
         try:
             info = probe(spool.source, fmt, self.cfg.limits)
             existing = lookup.result()
@@ -79,9 +88,9 @@ class Ingestor:
         # whose record is missing reads as "no duplicate" (see _existing), a timeline entry
         # (the home page) as nothing. Last writer wins if the same bytes race in twice;
         # both photos stay valid.
-        dedupe = background().submit(self.store.put, dedupe_key(user, rec.sha256),
-                                     json.dumps({"id": rec.id}).encode(), "application/json")
-        timeline = None if rec.private else background().submit(self.store.put, timeline_key(rec.id, user), b"")
+        dedupe = _beside(self.store.put, dedupe_key(user, rec.sha256),
+                         json.dumps({"id": rec.id}).encode(), "application/json")
+        timeline = None if rec.private else _beside(self.store.put, timeline_key(rec.id, user), b"")
         rec.save(self.store)
         dedupe.result()
         if timeline is not None:
@@ -89,9 +98,17 @@ class Ingestor:
         return rec, True
 
     def _take_back(self, ref: PhotoRef, stored: Future) -> None:
-        """Delete an original that will have no record (waits for its PUT to end)."""
+        """Delete an original that will have no record (waits for its PUT to end).
+
+        Best effort: the caller is already answering with the real reason (a refused
+        image, a storage failure); an original left behind is unreachable and
+        ``ypfs gc`` removes it.
+        """
         if stored.exception() is None:
-            self.store.delete(ref.original_key)
+            try:
+                self.store.delete(ref.original_key)
+            except StorageError as exc:
+                log.warning("could not take back %s (gc will): %s", ref.original_key, exc)
 
     def _put_original(self, ref: PhotoRef, spool: Spool, fmt: str) -> None:
         with spool.reader() as body:

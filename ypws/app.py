@@ -8,12 +8,17 @@
     GET      /u/{user}[?before={id}]                      gallery, newest first, a page at a time
     GET      /p/{user}/{id}                               photo page
     GET      /upload                                      upload page (the POST goes to ypfs)
-    GET      /healthz (alive), /readyz (purge log applied, storage reachable), /metrics (service credential)
+    GET      /healthz                                     liveness: constant
+    GET      /readyz                                      readiness: ``ImageService.ready()`` (purge log applied,
+                                                          storage reachable); 503 with the reasons
+    GET      /metrics                                     needs the service credential
 
 Cache hits normally never reach falcon: the worker (``ypws.worker``) answers them
 on its event loop through the same ``ImageService``; this app serves the misses,
 pages and PURGE from a thread pool, and every request when run under any other
-WSGI server (tests use falcon's TestClient).
+WSGI server (tests use falcon's TestClient). The worker answers /readyz on its
+event loop too, so a pool busy with slow misses cannot make a live node look dead.
+A miss's storage calls and its render share ``ypws.request_deadline``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import falcon
 import falcon.routing
 
 from cluster.config import Config
-from cluster.web import fail, json_errors, require_service_token
+from cluster.web import RequestDeadline, fail, json_errors, readiness, require_service_token, storage_failed
 from storage import BlobStore, NotFound, StorageError
 from storage.keys import (InvalidName, PhotoRef, parse_photo_segment, parse_timeline_key, record_key, valid_photo_id,
                           valid_user)
@@ -184,21 +189,14 @@ class HealthResource:
 
 
 class ReadyResource:
-    """``/readyz``: 200 once this node applied the purge log since it started, and while its
-    passes keep completing (each lists the store, so storage is reachable too); 503 otherwise.
-    Anyone may call it: it says nothing but that. Without an applier (in-process tests) always ready."""
+    """``/readyz``: ``ImageService.ready()``. Anyone may call it: it says nothing but that."""
 
-    def __init__(self, gate, node: str):
-        self.gate = gate
-        self.node = node
+    def __init__(self, service: ImageService):
+        self.service = service
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ok, why = self.gate.ready() if self.gate is not None else (True, "no purge log applier")
-        resp.set_header("Cache-Control", "no-store")
-        resp.media = {"status": "ready" if ok else "not_ready", "node": self.node, "reason": why}
-        if not ok:
-            resp.status = falcon.HTTP_503
-            resp.set_header("Retry-After", "1")
+        ok, reasons = self.service.ready()
+        readiness(resp, "ypws", self.service.node, ok, reasons)
 
 
 class MetricsResource:
@@ -232,7 +230,7 @@ def public_page(store: BlobStore, record_keys: Iterable[str]) -> tuple[list[Phot
             if not rec.private:
                 records.append(rec)
     except StorageError as exc:
-        raise fail(503, "storage_unavailable", f"storage failed: {exc}", {"Retry-After": "2"}) from None
+        raise storage_failed(exc) from None
     return records, None
 
 
@@ -325,7 +323,8 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, rende
                service: ImageService | None = None) -> falcon.App:
     """The WSGI app of one ypws node; every dependency is passed in (tests inject their own)."""
     service = service or ImageService(cfg, node, store, cache, renderer)
-    app = json_errors(falcon.App(router=Router(), middleware=[RejectBadPaths()]))
+    app = json_errors(falcon.App(router=Router(), middleware=[RejectBadPaths(),
+                                                              RequestDeadline(cfg.ypws.request_deadline)]))
     app.add_error_handler(sqlite3.Error, cache_index_unavailable)
     app.req_options.strip_url_path_trailing_slash = True  # PURGE /photos/u/id_s/ is the whole photo
     app.add_route("/photos/{user}/{segment}/{name}", ImageResource(service, cfg.cluster.admin_token))
@@ -336,7 +335,7 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, rende
     app.add_route("/p/{user}/{photo_id}", PhotoPageResource(cfg, store))
     app.add_route("/upload", UploadPageResource(cfg.ypws.upload_url, cfg.limits.max_upload_bytes))
     app.add_route("/healthz", HealthResource(node))
-    app.add_route("/readyz", ReadyResource(service.gate, node))
+    app.add_route("/readyz", ReadyResource(service))
     app.add_route("/metrics", MetricsResource(cache, node, cfg.cluster.admin_token))
     return app
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from cluster.config import Config
-from storage import BlobStore, NotFound, StorageError
+from storage import BlobStore, NotFound, StorageError, deadline
 from storage.keys import CONTENT_TYPES, EXTENSIONS, InvalidName, PhotoRef
+from storage.readiness import StorageProbe
 from storage.records import PhotoRecord, UserRecord, profile_version
 
 from .conditional import RangeError, http_date, if_range_matches, not_modified, parse_range
@@ -140,6 +141,8 @@ class ImageService:
         self.cache = cache
         self.renderer = renderer
         self.clock = clock
+        self.render_budget = cfg.magickd.client_timeout
+        self.storage_probe = StorageProbe(store)
         self.gate = None  # ypws.purgeapply.SyncGate: no cache hit before the purge log is applied
         self.url_key = cfg.cluster.url_key
         self.max_ttl = y.signed_url_max_ttl
@@ -157,6 +160,27 @@ class ImageService:
         self._resolved: dict[str, _Resolved] = {}
         self._heads: dict[tuple, tuple[tuple, tuple]] = {}
         self._original_patches: dict[str, list] = {}
+
+    # -- readiness ---------------------------------------------------------------------------
+    def ready(self, wait: bool = True) -> tuple[bool, list[str]]:
+        """(ready, reasons): whether this node should get new traffic (/readyz).
+
+        Each condition adds a reason when it fails: the purge log applied since the
+        node started and still being applied (the gate, when there is an applier),
+        and storage answering (a cached probe, at most one a second). Requests are
+        served either way once the gate has opened: hashproxy falls back to unready
+        nodes when no node is ready. ``wait=False`` (the event loop) never blocks: a
+        stale probe result is refreshed on a thread and the last one returned.
+        """
+        reasons = []
+        if self.gate is not None:
+            synced, why = self.gate.ready()
+            if not synced:
+                reasons.append(why)
+        ok, reason = self.storage_probe.status(wait)
+        if not ok:
+            reasons.append(reason)
+        return not reasons, reasons
 
     # -- entry point -----------------------------------------------------------------------
     def respond(self, req: ImageRequest, fast: bool = False) -> Reply | None:
@@ -433,8 +457,12 @@ class ImageService:
         from magickd.client import RenderError, RenderUnavailable
 
         t0 = time.perf_counter()
+        budget = self.render_budget
+        left = deadline.remaining()
+        if left is not None:
+            budget = min(budget, left - 1.0)  # a second kept for reading the rendition back
         try:
-            self.renderer.render(ref, sizes=[size], formats=[fmt])
+            self.renderer.render(ref, sizes=[size], formats=[fmt], budget=budget)
         except RenderError as exc:
             if exc.status == 404:
                 raise NoSuchImage() from None

@@ -214,7 +214,10 @@ class SyncGate:
 
     def trusted(self) -> bool:
         if not self._open:
-            state = self._current()
+            # read afresh, not the 0.1 s memo: once one worker's /readyz has said ready and a
+            # proxy routes here, another worker's older read must not answer 503 warming_up
+            # (only until the first pass: then the gate stays open and this is never read again)
+            state = SyncState.load(self.root)
             self._open = state is not None and state.boot == self.boot
         return self._open
 

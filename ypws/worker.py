@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import http
 import io
+import json
 import os
 import signal
 import sys
@@ -243,8 +244,9 @@ class HttpProtocol(asyncio.Protocol):
         if req.__class__ is _Refusal:
             self._refuse(*req)
             return
-        if self.service is not None and req.method in (b"GET", b"HEAD") and req.url.startswith(b"/photos/"):
-            reply = self._fast(req)
+        if self.service is not None and req.method in (b"GET", b"HEAD") and (
+                req.url.startswith(b"/photos/") or req.url == b"/readyz"):
+            reply = self._fast(req) if req.url != b"/readyz" else self._ready()
             if reply is not None:
                 sent = self._send(req, reply)
                 if self.log.enabled:
@@ -255,6 +257,18 @@ class HttpProtocol(asyncio.Protocol):
                     self.transport.close()
                 return
         self._dispatch(req)
+
+    def _ready(self) -> Reply:
+        """/readyz on the event loop (never blocks: the storage probe runs on its own thread)."""
+        ok, reasons = self.service.ready(wait=False)
+        node = self.service.node
+        data = ({"status": "ready", "service": "ypws", "node": node} if ok else
+                {"error": "not_ready", "message": "; ".join(reasons), "service": "ypws", "node": node,
+                 "reasons": reasons})
+        body = json.dumps(data).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                   ("Cache-Control", "no-store"), *(() if ok else (("Retry-After", "1"),))]
+        return Reply(200 if ok else 503, headers, body)
 
     def _fast(self, req: _Request) -> Reply | None:
         path, _, query = req.url.partition(b"?")
@@ -313,8 +327,6 @@ class HttpProtocol(asyncio.Protocol):
         dropped, and the connection is closed when the client closes it (or in a second)."""
         if self.transport is None:
             return
-        import json
-
         body = json.dumps({"error": code, "message": message}).encode()
         self.transport.writelines([
             STATUS_LINES[status], b"Content-Type: application/json\r\nContent-Length: ", str(len(body)).encode(),

@@ -1,0 +1,144 @@
+"""One timeout budget: every layer's limit sits inside the next one's, checked when the config loads,
+and the limits that bound a storage failure (the S3 deadline, the render call's budget) hold in practice."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from cluster import procs
+from cluster.budget import check_timeout_budget, storage_operation_seconds, storage_retry_seconds
+from cluster.config import ConfigError, S3StoreConfig, from_dict, load, load_dict
+from magickd.client import RenderClient, RenderUnavailable
+from storage import StorageUnavailable, deadline
+from storage.keys import PhotoRef
+from storage.s3 import S3Store
+
+from .helpers import deep_update
+
+
+def config(**sections):
+    return from_dict(deep_update(load_dict(), sections))
+
+
+def test_the_defaults_nest_and_a_storage_failure_surfaces_in_seconds():
+    cfg = load(with_secrets=False)
+    check_timeout_budget(cfg)
+    s3 = cfg.storage.s3
+    # 3 attempts x (2 s + 5 s) + 0.2 + 0.4 s of back-off, cut to the 8 s deadline
+    assert storage_retry_seconds(s3) == pytest.approx(21.6)
+    assert storage_operation_seconds(cfg) == 8.0
+    assert storage_operation_seconds(cfg) < cfg.ypfs.request_deadline < cfg.ypfs.timeout < cfg.hashproxy.read_timeout
+    assert cfg.magickd.request_deadline < cfg.magickd.client_timeout < cfg.ypws.request_deadline < cfg.ypws.timeout
+    assert cfg.ypws.timeout < cfg.hashproxy.read_timeout
+
+
+def test_the_old_defaults_are_refused_naming_the_keys_and_the_sums():
+    """Issue 11's set-up: S3 retries (4 x 30 s) outlasting ypfs's 60 s worker and the proxy's 60 s."""
+    with pytest.raises(ConfigError) as err:
+        config(storage={"s3": {"retries": 4, "connect_timeout": 5.0, "read_timeout": 30.0, "deadline": 1000.0}},
+               hashproxy={"read_timeout": 60.0})
+    message = str(err.value)
+    assert message.startswith("ypfs.request_deadline: the timeout budget does not nest")
+    assert "storage.s3.deadline = 1000" in message and "4 x (5 + 30)" in message and "= 141.4" in message
+    assert "ypfs.request_deadline (25s)" in message
+
+
+@pytest.mark.parametrize("sections, key, figures", [
+    ({"ypfs": {"timeout": 80}}, "hashproxy.read_timeout", "ypfs.timeout (80s)"),
+    ({"ypfs": {"request_deadline": 60.0}}, "ypfs.timeout", "ypfs.request_deadline (60s)"),
+    ({"limits": {"decode_timeout": 30.0}}, "ypfs.request_deadline", "limits.decode_timeout (30s)"),
+    ({"ypws": {"timeout": 75}}, "hashproxy.read_timeout", "ypws.timeout (75s)"),
+    ({"ypws": {"request_deadline": 20.0}}, "ypws.request_deadline", "magickd.client_timeout (30s)"),
+    ({"magickd": {"client_timeout": 20.0}}, "magickd.client_timeout", "magickd.request_deadline (25s)"),
+    ({"magickd": {"render_timeout": 25.0}}, "magickd.request_deadline", "magickd.render_timeout (25s)"),
+    ({"magickd": {"queue_wait": 60.0}}, "magickd.request_deadline", "magickd.queue_wait (60s)"),
+    ({"storage": {"s3": {"deadline": 30.0, "read_timeout": 30.0}}}, "ypfs.request_deadline", "= 30s)"),
+    ({"hashproxy": {"read_timeout": 60.0}}, "hashproxy.read_timeout", "ypfs.timeout (60s)"),
+])
+def test_each_limit_must_sit_inside_the_next(sections, key, figures):
+    with pytest.raises(ConfigError) as err:
+        config(**sections)
+    assert str(err.value).startswith(f"{key}: the timeout budget does not nest"), str(err.value)
+    assert figures in str(err.value)
+
+
+def test_a_short_retry_sum_counts_instead_of_a_long_deadline():
+    cfg = config(storage={"s3": {"deadline": 100.0, "retries": 2, "connect_timeout": 1.0, "read_timeout": 2.0,
+                                 "retry_backoff": 0.5}})
+    assert storage_operation_seconds(cfg) == pytest.approx(2 * 3.0 + 0.5)
+
+
+@pytest.mark.parametrize("key", ["deadline", "connect_timeout", "read_timeout"])
+def test_storage_timeouts_must_be_positive(key):
+    with pytest.raises(ConfigError, match=rf"^storage\.s3\.{key}: must be positive"):
+        config(storage={"s3": {key: 0.0}})
+
+
+def test_an_inconsistent_config_file_does_not_load(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[ypws]\ntimeout = 90\n")
+    with pytest.raises(ConfigError, match=r"^hashproxy\.read_timeout: .*ypws\.timeout \(90s\)"):
+        load(path, with_secrets=False)
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections (the kernel's backlog) and never answers: a hung endpoint."""
+    sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_s3_deadline_bounds_every_retry_against_a_hung_endpoint(silent_server):
+    store = S3Store(S3StoreConfig(endpoint=f"127.0.0.1:{silent_server}", access_key="a", secret_key="b",
+                                  bucket="hung", retries=5, connect_timeout=2.0, read_timeout=5.0, deadline=1.5))
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailable) as err:
+        store.stat("photos/alice/1.json")
+    took = time.monotonic() - t0
+    assert took < 3.0, took  # without the deadline: 5 x 5 s of reads plus back-offs
+    assert f"127.0.0.1:{silent_server}" in str(err.value)
+    # the request's own deadline, if nearer, wins; once it has passed, nothing is started
+    with deadline.within(0.5):
+        t0 = time.monotonic()
+        with pytest.raises(StorageUnavailable):
+            store.get("photos/alice/1.json")
+        assert time.monotonic() - t0 < 1.5
+        time.sleep(0.6)
+        t0 = time.monotonic()
+        with pytest.raises(StorageUnavailable, match="deadline has passed"):
+            store.get("photos/alice/1.json")
+        assert time.monotonic() - t0 < 0.1
+    store.close()
+
+
+def test_a_render_call_with_a_budget_ends_within_it_whatever_the_nodes_do(tmp_path):
+    """ypws's missing-size render: two hung magickd nodes cost one budget, not two client timeouts."""
+    silent = [socket.create_server(("127.0.0.1", 0), backlog=64) for _ in range(2)]
+    try:
+        tree = load_dict()
+        tree["magickd"]["nodes"] = [{"name": f"m{i}", "host": "127.0.0.1", "port": s.getsockname()[1]}
+                                    for i, s in enumerate(silent)]
+        cfg = from_dict(tree)
+        client = RenderClient(cfg)
+        ref = PhotoRef("alice", str(10**18 + 5), "abcdef0123")
+        t0 = time.monotonic()
+        with pytest.raises(RenderUnavailable) as err:
+            client.render(ref, sizes=["small"], budget=2.0)
+        took = time.monotonic() - t0
+        assert 1.5 < took < 3.5, took
+        assert "no time left for another node" in str(err.value)
+        # a node that refuses at once does not spend the budget: the next one is tried
+        free = procs.free_port()
+        tree["magickd"]["nodes"] = [{"name": "gone", "host": "127.0.0.1", "port": free},
+                                    {"name": "hung", "host": "127.0.0.1", "port": silent[0].getsockname()[1]}]
+        client = RenderClient(from_dict(tree))
+        with pytest.raises(RenderUnavailable) as err:
+            client.render(ref, sizes=["small"], budget=1.5)
+        assert "gone:" in str(err.value) and "hung:" in str(err.value)
+    finally:
+        for s in silent:
+            s.close()
