@@ -10,7 +10,7 @@
    coins are pseudo-random, so the default is also replayed with three other coin streams: the
    spread shows how much of a figure is luck.
 2. Placement. The default policy, on the real traces, with the same total bytes as one cache,
-   as four caches behind hashproxy's rendezvous hash (keyed by object), and as four caches
+   as four caches behind hashproxy's rendezvous hash (``cluster.ring``, keyed by object), and as four caches
    taking requests in turn (round-robin).
 
 Figures go to bench/results/latest.json under "cache_policies".
@@ -24,7 +24,7 @@ import time
 
 from bench.results import record, table
 from cluster.config import load_dict
-from hashproxy.ring import Ring
+from cluster.ring import Ring
 from ypws import traces
 from ypws.policies import make_cache
 from ypws.simulate import access, object_sizes, replay, zipf_trace
