@@ -39,7 +39,7 @@ import requests
 
 from cluster import procs
 from cluster.config import dump_toml, load_dict
-from hashproxy.ring import Ring
+from cluster.ring import Ring
 
 from .results import record, table
 

@@ -130,10 +130,14 @@ def start_ypws(tmp: Path, body: bytes):
     url = f"{node.url}{rec.ref.size_url_path('medium', 'jpeg')}?v={profile_version(profile)}"
     import urllib.request
 
-    for expect in ("MISS", "HIT"):
+    answers = []
+    for _ in range(5):  # the default policy's admission may turn a fill away (rarely, at 30 KB)
         with urllib.request.urlopen(url, timeout=10) as resp:
-            got = resp.headers["X-Cache"]
-            assert resp.read() == body and got == expect, f"warming ypws: expected {expect}, got {got}"
+            answers.append(resp.headers["X-Cache"])
+            assert resp.read() == body
+        if answers[-1] == "HIT":
+            break
+    assert answers[0] == "MISS" and answers[-1] == "HIT", f"warming ypws: got {answers}"
     return proc, url, cfg.ypws.workers
 
 

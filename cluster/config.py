@@ -124,6 +124,8 @@ class IdsSection:
 
 CROP_MODES = ("none", "attention", "centre")
 OUTPUT_FORMATS = ("jpeg", "webp", "png", "avif")
+#: ypws.cache_policy values: the policies ypws's shared index runs (ypws.index.INDEX_POLICIES)
+CACHE_POLICIES = ("lru", "s2lru", "s4lru", "sieve", "sieve+adaptsize", "s3fifo", "s3fifo+adaptsize")
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,7 @@ class YpwsSection:
     unversioned_max_age: int = 300
     client_timeout: float = 10.0
     max_connections: int = 1000
-    cache_policy: str = "s4lru"
+    cache_policy: str = "s3fifo+adaptsize"
     threads: int = 8
     timeout: int = 60
     request_deadline: float = 35.0
@@ -371,6 +373,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("ypfs.nodes: node_id must be unique per node (photo ids depend on it)")
     if cfg.ypws.hotlink_action not in ("403", "placeholder"):
         raise ConfigError("ypws.hotlink_action: '403' or 'placeholder'")
+    if cfg.ypws.cache_policy not in CACHE_POLICIES:
+        raise ConfigError(f"ypws.cache_policy: one of {', '.join(CACHE_POLICIES)}, not {cfg.ypws.cache_policy!r}")
     if not 0 < cfg.ypws.cache_retry_seconds <= 3600:
         raise ConfigError("ypws.cache_retry_seconds: must be above 0 and at most 3600 seconds")
     cfg.purge.validate()

@@ -3,10 +3,9 @@
 Layout (small modules, the HTTP-free core first):
 
     urls.py        request target -> normalised path, route and routing key (pure)
-    ring.py        rendezvous (HRW) hashing over xxhash: a key's node order (pure)
     health.py      per-node up/down and ready state, rejoin ramp-up (pure, clock injected)
     loads.py       in-flight/requests/errors counters shared by the workers (one mmap)
-    balancer.py    node choice: hash + bounded loads, least-connections (pure)
+    balancer.py    node choice: the ring (cluster/ring.py) + bounded loads, least-connections (pure)
     upstream.py    keep-alive connection pool to the nodes, response parsing
     headers.py     one pass over request headers: routing facts, what a node is sent (framing re-derived)
     responses.py   responses the proxy writes itself (JSON errors, /healthz)

@@ -29,7 +29,7 @@ from typing import Protocol, Sequence
 
 from .health import HealthBoard
 from .loads import SPILLS, RoleCounters
-from .ring import Ring
+from cluster.ring import Ring
 
 
 @dataclass

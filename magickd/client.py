@@ -23,15 +23,16 @@ second full wait follows.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Sequence
 
 import urllib3
-import xxhash
 
 from cluster.config import Config, NodeConfig
+from cluster.ring import Ring
 from storage.keys import PhotoRef
 
 
@@ -66,9 +67,14 @@ class Rendition:
 _RENDITION_FIELDS = tuple(f.name for f in fields(Rendition))
 
 
+@functools.lru_cache(maxsize=8)
+def _ring(names: tuple[str, ...]) -> Ring:
+    return Ring(names)
+
+
 def node_order(nodes: Sequence[NodeConfig], photo_id: str) -> list[NodeConfig]:
-    """Rendezvous (highest random weight) order of the nodes for one photo."""
-    return sorted(nodes, key=lambda n: xxhash.xxh64_intdigest(f"{n.name}/{photo_id}".encode()), reverse=True)
+    """Rendezvous (highest random weight) order of the nodes for one photo: the cluster's one ring."""
+    return [nodes[i] for i in _ring(tuple(n.name for n in nodes)).order(photo_id)]
 
 
 class RenderClient:

@@ -44,6 +44,10 @@ def cluster_tree(tmp_path: Path, *, backend: str = "local", seaweed=None, bucket
     tree["magickd"]["nodes"] = [{"name": f"magickd{i + 1}", "host": "127.0.0.1", "port": next(ports)} for i in range(magickd_nodes)]
     tree["ypws"]["nodes"] = [{"name": f"ypws{i + 1}", "host": "127.0.0.1", "port": next(ports)} for i in range(ypws_nodes)]
     tree["hashproxy"]["port"] = next(ports)
+    # AdaptSize admission (the default policy) turns a miss away with a small probability, so a
+    # test that expects the second request to hit pins plain S3-FIFO; test_cache_policies runs
+    # the default policy in a real node
+    tree["ypws"]["cache_policy"] = "s3fifo"
     tree["storage"]["backend"] = backend
     if backend == "s3":
         assert seaweed is not None, "the s3 backend needs the seaweed fixture"

@@ -9,7 +9,7 @@ import pytest
 from hashproxy.balancer import HashBalancer, LeastConnections, NodeSet, RoundRobinBalancer
 from hashproxy.health import HealthBoard
 from hashproxy.loads import INFLIGHT, SharedCounters
-from hashproxy.ring import Ring
+from cluster.ring import Ring
 from hashproxy.urls import BadTarget, Route, classify, image_key, normalise_path
 
 KEYS = [f"/photos/u{i % 37}/{100000 + i}_abcdef0123/{('small', 'medium', 'large')[i % 3]}" for i in range(20000)]

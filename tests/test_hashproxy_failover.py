@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from hashproxy.ring import Ring
+from cluster.ring import Ring
 
 from .hashproxy_support import METRICS_AUTH, ProxyCluster, image_urls
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from cluster.config import dump_toml, load
-from hashproxy.ring import Ring
+from cluster.ring import Ring
 
 from .hashproxy_support import ProxyCluster, image_urls
 from .helpers import Services, check_connection_cap, deep_update, service_auth

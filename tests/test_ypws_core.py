@@ -1,4 +1,4 @@
-"""ypws core, no processes: eviction policies and the shared index, URL rules, validators, the disk cache."""
+"""ypws core, no processes: URL rules, validators, the disk cache (policies: test_cache_policies)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,8 @@ from storage.keys import PhotoRef
 from ypws.conditional import RangeError, not_modified, parse_range
 from ypws.diskcache import DiskCache
 from ypws.hotlink import HotlinkPolicy
-from ypws.index import Index
 from ypws.negotiation import pick_variant
-from ypws.policies import LRUCache, S4LRUCache, SegmentedLRUCache
 from ypws.signing import SignatureError, sign_url, verify
-from ypws.simulate import compare, object_sizes, zipf_trace
 from ypws.urls import BadPath, NoSuchImage, parse_image_path
 
 REF = PhotoRef("alice", "123456789", "0123456789")
@@ -29,70 +26,6 @@ def config(**ypws):
     tree["cluster"].update(admin_token="admin-token", url_key="url-key")
     tree["ypws"].update(ypws)
     return from_dict(tree)
-
-
-# -- policies ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cls", [LRUCache, S4LRUCache])
-def test_policy_contract_bounded_in_bytes(cls):
-    cache = cls(1000)
-    for i in range(200):
-        cache[i] = b"x" * (10 + i % 40)
-        assert cache.currsize <= 1000
-    assert cache.currsize == sum(len(v) for v in cache.values())
-    with pytest.raises(ValueError):
-        cache["huge"] = b"x" * 2000
-
-
-def test_lru_evicts_least_recently_used():
-    cache = LRUCache(30)
-    cache["a"], cache["b"], cache["c"] = b"1" * 10, b"2" * 10, b"3" * 10
-    cache["a"]  # a is now the most recent
-    cache["d"] = b"4" * 10
-    assert set(cache) == {"a", "c", "d"}
-
-
-def test_s4lru_keeps_items_hit_twice_over_a_scan():
-    cache = S4LRUCache(400)  # segments of 100
-    cache["hot"] = b"h" * 10
-    cache.touch("hot")
-    cache.touch("hot")  # now in segment 2
-    for i in range(100):  # a scan of one-hit items passes through segment 0 only
-        cache[f"scan{i}"] = b"s" * 10
-    assert "hot" in cache
-
-
-@pytest.mark.parametrize("segments", [1, 4])
-def test_shared_index_makes_exactly_the_policys_moves(tmp_path, segments):
-    """The SQLite index and the in-memory policy, fed one trace hit by hit, agree on every hit and key."""
-    index = Index(tmp_path / "i.sqlite3", 60_000, segments)
-    ref = SegmentedLRUCache(60_000, segments, getsizeof=int)
-    rng = random.Random(5)
-    sizes = {k: rng.randint(300, 4000) for k in range(250)}
-    hits_ref = hits_idx = 0
-    for _ in range(2500):
-        k = f"k{int(rng.paretovariate(0.8)) % 250}"
-        size = sizes[int(k[1:])]
-        if k in ref:
-            ref.touch(k)
-            hits_ref += 1
-        else:
-            ref[k] = size
-        if index.get(k):
-            index.hits([k])
-            hits_idx += 1
-        else:
-            index.insert(k, size)
-    assert hits_ref == hits_idx > 0
-    assert sorted(index.keys()) == sorted(ref)
-    assert index.totals()[0] == ref.currsize <= 60_000
-    assert index.segment_bytes() == ref.seg_bytes
-
-
-def test_s4lru_beats_lru_on_a_zipf_trace():
-    sizes = object_sizes(5000, seed=3)
-    trace = zipf_trace(5000, 60_000, alpha=0.9, seed=3)
-    lru, s4 = compare(["lru", "s4lru"], sum(sizes) // 20, trace, sizes)
-    assert s4.hit_ratio > lru.hit_ratio
 
 
 # -- URLs, signatures, validators --------------------------------------------------------------------

@@ -22,12 +22,7 @@ def serve(args: argparse.Namespace) -> int:
     from cluster.web import serve as run
 
     from .app import BOOT_ENV, get_app, open_cache
-    from .policies import segments_for
 
-    try:
-        segments_for(cfg.ypws.cache_policy)
-    except ValueError as exc:
-        raise ConfigError(f"ypws.cache_policy: {exc}") from None
     os.environ[BOOT_ENV] = secrets.token_hex(8)  # this run: the workers' caches are trusted once it applied the purge log
     cache = open_cache(cfg, node.name)  # once, in the master, before any worker forks
     report = cache.recover()

@@ -75,8 +75,7 @@ from typing import Any, Callable, Iterator
 
 import xxhash
 
-from .index import Index
-from .policies import segments_for
+from .index import open_index
 from .stats import Stats
 
 log = logging.getLogger("ypws.cache")
@@ -242,7 +241,7 @@ class DiskCache:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.policy = policy
-        self.index = Index(self.root / "index.sqlite3", max_bytes, segments_for(policy))
+        self.index = open_index(self.root / "index.sqlite3", max_bytes, policy)
         self.stats = Stats()
         self.flush_interval = flush_interval
         self.flush_batch = flush_batch
@@ -272,8 +271,8 @@ class DiskCache:
 
     @property
     def entry_capacity(self) -> int:
-        """The largest entry admitted (one segment's worth)."""
-        return self.index.capacity
+        """The largest entry the policy can hold (one segment's worth for segmented LRU)."""
+        return self.index.max_entry
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, key: str, touch: bool = True) -> Entry | None:
@@ -381,8 +380,9 @@ class DiskCache:
     def put(self, key: str, body: bytes, meta: dict[str, Any]) -> Entry | None:
         """Store an entry (call under ``fill_lock(key)``).
 
-        None if it is too large to admit, or if the disk cannot take it now (full or
-        failing): the caller then serves the bytes it has, uncached.
+        None if it is too large to admit, if the policy's admission rule turns it away,
+        or if the disk cannot take it now (full or failing): the caller then serves the
+        bytes it has, uncached.
         """
         digest = body_digest(body)
         fields: dict[str, Any] = {"key": key, "digest": digest, "meta": meta}
@@ -430,6 +430,13 @@ class DiskCache:
                 pass
             self._failed("adding an entry to the cache index", exc)
             self.stats.inc("bypassed")
+            return None
+        if evicted is None:  # the admission rule said no: served this once, not kept
+            try:
+                _unlink(path)
+            except OSError:
+                pass
+            self.stats.inc("not_admitted")
             return None
         self._unlink(evicted, keep=key)
         self.stats.inc("fills")

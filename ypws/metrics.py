@@ -18,6 +18,7 @@ COUNTERS = {
     "bytes_served": "Image body bytes sent (200 and 206)",
     "not_modified": "304 answers",
     "fills": "Entries written to the cache",
+    "not_admitted": "Misses served but not kept: the cache policy's admission rule (AdaptSize) turned them away",
     "evictions": "Entries evicted by the cache policy",
     "purged": "Entries removed by PURGE",
     "renders": "On-demand renders requested from magickd",

@@ -1,8 +1,8 @@
-"""A pure-Python trace simulator: hit ratios of eviction policies on one request trace.
+"""A pure-Python trace replay: object and byte hit ratios of cache policies on one request trace.
 
-The benchmark replays one Zipf trace (photo popularity is heavy-tailed) through
-LRU and S4LRU of the same byte size, so the policy choice rests on a measured
-difference, not on the paper's figures alone.
+The benchmark (bench/bench_cache.py) replays the real traces of ``ypws.traces``
+and a synthetic Zipf trace through every policy of ``ypws.policies`` at the same
+byte size, so the default policy rests on measured differences, not on papers.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import bisect
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from .policies import make_cache
+from .policies import Cache, make_cache
 
 
 @dataclass(frozen=True)
@@ -50,21 +50,30 @@ def zipf_trace(n_objects: int, n_requests: int, alpha: float = 0.9, seed: int = 
     return [ids[bisect.bisect_left(cumulative, rng.random() * total)] for _ in range(n_requests)]
 
 
-def replay(policy: str, maxsize: int, trace: Iterable[int], sizes: Sequence[int]) -> TraceResult:
-    """Look each request up; on a miss, insert it (as a cache node fills from storage)."""
+def replay(policy: str, maxsize: int, trace: Iterable[int], sizes: Sequence[int], coin_salt: str = "") -> TraceResult:
+    """Look each request up; on a miss, fill it if the policy admits it (as a cache node does).
+    ``coin_salt`` draws AdaptSize's coins from another stream (the benchmark's noise band)."""
     cache = make_cache(policy, maxsize, getsizeof=int)  # the value stored is the object's size
+    cache.coin_salt = coin_salt
     requests = hits = bytes_requested = bytes_hit = 0
     for obj in trace:
         size = sizes[obj]
         requests += 1
         bytes_requested += size
-        if obj in cache:
-            cache.touch(obj)
+        if access(cache, obj, size):
             hits += 1
             bytes_hit += size
-        elif size <= cache.capacity:
-            cache[obj] = size
     return TraceResult(policy, requests, hits, bytes_requested, bytes_hit)
+
+
+def access(cache: Cache, obj: Any, size: int) -> bool:
+    """One request: True on a hit; on a miss, fill if the policy admits it."""
+    if obj in cache:
+        cache.touch(obj)
+        return True
+    if cache.admits(obj, size):
+        cache[obj] = size
+    return False
 
 
 def compare(policies: Sequence[str], maxsize: int, trace: Sequence[int], sizes: Sequence[int]) -> list[TraceResult]:

@@ -1,5 +1,8 @@
 """Rendezvous (highest-random-weight) hashing with xxhash: each key's order of the nodes.
 
+The cluster's one hash ring: hashproxy orders the cache nodes per image URL with it,
+and magickd's client orders the render nodes per photo id.
+
 Why rendezvous and not a ketama ring with virtual nodes:
 
 * Every key gets a full *order* of the nodes, not just an owner. Bounded loads
