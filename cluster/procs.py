@@ -121,18 +121,19 @@ def python_module(module: str, *args: str) -> list[str]:
 def stop(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:
     """SIGTERM the child's process group, SIGKILL it after ``timeout``; return the exit code."""
     if proc.poll() is None:
-        _signal_group(proc.pid, signal.SIGTERM)
+        signal_group(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             proc.wait(5)
     else:  # the leader is gone; make sure no child of it lingers
-        _signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
     return proc.returncode
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def signal_group(pid: int, sig: int) -> None:
+    """Signal the process group a child leads (start() gives each its own session), else the child."""
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):

@@ -44,17 +44,6 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal the process group a child leads (procs.start gives each its own session)."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run `ip ...` (bounded in time), raising with its stderr on failure when ``check``."""
     res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
@@ -191,7 +180,7 @@ class NetLab:
         for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):  # all at once, then each waited
             for proc in running:
                 if proc.poll() is None:
-                    _signal_group(proc.pid, sig)
+                    procs.signal_group(proc.pid, sig)
             deadline = time.monotonic() + wait
             for proc in running:
                 try:

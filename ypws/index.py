@@ -328,16 +328,9 @@ class SegmentedIndex(Index):
         return evicted
 
 
-class SieveIndex(Index):
-    """SIEVE, optionally behind AdaptSize admission: the moves of ``ypws.policies.SieveCache``.
-
-    Entries are in insertion order (``tick``); the hand is the tick of the last entry it
-    looked at (0: start from the oldest). A hit sets the visited bit, so batches are exact.
-    """
-
-    def __init__(self, path: str | os.PathLike, max_bytes: int, adaptsize: bool = False, busy_timeout: float = 30.0):
-        super().__init__(path, max_bytes, busy_timeout)
-        self.adaptsize_c = ADAPTSIZE_C * max_bytes if adaptsize else None
+class WholeCacheIndex(Index):
+    """SIEVE and S3-FIFO: any entry up to the whole cache, filled behind the admission rule;
+    a subclass says only where an admitted entry goes (``_place``)."""
 
     def insert(self, key: str, size: int) -> list[str] | None:
         if size > self.max_bytes:
@@ -353,10 +346,28 @@ class SieveIndex(Index):
             self._store_bytes(db, seg_bytes)
             return None
         evicted = self._evict_until(db, seg_bytes, self.max_bytes - size)
-        db.execute("INSERT INTO entries (key, size, seg, tick, freq) VALUES (?, ?, 0, ?, 0)", (key, size, self._next_tick(db)))
-        seg_bytes[0] += size
+        self._place(db, key, size, seg_bytes)
         self._store_bytes(db, seg_bytes)
         return evicted
+
+    def _place(self, db: sqlite3.Connection, key: str, size: int, seg_bytes: list[int]) -> None:
+        raise NotImplementedError
+
+
+class SieveIndex(WholeCacheIndex):
+    """SIEVE, optionally behind AdaptSize admission: the moves of ``ypws.policies.SieveCache``.
+
+    Entries are in insertion order (``tick``); the hand is the tick of the last entry it
+    looked at (0: start from the oldest). A hit sets the visited bit, so batches are exact.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_bytes: int, adaptsize: bool = False, busy_timeout: float = 30.0):
+        super().__init__(path, max_bytes, busy_timeout)
+        self.adaptsize_c = ADAPTSIZE_C * max_bytes if adaptsize else None
+
+    def _place(self, db: sqlite3.Connection, key: str, size: int, seg_bytes: list[int]) -> None:
+        db.execute("INSERT INTO entries (key, size, seg, tick, freq) VALUES (?, ?, 0, ?, 0)", (key, size, self._next_tick(db)))
+        seg_bytes[0] += size
 
     def _hits_batched(self, db: sqlite3.Connection, keys: list[str]) -> list[str]:
         db.executemany("UPDATE entries SET freq = 1 WHERE key = ?", [(key,) for key in set(keys)])
@@ -390,7 +401,7 @@ class SieveIndex(Index):
         return evicted
 
 
-class S3FIFOIndex(Index):
+class S3FIFOIndex(WholeCacheIndex):
     """S3-FIFO, optionally behind AdaptSize admission: the moves of ``ypws.policies.S3FIFOCache``.
 
     A hit only raises the entry's credit count (capped), so a batch of hits has exactly the
@@ -406,20 +417,7 @@ class S3FIFOIndex(Index):
         self.small_target = int(max_bytes * S3FIFO_SMALL)
         self.adaptsize_c = ADAPTSIZE_C * max_bytes if adaptsize else None
 
-    def insert(self, key: str, size: int) -> list[str] | None:
-        if size > self.max_bytes:
-            raise ValueError("entry larger than the cache")
-        return self._write(self._insert, key, size)
-
-    def _insert(self, db: sqlite3.Connection, key: str, size: int) -> list[str] | None:
-        seg_bytes = self._load_bytes(db)
-        old = db.execute("DELETE FROM entries WHERE key = ? RETURNING size, seg", (key,)).fetchone()
-        if old:
-            self._removed(seg_bytes, old[0], old[1])
-        if not self._admits(db, key, size):
-            self._store_bytes(db, seg_bytes)
-            return None
-        evicted = self._evict_until(db, seg_bytes, self.max_bytes - size)
+    def _place(self, db: sqlite3.Connection, key: str, size: int, seg_bytes: list[int]) -> None:
         seg = 0
         if db.execute("DELETE FROM ghost WHERE key = ? RETURNING key", (key,)).fetchone():
             seg = 1  # dropped from small lately, asked for again: straight to main
@@ -428,8 +426,6 @@ class S3FIFOIndex(Index):
         db.execute("INSERT INTO entries (key, size, seg, tick, freq) VALUES (?, ?, ?, ?, 0)",
                    (key, size, seg, self._next_tick(db)))
         seg_bytes[seg] += size
-        self._store_bytes(db, seg_bytes)
-        return evicted
 
     def _hits_batched(self, db: sqlite3.Connection, keys: list[str]) -> list[str]:
         counts: dict[str, int] = {}
