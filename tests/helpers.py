@@ -181,3 +181,21 @@ def check_connection_cap(port: int, cap: int) -> None:
                 return
         assert time.monotonic() < deadline, "still refusing after the held connections closed"
         time.sleep(0.1)
+
+
+def restart_seaweed(weed, attempts: int = 3) -> None:
+    """Start the stopped SeaweedFS again on its data, keys and S3 port. Its internal ports are
+    picked afresh: one of the old ones may meanwhile be some connection's ephemeral port."""
+    for attempt in range(1, attempts + 1):
+        argv = [a if a.startswith("-s3.port=") or ".port" not in a.split("=")[0] or "=" not in a
+                else f"{a.split('=')[0]}={procs.free_port()}" for a in weed.proc.args]
+        weed.proc = procs.start(argv, log=weed.workdir / f"weed-restart-{attempt}.log")
+        try:
+            procs.wait_http(f"http://{weed.endpoint}/", timeout=60, proc=weed.proc, ok=(200, 403))
+            return
+        except RuntimeError:
+            procs.stop(weed.proc)
+            if attempt == attempts:
+                log = (weed.workdir / f"weed-restart-{attempt}.log").read_text(errors="replace")
+                raise AssertionError(f"SeaweedFS did not come back:\n{log[-2000:]}") from None
+            time.sleep(1)

@@ -39,7 +39,7 @@ from ypws.app import create_app as ypws_app
 from ypws.app import open_cache
 
 from .hashproxy_support import ProxyCluster, image_urls
-from .helpers import CORPUS, cluster_tree, seed_photo, service_auth, write_config
+from .helpers import CORPUS, cluster_tree, restart_seaweed, seed_photo, service_auth, write_config
 
 PHOTO = CORPUS / "formats" / "hopper.jpg"
 
@@ -300,24 +300,6 @@ def test_storage_down_and_back_under_a_running_cluster(tmp_path, services):
         weed.stop()
 
 
-def _restart_seaweed(weed, attempts: int = 3) -> None:
-    """Start the stopped SeaweedFS again on its data, keys and S3 port. Its internal ports are
-    picked afresh: one of the old ones may meanwhile be some connection's ephemeral port."""
-    for attempt in range(1, attempts + 1):
-        argv = [a if a.startswith("-s3.port=") or ".port" not in a.split("=")[0] or "=" not in a
-                else f"{a.split('=')[0]}={procs.free_port()}" for a in weed.proc.args]
-        weed.proc = procs.start(argv, log=weed.workdir / f"weed-restart-{attempt}.log")
-        try:
-            procs.wait_http(f"http://{weed.endpoint}/", timeout=60, proc=weed.proc, ok=(200, 403))
-            return
-        except RuntimeError:
-            procs.stop(weed.proc)
-            if attempt == attempts:
-                log = (weed.workdir / f"weed-restart-{attempt}.log").read_text(errors="replace")
-                raise AssertionError(f"SeaweedFS did not come back:\n{log[-2000:]}") from None
-            time.sleep(1)
-
-
 def _storage_down_and_back(tmp_path, services, weed) -> None:
     tree = cluster_tree(tmp_path, backend="s3", seaweed=weed, ypws_nodes=2, overrides={
         "ypfs": {"workers": 1}, "ypws": {"workers": 1}, "magickd": {"workers": 1},
@@ -406,7 +388,7 @@ def _storage_down_and_back(tmp_path, services, weed) -> None:
         assert "Traceback" not in services.log(name) and "WORKER TIMEOUT" not in services.log(name), name
 
     # SeaweedFS back (same data, S3 port and keys): everything is ready again and works
-    _restart_seaweed(weed)
+    restart_seaweed(weed)
     _wait(lambda: all(requests.get(u, timeout=5).status_code == 200 for u in ready_urls), timeout=30)
     r = _wait_status(lambda: requests.patch(api, json={"title": "light"}, headers=auth, timeout=30), 200, timeout=20)
     assert r.json()["title"] == "light"
