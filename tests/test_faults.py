@@ -57,6 +57,8 @@ class Ledger:
     """What the load saw: acknowledged uploads, deletes, and every answer's status."""
 
     acked: dict[str, tuple[str, str]] = field(default_factory=dict)   # id -> (original key, sha256)
+    phase: str = "warm-up"                                            # the scenario under way
+    acked_in: dict[str, str] = field(default_factory=dict)            # id -> the scenario it was acked in
     urls: dict[str, str] = field(default_factory=dict)                # id -> small rendition URL
     deleted: dict[str, str] = field(default_factory=dict)             # id -> small URL of a deleted photo
     statuses: list[int] = field(default_factory=list)
@@ -104,6 +106,7 @@ class Load(threading.Thread):
                         self.ledger.acked[p["id"]] = (f"originals/{p['owner']}/{p['id']}_{p['secret']}",
                                                       hashlib.sha256(data).hexdigest())
                         self.ledger.urls[p["id"]] = p["urls"]["small"]
+                        self.ledger.acked_in[p["id"]] = self.ledger.phase
             elif step in (2, 3):
                 with self.ledger.lock:
                     live = list(self.ledger.urls.items())
@@ -300,6 +303,8 @@ def test_no_acknowledged_upload_lost_no_corrupt_bytes_no_500_and_recovery(world)
     try:
         time.sleep(3)  # some photos acknowledged and cached before the first fault
         for name, fault in scenarios:
+            with ledger.lock:
+                ledger.phase = name
             before = ledger.mark()
             fault()
             time.sleep(0.3)  # a killed process is gone; its node is not ready until restarted
@@ -320,9 +325,12 @@ def test_no_acknowledged_upload_lost_no_corrupt_bytes_no_500_and_recovery(world)
 
     lost = [pid for pid, (key, sha) in ledger.acked.items()
             if hashlib.sha256(world.store.get(key)).hexdigest() != sha]
-    print("\nscenario            requests  failed by status   corrupt  deleted served  recovery s")
+    print(f"\n{'scenario':<20}{'requests':>8}{'acked':>7}{'lost':>6}  {'failed by status':<18}{'corrupt':>8}"
+          f"{'deleted served':>16}{'recovery s':>12}")
     for r in report:
-        print(f"{r['scenario']:<20}{r['requests']:>8}  {str(r['failed']):<18}{r['corrupt']:>8}"
+        acked = sum(1 for p in ledger.acked_in.values() if p == r["scenario"])
+        lost_here = sum(1 for p in lost if ledger.acked_in.get(p) == r["scenario"])
+        print(f"{r['scenario']:<20}{r['requests']:>8}{acked:>7}{lost_here:>6}  {str(r['failed']):<18}{r['corrupt']:>8}"
               f"{r['deleted served']:>16}{r['recovery s']:>12}")
     print(f"acked {len(ledger.acked)}, lost {len(lost)}, deleted {len(ledger.deleted)}")
     assert len(ledger.acked) >= 10 and ledger.deleted, "the load did too little to say anything"
