@@ -296,7 +296,7 @@ def replay(base: str, trace: list[str], concurrency: int) -> tuple[float, Counte
 def bench_hit_ratio(p: Procs, tmp: Path) -> dict:
     ports = procs.free_ports(HIT_NODES + 1)
     tree = load_dict()
-    tree["cluster"]["data_dir"] = str(tmp / "var-hit")
+    tree["cluster"].update(data_dir=str(tmp / "var-hit"), admin_token="bench-admin-token", url_key="bench-url-key")
     tree["storage"]["local"]["root"] = str(tmp / "hit-store")
     tree["ypws"].update(cache_bytes=CACHE_BYTES, cache_policy="lru", workers=2)
     tree["ypws"]["nodes"] = [{"name": f"ypws{i + 1}", "host": "127.0.0.1", "port": port} for i, port in enumerate(ports[:-1])]
@@ -314,7 +314,7 @@ def bench_hit_ratio(p: Procs, tmp: Path) -> dict:
         cfg_path = tmp / f"hit-{mode}.toml"
         cfg_path.write_text(dump_toml(tree))
         nodes = [p.start(f"hit-{mode}-{n['name']}", procs.python_module("ypws", "serve", "--node", n["name"]),
-                         health=f"http://127.0.0.1:{n['port']}/healthz", env={"YUPOO_CONFIG": str(cfg_path)})
+                         health=f"http://127.0.0.1:{n['port']}/readyz", env={"YUPOO_CONFIG": str(cfg_path)})
                  for n in tree["ypws"]["nodes"]]
         proxy, base = start_proxy(p, tmp, f"hit-{mode}", ports[:-1], image_balance=mode)
         t0 = time.monotonic()
