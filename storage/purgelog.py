@@ -136,7 +136,3 @@ class PurgeLog:
             self.store.delete(key)
             removed += 1
         return removed
-
-    @staticmethod
-    def floor(ms: int) -> str:
-        return purge_log_floor(ms)

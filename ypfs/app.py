@@ -19,7 +19,6 @@ again once its body is in: a slow client's sending is not storage time).
 
 from __future__ import annotations
 
-import hmac
 import os
 import threading
 import time
@@ -299,10 +298,7 @@ class PurgeSink:
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
         if req.method != "PURGE":
             raise fail(404, "not_found", "images are served by the cache nodes, not by ypfs")
-        given = (req.get_header("Authorization") or "").encode()
-        if not (self.token and hmac.compare_digest(given, f"Bearer {self.token}".encode())):
-            raise fail(401, "unauthorized", "PURGE needs 'Authorization: Bearer <admin token>'",
-                       {"WWW-Authenticate": "Bearer"})
+        require_service_token(req, self.token)
         if self.purger is None:
             raise fail(503, "no_purger", "this ypfs node has no cache purge configured")
         try:

@@ -23,7 +23,6 @@ A miss's storage calls and its render share ``ypws.request_deadline``.
 
 from __future__ import annotations
 
-import hmac
 import os
 import sqlite3
 import time
@@ -120,7 +119,7 @@ class ImageResource:
     on_head = on_get
 
     def on_purge(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
-        check_admin(req, self.admin_token)
+        require_service_token(req, self.admin_token)
         try:
             target = parse_image_path(req.path, allow_bare_size=True)
         except BadPath as exc:
@@ -144,7 +143,7 @@ class PhotoResource:
     on_head = on_get
 
     def on_purge(self, req: falcon.Request, resp: falcon.Response, user: str, segment: str) -> None:
-        check_admin(req, self.admin_token)
+        require_service_token(req, self.admin_token)
         try:
             photo_id, secret = parse_photo_segment(segment)
             ref = PhotoRef(user, photo_id, secret)
@@ -167,16 +166,8 @@ class PurgeAllResource:
     on_head = on_get
 
     def on_purge(self, req: falcon.Request, resp: falcon.Response) -> None:
-        check_admin(req, self.admin_token)
+        require_service_token(req, self.admin_token)
         resp.media = {"purged": self.service.cache.purge_all(), "all": True, "node": self.service.node}
-
-
-def check_admin(req: falcon.Request, token: str) -> None:
-    """PURGE and other admin calls carry ``Authorization: Bearer {admin_token}``."""
-    given = (req.get_header("Authorization") or "").encode()
-    if not hmac.compare_digest(given, f"Bearer {token}".encode()):
-        raise fail(401, "unauthorized", "PURGE needs 'Authorization: Bearer <admin token>'",
-                   {"WWW-Authenticate": "Bearer"})
 
 
 class HealthResource:

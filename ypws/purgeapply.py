@@ -43,7 +43,7 @@ from typing import Callable
 
 from cluster.locks import try_flock
 from storage import StorageError
-from storage.keys import InvalidName, PhotoRef, parse_photo_segment, purge_log_time
+from storage.keys import InvalidName, PhotoRef, parse_photo_segment, purge_log_floor, purge_log_time
 from storage.purgelog import ALL_IMAGES, PurgeEntry, PurgeLog
 
 from .urls import BadPath, NoSuchImage, parse_image_path
@@ -145,13 +145,13 @@ class PurgeApplier:
                         "no checkpoint" if state is None else "checkpoint older than the log's retention")
             self.service.cache.purge_all()
             self.pending.clear()
-            after = PurgeLog.floor(now_ms - settle_ms)
+            after = purge_log_floor(now_ms - settle_ms)
         count = 0
         for entry in self.log.read(after, known=self.pending):
             self._apply(entry)
             self.pending[entry.key] = entry
             count += 1
-        new_after = max(after, PurgeLog.floor(now_ms - settle_ms))
+        new_after = max(after, purge_log_floor(now_ms - settle_ms))
         for key in sorted(k for k in self.pending if k <= new_after):
             self._apply(self.pending.pop(key))
         SyncState(new_after, self.clock(), self.boot).save(self.root)
