@@ -175,7 +175,8 @@ def seed_rendition_catalog(p: Procs, tmp: Path, tree: dict) -> dict[str, int]:
     from storage import open_store
     from storage.ids import new_secret
     from storage.keys import PhotoRef
-    from storage.records import PhotoRecord, profile_version
+    from cluster.profiles import profile_version
+    from storage.records import PhotoRecord
 
     cfg = from_dict(tree)
     store = open_store(cfg)

@@ -25,12 +25,13 @@ from pathlib import Path
 from bench.results import record, table
 from cluster import procs
 from cluster.config import dump_toml, load, load_dict
+from cluster.profiles import profile_version
 from cluster.purge import Purger
 from cluster.seaweed import start_seaweed
 from storage import open_store
 from storage.ids import new_secret
 from storage.purgelog import PurgeLog
-from storage.records import PhotoRecord, profile_version
+from storage.records import PhotoRecord
 from ypws.diskcache import DiskCache
 from ypws.purgeapply import PurgeApplier
 

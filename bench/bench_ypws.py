@@ -106,7 +106,8 @@ def thumbnail_bytes() -> bytes:
 def start_ypws(tmp: Path, body: bytes):
     from storage import open_store
     from storage.ids import new_secret
-    from storage.records import PhotoRecord, profile_version
+    from cluster.profiles import profile_version
+    from storage.records import PhotoRecord
 
     tree = load_dict()
     port, *_ = procs.free_ports(2)

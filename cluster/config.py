@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .profiles import SizeProfile, validate_sizes
+
 DEFAULTS_PATH = Path(__file__).with_name("defaults.toml")
 ENV_VAR = "YUPOO_CONFIG"
 
@@ -122,28 +124,8 @@ class IdsSection:
     node_id: int = 1
 
 
-CROP_MODES = ("none", "attention", "centre")
-OUTPUT_FORMATS = ("jpeg", "webp", "png", "avif")
 #: ypws.cache_policy values: the policies ypws's shared index runs (ypws.index.INDEX_POLICIES)
 CACHE_POLICIES = ("lru", "s2lru", "s4lru", "sieve", "sieve+adaptsize", "s3fifo", "s3fifo+adaptsize")
-
-
-@dataclass(frozen=True)
-class SizeProfile:
-    name: str
-    width: int
-    height: int
-    crop: str = "none"
-    sharpen_sigma: float = 0.5
-    sharpen_amount: float = 1.0
-    quality: int = 85
-    format: str = "jpeg"
-    variants: tuple[str, ...] = ()
-
-    @property
-    def formats(self) -> tuple[str, ...]:
-        """Every format this profile may be served in, default first."""
-        return (self.format, *[f for f in self.variants if f != self.format])
 
 
 @dataclass(frozen=True)
@@ -348,18 +330,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("storage.backend: must be 'local' or 's3'")
     if cfg.storage.s3.part_size < 5 * 1024 * 1024:
         raise ConfigError("storage.s3.part_size: S3 needs parts of at least 5 MiB")
-    seen: set[str] = set()
-    for p in cfg.sizes:
-        if p.name in seen or p.name == "original":
-            raise ConfigError(f"sizes: duplicate or reserved size name {p.name!r}")
-        seen.add(p.name)
-        if p.crop not in CROP_MODES:
-            raise ConfigError(f"sizes.{p.name}.crop: one of {CROP_MODES}")
-        for fmt in p.formats:
-            if fmt not in OUTPUT_FORMATS:
-                raise ConfigError(f"sizes.{p.name}: unknown format {fmt!r}")
-        if not (0 < p.width <= 8192 and 0 < p.height <= 8192 and 1 <= p.quality <= 100):
-            raise ConfigError(f"sizes.{p.name}: width/height 1..8192 and quality 1..100")
+    validate_sizes(cfg.sizes)
     for role in ("ypfs", "magickd", "ypws"):
         nodes = getattr(cfg, role).nodes
         if not nodes:

@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 
 import pyvips
 
-from cluster.config import SizeProfile
+from cluster.profiles import Box, SizeProfile
 
 from .deadline import Deadline
-from .geometry import Box
 from .options import RenderOptions, Target
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from cluster.config import Config, LimitsSection, SizeProfile
-from storage.records import profile_version
+from cluster.config import Config, LimitsSection
+from cluster.profiles import SizeProfile
 
 from .errors import BadRequest
 
@@ -68,5 +68,5 @@ def parse_targets(cfg: Config, sizes: Sequence[str] | None, formats: Sequence[st
         for fmt in (list(dict.fromkeys(formats)) if formats else [profile.format]):
             if fmt not in profile.formats:
                 raise BadRequest(f"size {name!r} is not offered as {fmt[:20]!r} (offered: {', '.join(profile.formats)})")
-            targets.append(Target(profile, fmt, profile_version(profile)))
+            targets.append(Target(profile, fmt, profile.version))
     return tuple(targets)

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 from tqdm import tqdm
 
-from cluster.config import Config, SizeProfile
+from cluster.config import Config
+from cluster.profiles import SizeProfile, profile_version
 from cluster.purge import Purger
 from storage import StorageError
 from storage.base import BlobStore
 from storage.keys import EXTENSIONS, FORMAT_BY_EXT, PhotoRef
-from storage.records import profile_version
 
 from . import catalog
 from .checkpoint import Checkpoint

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Sequence
 
 from cluster.config import Config
+from cluster.profiles import box_for
 from storage import NotFound, StorageError, deadline
 from storage.base import BlobStore
 from storage.keys import CONTENT_TYPES, InvalidName, PhotoRef
@@ -27,7 +28,6 @@ from .client import Rendition
 from .admission import Admission
 from .errors import BadRequest, PhotoNotFound, RenderFailure, RenderTimeout, Unavailable
 from .failures import FailureMemory
-from .geometry import box_for
 from .options import Limits, RenderOptions, Target, parse_targets
 
 log = logging.getLogger("magickd.service")

@@ -19,15 +19,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from cluster.config import Config
+from cluster.profiles import box_for, profile_version
 from cluster.purge import Purger
 from storage import NotFound, StorageError
 from storage.base import BlobStore
 from storage.keys import PhotoRef
-from storage.records import PhotoRecord, profile_version
+from storage.records import PhotoRecord
 
 from . import catalog
 from .client import RenderClient, RenderError, RenderUnavailable
-from .geometry import box_for
 
 PILLOW_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG", "avif": "AVIF"}
 

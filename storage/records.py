@@ -14,35 +14,16 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 
-from cluster.config import SizeProfile
+from cluster.profiles import SizeProfile
 
 from .base import BlobStore
 from .keys import EXTENSIONS, PhotoRef, record_key, user_key, valid_user
 
-#: bump when the render pipeline changes its output for unchanged profile parameters
-PIPELINE_REVISION = 2  # 2: sharpening kernels exact on libvips' vector path (no 6% brightening)
-
-
-@lru_cache(maxsize=256)  # every rendition URL carries one: pages and upload answers make many
-def profile_version(profile: SizeProfile, revision: int = PIPELINE_REVISION) -> str:
-    """8 hex chars derived from everything that shapes a rendition's pixels and bytes.
-
-    Re-tuning a profile (sharpening, quality, box, crop) changes its version, so its
-    renditions get new keys and a stale one is never served as the new one.
-    """
-    params = dataclasses.asdict(profile)
-    params.pop("name")
-    params.pop("variants")  # which formats exist does not change any one rendition
-    blob = json.dumps({"rev": revision, **params}, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:8]
-
-
 def rendition_url(public_url: str, ref: PhotoRef, profile: SizeProfile, fmt: str | None = None) -> str:
     """Public URL of one rendition, carrying its version so caches can keep it for long."""
     fmt = fmt or profile.format
-    return f"{public_url}{ref.size_url_path(profile.name, fmt)}?v={profile_version(profile)}"
+    return f"{public_url}{ref.size_url_path(profile.name, fmt)}?v={profile.version}"
 
 
 def original_url(public_url: str, ref: PhotoRef, fmt: str) -> str:

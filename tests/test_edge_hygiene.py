@@ -17,12 +17,12 @@ import pytest
 from falcon import testing
 
 from cluster.config import from_dict
+from cluster.profiles import profile_version
 from hashproxy import responses
 from hashproxy.urls import BadTarget, classify
 from magickd.app import create_app as magickd_app
 from magickd.service import RenderService
 from storage.local import LocalStore
-from storage.records import profile_version
 from ypfs.app import create_app as ypfs_app
 from ypws.accesslog import AccessLog
 from ypws.app import create_app as ypws_app

@@ -9,9 +9,10 @@ import pytest
 
 from cluster import config as config_mod
 from cluster.config import ConfigError, dump_toml, from_dict, load, load_dict
+from cluster.profiles import profile_version
 from storage import ids
 from storage.keys import InvalidName, PhotoRef, parse_photo_segment, parse_record_key, record_key, valid_user
-from storage.records import PhotoRecord, UserRecord, profile_version, rendition_url
+from storage.records import PhotoRecord, UserRecord, rendition_url
 from media.sniff import headless_heif, sniff
 
 from .helpers import CORPUS

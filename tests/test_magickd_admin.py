@@ -11,12 +11,12 @@ import threading
 import pytest
 
 from cluster import procs
+from cluster.profiles import profile_version
 from cluster.purge import Purger
 from magickd.client import RenderClient
 from magickd.rerender import Rerenderer, RerenderJob
 from storage import StorageUnavailable, open_store
 from storage.purgelog import PurgeLog
-from storage.records import profile_version
 
 from .helpers import CORPUS, REPO, Services, cluster_tree, deep_update, seed_photo, write_config
 from .magickd_support import decode, start_magickd

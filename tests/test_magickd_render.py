@@ -11,9 +11,9 @@ import pyvips
 from PIL import Image, ImageCms, ImageStat
 
 from cluster.config import load
+from cluster.profiles import box_for
 from magickd import pipeline, vips_setup
 from magickd.errors import RenderFailure, RenderTimeout, TooLarge, UnsupportedFormat
-from magickd.geometry import box_for
 from magickd.options import Limits, RenderOptions, parse_targets
 from magickd.steps.scale_on_load import jpeg_shrink
 from magickd.steps.sharpen import kernel, vector_exact

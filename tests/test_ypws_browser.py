@@ -18,7 +18,7 @@ import pytest
 import requests
 from PIL import Image
 
-from magickd.geometry import box_for
+from cluster.profiles import box_for
 
 from .helpers import CORPUS, REPO, cluster_tree, write_config
 from .ypws_support import decode

@@ -21,9 +21,8 @@ import requests
 import xxhash
 from PIL import Image
 
-from magickd.geometry import box_for
+from cluster.profiles import box_for, profile_version
 from storage import open_store
-from storage.records import profile_version
 from ypws.signing import sign_url
 
 from .helpers import CORPUS, REPO, Services, check_connection_cap, cluster_tree, deep_update, seed_photo

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from cluster.config import Config, SizeProfile
-from storage.records import PhotoRecord, profile_version
+from cluster.config import Config
+from cluster.profiles import SizeProfile, profile_version
+from storage.records import PhotoRecord
 
 from .helpers import Services, write_config
 

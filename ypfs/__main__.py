@@ -33,6 +33,7 @@ def serve(args: argparse.Namespace) -> int:
         # a strict decode is sequential (one entropy stream): more threads only add hand-offs,
         # and the upload's other work (the original's PUT) has the other core
         pyvips.concurrency_set(1)
+        from cluster.profiles import eager_sizes
         from cluster.purge import Purger
         from magickd.client import RenderClient
         from storage import open_store
@@ -41,7 +42,7 @@ def serve(args: argparse.Namespace) -> int:
         from .app import create_app
         from .notify import RenderNotifier
 
-        notifier = RenderNotifier(RenderClient(cfg), cfg.ypfs.render_retries,
+        notifier = RenderNotifier(RenderClient(cfg), cfg.ypfs.render_retries, eager_sizes(cfg.sizes),
                                   on_outcome=lambda o: metrics.RENDER_REQUESTS.labels(outcome=o).inc())
         store = open_store(cfg)
         return create_app(cfg, store, node.name, notifier=notifier, purger=Purger.from_config(cfg, store, node.name))

@@ -1,7 +1,8 @@
 """Fire-and-forget render requests after an upload.
 
 The upload is acknowledged without waiting for thumbnails; a background thread
-per worker asks magickd for the standard sizes, retrying with back-off. The
+per worker asks magickd for the eager sizes (``SizeProfile.eager``), retrying with
+back-off; the others are rendered by ypws on their first request. The
 queue is bounded: if magickd is down for long, requests beyond it are dropped
 (and counted), which is safe because ypws renders any missing size on demand.
 """
@@ -12,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from magickd.client import RenderClient, RenderError
 from storage.keys import PhotoRef
@@ -21,9 +22,11 @@ log = logging.getLogger("ypfs.notify")
 
 
 class RenderNotifier:
-    def __init__(self, client: RenderClient, retries: int, backoff: float = 0.5, maxsize: int = 1000,
-                 on_outcome: Callable[[str], None] = lambda outcome: None, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, client: RenderClient, retries: int, sizes: Sequence[str], backoff: float = 0.5,
+                 maxsize: int = 1000, on_outcome: Callable[[str], None] = lambda outcome: None,
+                 sleep: Callable[[float], None] = time.sleep):
         self.client = client
+        self.sizes = tuple(sizes)  # what to render after an upload: the eager sizes
         self.retries = max(1, retries)
         self.backoff = backoff
         self.on_outcome = on_outcome
@@ -33,6 +36,8 @@ class RenderNotifier:
         self._lock = threading.Lock()
 
     def submit(self, ref: PhotoRef) -> None:
+        if not self.sizes:  # every size on demand: nothing to ask for
+            return
         self._ensure_thread()  # started lazily: after gunicorn's fork, in the worker
         try:
             self.queue.put_nowait(ref)
@@ -54,7 +59,7 @@ class RenderNotifier:
         delay = self.backoff
         for attempt in range(1, self.retries + 1):
             try:
-                self.client.render(ref)
+                self.client.render(ref, sizes=self.sizes)
                 self.on_outcome("ok")
                 return "ok"
             except RenderError as exc:  # a definite answer (e.g. 422): retrying cannot help

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from cluster.config import Config
+from cluster.profiles import profile_version
 from storage import BlobStore, NotFound, StorageError, deadline
 from storage.keys import CONTENT_TYPES, EXTENSIONS, InvalidName, PhotoRef
 from storage.readiness import StorageProbe
-from storage.records import PhotoRecord, UserRecord, profile_version
+from storage.records import PhotoRecord, UserRecord
 
 from .conditional import RangeError, http_date, if_range_matches, not_modified, parse_range
 from .diskcache import CorruptEntry, DiskCache, body_digest

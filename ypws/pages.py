@@ -3,7 +3,7 @@
 Pure functions from records to HTML strings (every value escaped), no HTTP.
 Image URLs are relative (``/photos/...?v=``), so the pages work through the
 hashproxy and straight from one ypws node alike; ``srcset`` lists each size
-with its real width (``magickd.geometry``), so browsers pick the smallest
+with its real width (``cluster.profiles.box_for``), so browsers pick the smallest
 rendition that is sharp enough.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from html import escape
 
-from cluster.config import Config, SizeProfile
-from magickd.geometry import box_for
+from cluster.config import Config
+from cluster.profiles import SizeProfile, box_for
 from storage.records import PhotoRecord, original_url, rendition_url
 
 #: sizes offered in a gallery thumbnail's srcset, and on the photo page

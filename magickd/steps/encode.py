@@ -1,4 +1,4 @@
-"""Write the rendition: progressive JPEG, WebP, AVIF or PNG, with every piece of metadata dropped.
+"""Write the rendition: JPEG (progressive or baseline, per size), WebP, AVIF or PNG, with every piece of metadata dropped.
 
 ``keep=0`` (VipsForeignKeep NONE) leaves out EXIF (GPS included), XMP, IPTC and
 the ICC profile; pixels are sRGB already, which is what an untagged web image means.
@@ -18,7 +18,8 @@ def encode(ctx: RenderContext) -> None:
     limits = ctx.options.limits
     image = ctx.deadline.watch(image)
     if target.fmt == "jpeg":
-        data = image.jpegsave_buffer(Q=q, interlace=True, optimize_coding=True, keep=KEEP_NONE)
+        # baseline keeps optimised Huffman tables: smaller than progressive for small images
+        data = image.jpegsave_buffer(Q=q, interlace=target.profile.progressive, optimize_coding=True, keep=KEEP_NONE)
     elif target.fmt == "webp":
         data = image.webpsave_buffer(Q=q, effort=limits.webp_effort, keep=KEEP_NONE)
     elif target.fmt == "avif":

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from cluster.profiles import box_for
+
 from ..context import RenderContext
-from ..geometry import box_for
 
 
 def prepare(ctx: RenderContext) -> None:
