@@ -10,8 +10,6 @@ reported apart: progressive sources decode several times slower.
 Contenders, each making all configured sizes (default formats: progressive JPEG
 q85, the square cropped) from one original on one core:
 - magickd: the render core (magickd.pipeline), in process, libvips with 1 thread;
-- floor: libvips shrink-on-load decode to the largest size's scale, into memory,
-  and nothing else (the least any shrink-on-load renderer has to do);
 - vipsthumbnail: the libvips CLI, one invocation per size (no sharpening);
 - pillow: best practice: draft (DCT scaling) + reducing_gap + UnsharpMask, sizes
   cascaded from the drafted image, progressive optimized JPEG;
@@ -22,12 +20,27 @@ libvips-tools; thumbor into a throwaway venv under /tmp), else skipped with a no
 
 Also measured: magickd with every core busy (a process per core), and the peak
 RSS of a worker process rendering the 24 MP photo (MALLOC_ARENA_MAX=2).
+
+Issue 17's figures (bench/render_stages.py has the instruments):
+- the encode-aware floor: shrink-on-load decode plus the encoding of exactly the
+  outputs produced, from already-resized pixels, timed in the same run as magickd
+  (CPU time, runs interleaved); magickd's ratio to it per size class and source
+  kind, goal <= 1.25, with magickd's CPU split by stage as the reason when missed;
+- bytes and encode ms per size, progressive vs baseline JPEG, over the plain photos
+  of both shared corpora: what the per-size ``progressive`` defaults follow;
+- ingest: photos fully ingested (validation decode, original stored, eager sizes
+  rendered) per CPU-second at 4, 15 and 24 MP, split by stage, with every size
+  eager and progressive (before) and with the configured defaults (after);
+- the first-view latency of an on-demand size through a real cluster.
+BENCH_QUICK=1 takes fewer timed runs and a smaller corpus sample (a few minutes).
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -35,6 +48,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -46,7 +60,11 @@ SOURCE = REPO.parent / "shared" / "corpus" / "formats" / "iphone_hdr_NO.jpg"  # 
 CLASSES = {"4MP": (2560, 1600), "15MP": (4800, 3200), "24MP": (6000, 4000)}
 THUMBOR_VENV = Path("/tmp/yupoo-bench-thumbor")
 IM_CONVERT = "/usr/bin/convert"  # Debian's ImageMagick 6 (a PATH `convert` may be something else)
-BUDGET = {"4MP": 5, "15MP": 3, "24MP": 3}  # timed runs per contender and photo (median reported)
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+BUDGET = {"4MP": 2, "15MP": 1, "24MP": 1} if QUICK else {"4MP": 5, "15MP": 3, "24MP": 3}  # timed runs (median)
+FLOOR_RUNS = 3 if QUICK else 7  # interleaved magickd / floor CPU-time runs per photo (median)
+FLOOR_GOAL = 1.25
+CORPORA = (REPO.parent / "shared" / "corpus", REPO.parent / "shared" / "corpus2")
 
 
 # -- setup ----------------------------------------------------------------------------------
@@ -117,21 +135,6 @@ def magickd_core(cfg) -> Callable[[Path], None]:
 
     options = RenderOptions(parse_targets(cfg, None, None), Limits.from_config(cfg))
     return lambda path: pipeline.render(path.read_bytes(), options)
-
-
-def decode_floor(cfg) -> Callable[[Path], None]:
-    import pyvips
-
-    largest = max(max(p.width, p.height) for p in cfg.sizes)
-
-    def run(path: Path) -> None:
-        header = pyvips.Image.new_from_file(str(path))
-        shrink = 1
-        while shrink < 8 and max(header.width, header.height) // (shrink * 2) >= largest:
-            shrink *= 2
-        pyvips.Image.new_from_buffer(path.read_bytes(), "", shrink=shrink, access="sequential").copy_memory()
-
-    return run
 
 
 def pillow_best(cfg) -> Callable[[Path], None]:
@@ -284,6 +287,215 @@ def peak_rss_mb(paths: list[Path], arenas: str | None) -> float:
     return int(out.stdout.split()[-1]) / 1024
 
 
+# -- issue 17: encode-aware floor, progressive vs baseline, ingest, first view ------------------
+def plain_photos(limit: int | None = None) -> list[Path]:
+    """The plain photos of both shared corpora (their MANIFEST.tsv descriptions): camera and
+    phone photos, and one of each labelled orientation series (the others are the same pixels)."""
+    found = []
+    for corpus in CORPORA:
+        with open(corpus / "MANIFEST.tsv", newline="") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                desc, rel = row["description"], row["path"]
+                photo = re.search(r"\bphoto\b", desc) and not re.search(r"tiny|2x1|labelled with its orientation", desc)
+                if photo or re.fullmatch(r"orientation/(Landscape|Portrait)_1\.jpg", rel):
+                    found.append(corpus / rel)
+    return found[:limit] if limit else found
+
+
+def _options(cfg, sizes=None):
+    from magickd.options import Limits, RenderOptions, parse_targets
+
+    return RenderOptions(parse_targets(cfg, sizes, None), Limits.from_config(cfg))
+
+
+def progressive_table(cfg, photos: list[Path]) -> tuple[list[dict], dict[str, bool]]:
+    """Bytes and encode CPU ms per size, baseline vs progressive JPEG, summed over ``photos``;
+    and per size whether progressive came out smaller (what the defaults follow)."""
+    from magickd import pipeline
+
+    from .render_stages import stage_clock, with_settings
+
+    totals = {mode: defaultdict(lambda: [0, 0.0, 0]) for mode in (False, True)}  # size -> [bytes, cpu s, n]
+    smaller = defaultdict(int)
+    for path in photos:
+        data = path.read_bytes()
+        per_mode = {}
+        for mode in (False, True):
+            options = _options(cfg.replace(sizes=with_settings(cfg.sizes, progressive=mode)))
+            pipeline.render(data, options)  # warm (first-use tables)
+            with stage_clock() as spent:
+                outputs = pipeline.render(data, options)
+            per_mode[mode] = {o.target.name: len(o.data) for o in outputs}
+            for o in outputs:
+                t = totals[mode][o.target.name]
+                t[0] += len(o.data)
+                t[1] += spent[f"encode {o.target.name}"]
+                t[2] += 1
+        for name, base in per_mode[False].items():
+            smaller[name] += per_mode[True][name] < base
+    rows, verdict = [], {}
+    for p in cfg.sizes:
+        (bb, bs, n), (pb, ps, _) = totals[False][p.name], totals[True][p.name]
+        verdict[p.name] = pb < bb
+        rows.append({"size": p.name, "box": f"{p.width}x{p.height}", "photos": n,
+                     "baseline KB/photo": round(bb / n / 1024, 1), "progressive KB/photo": round(pb / n / 1024, 1),
+                     "prog/base bytes": round(pb / bb, 3), "prog smaller in": f"{smaller[p.name]}/{n}",
+                     "baseline enc ms": round(bs / n * 1000, 2), "progressive enc ms": round(ps / n * 1000, 2),
+                     "smaller": "progressive" if pb < bb else "baseline"})
+    return rows, verdict
+
+
+def floor_figures(cfg, photos: dict[str, dict[str, Path]], sizes=None) -> list[dict]:
+    """magickd vs the encode-aware floor, CPU ms per photo (median of interleaved runs), per class and source."""
+    from magickd import pipeline
+
+    from .render_stages import Floor, stage_clock
+
+    options = _options(cfg, sizes)
+    rows = []
+    for label, kinds in photos.items():
+        for kind, path in kinds.items():
+            data = path.read_bytes()
+            floor = Floor.prepare(data, options)
+            mine, floors, decodes = [], [], []
+            for _ in range(FLOOR_RUNS):
+                t0 = time.process_time()
+                pipeline.render(data, options)
+                mine.append(time.process_time() - t0)
+                decode, encodes = floor.run()
+                floors.append(decode + sum(encodes.values()))
+                decodes.append(decode)
+            stages: dict[str, list[float]] = defaultdict(list)
+            for _ in range(max(1, FLOOR_RUNS // 2)):
+                with stage_clock() as spent:
+                    pipeline.render(data, options)
+                for k, v in spent.items():
+                    stages[k].append(v)
+            st = {k: statistics.median(v) * 1000 for k, v in stages.items()}
+            m, f, d = (statistics.median(x) * 1000 for x in (mine, floors, decodes))
+            encodes_ms = sum(v for k, v in st.items() if k.startswith("encode"))
+            ratio = m / f
+            row = {"photo": label, "source": kind, "magickd ms": round(m, 1), "floor ms": round(f, 1),
+                   "floor decode": round(d, 1), "floor encodes": round(f - d, 1), "ratio": round(ratio, 2),
+                   "goal": "met" if ratio <= FLOOR_GOAL else "NOT met",
+                   "decode+reduce": round(st.get("render decode", 0), 1), "resize": round(st.get("resize", 0), 1),
+                   "crop": round(st.get("crop", 0), 1), "sharpen": round(st.get("sharpen", 0), 1),
+                   "encodes": round(encodes_ms, 1)}
+            if ratio > FLOOR_GOAL:
+                row["reason"] = (f"{m - f:.0f} ms over the floor: the reduce from the DCT-scaled decode to the largest box "
+                                 f"{st.get('render decode', 0) - d:+.0f}, resize {st.get('resize', 0):.0f}, "
+                                 f"crop {st.get('crop', 0):.0f}, sharpen {st.get('sharpen', 0):.0f} ms "
+                                 f"(the {FLOOR_GOAL}x goal allows {f * (FLOOR_GOAL - 1):.0f})")
+            rows.append(row)
+    return rows
+
+
+def ingest_figures(cfg, photos: dict[str, dict[str, Path]], work: Path) -> list[dict]:
+    """CPU per fully ingested photo (validation decode, original stored, eager sizes rendered), by
+    stage: every size eager and progressive (before issue 17) vs the configured defaults (after)."""
+    from cluster.profiles import eager_sizes
+    from magickd import pipeline
+    from media.probe import probe
+    from storage.local import LocalStore
+
+    from .render_stages import stage_clock, with_settings
+
+    store = LocalStore(work / "ingest-store")
+    before = cfg.replace(sizes=with_settings(cfg.sizes, eager=True, progressive=True))
+    runs = 2 if QUICK else 3
+    rows = []
+    for setting, c in (("before: all eager, progressive", before), ("after: defaults", cfg)):
+        options = _options(c, eager_sizes(c.sizes))
+        for label, kinds in photos.items():
+            for kind, path in kinds.items():
+                data = path.read_bytes()
+                pipeline.render(data, options)  # warm
+                spent: dict[str, float] = defaultdict(float)
+                for i in range(runs):
+                    t0 = time.process_time()
+                    probe(path, "jpeg", c.limits)
+                    spent["validation decode"] += time.process_time() - t0
+                    t0 = time.process_time()
+                    store.put(f"bench/{label}-{kind}-{i}.jpg", data)
+                    spent["store original"] += time.process_time() - t0
+                    with stage_clock() as render:
+                        pipeline.render(data, options)
+                    for k, v in render.items():
+                        spent[k] += v
+                ms = {k: v / runs * 1000 for k, v in spent.items()}
+                total = sum(ms.values())
+                encodes = {k[len("encode "):]: round(v, 1) for k, v in ms.items() if k.startswith("encode ")}
+                rows.append({"setting": setting, "photo": label, "source": kind, "CPU ms/photo": round(total, 1),
+                             "photos/CPU-s": round(1000 / total, 2),
+                             "validation": round(ms["validation decode"], 1), "store": round(ms["store original"], 1),
+                             "render decode": round(ms["render decode"], 1), "resize": round(ms["resize"], 1),
+                             "crop": round(ms.get("crop", 0), 1), "sharpen": round(ms["sharpen"], 1),
+                             "encodes": " ".join(f"{k}:{v:g}" for k, v in encodes.items())})
+    return rows
+
+
+def first_view_latency(photos: dict[str, dict[str, Path]], work: Path) -> tuple[list[dict], str]:
+    """Upload each class's photo through a real cluster (`cluster run`, local store), wait for its eager
+    sizes, then time the first GET of each on-demand size (a render) and the second (a cache hit)."""
+    import requests
+
+    from cluster import procs
+    from cluster.config import dump_toml, load, load_dict
+    from storage import open_store
+    from storage.keys import PhotoRef
+
+    tree = load_dict()
+    ports = iter(procs.free_ports(4))
+    tree["cluster"]["data_dir"] = str(work / "fv-var")
+    for role in ("ypfs", "magickd", "ypws"):
+        tree[role]["nodes"] = [{**tree[role]["nodes"][0], "port": next(ports)}]
+    tree["hashproxy"]["port"] = next(ports)
+    tree["ypws"]["cache_policy"] = "s3fifo"  # no probabilistic admission: the second GET is a hit
+    path = work / "first-view.toml"
+    path.write_text(dump_toml(tree))
+    cfg = load(path)
+    on_demand = [p for p in cfg.sizes if not p.eager]
+    if not on_demand:
+        return [], "every size is eager: no on-demand first view to time"
+    log = work / "first-view-cluster.log"
+    env = {"PYTHONPATH": str(REPO)}
+    proc = procs.start(procs.python_module("cluster", "run", "--config", str(path)), log=log, env=env, cwd=str(REPO))
+    rows = []
+    try:
+        deadline = time.monotonic() + 120
+        while "Cluster is up" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return [], "the cluster did not start: " + log.read_text(errors="replace")[-500:]
+            time.sleep(0.2)
+        token = subprocess.run([sys.executable, "-m", "ypfs", "--config", str(path), "user", "add", "bench"],
+                               capture_output=True, text=True, cwd=REPO, timeout=60,
+                               env={**os.environ, **env}).stdout.strip()
+        store = open_store(cfg)
+        for label, kinds in photos.items():
+            r = requests.post(f"{cfg.public_url}/upload", files={"photo": ("p.jpg", kinds["baseline"].read_bytes())},
+                              headers={"Authorization": f"Bearer {token}"}, timeout=120)
+            r.raise_for_status()
+            photo = r.json()
+            ref = PhotoRef("bench", photo["id"], photo["secret"])
+            keys = [ref.rendition_key(p.name, p.version, p.format) for p in cfg.sizes if p.eager]
+            until = time.monotonic() + 120
+            while not all(store.exists(k) for k in keys) and time.monotonic() < until:
+                time.sleep(0.1)
+            for p in on_demand:
+                absent = not store.exists(ref.rendition_key(p.name, p.version, p.format))
+                t0 = time.perf_counter()
+                first = requests.get(photo["urls"][p.name], timeout=120)
+                t1 = time.perf_counter()
+                second = requests.get(photo["urls"][p.name], timeout=120)
+                t2 = time.perf_counter()
+                rows.append({"photo": label, "size": p.name, "absent before": absent,
+                             "first view ms": round((t1 - t0) * 1000), "first": first.headers.get("X-Cache", first.status_code),
+                             "second view ms": round((t2 - t1) * 1000), "second": second.headers.get("X-Cache", second.status_code)})
+    finally:
+        procs.stop(proc, timeout=30)
+    return rows, ""
+
+
 # -- main -----------------------------------------------------------------------------------
 def main() -> None:
     from cluster.config import load
@@ -302,7 +514,7 @@ def main() -> None:
         out_dir = work / "out"
         out_dir.mkdir()
         contenders: dict[str, Callable[[Path], None]] = {
-            "magickd": magickd_core(cfg), "floor": decode_floor(cfg), "pillow": pillow_best(cfg)}
+            "magickd": magickd_core(cfg), "pillow": pillow_best(cfg)}
         exe, note = find_vipsthumbnail()
         if exe:
             contenders["vipsthumbnail"] = vipsthumbnail_cli(cfg, exe, out_dir)

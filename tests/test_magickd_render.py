@@ -72,10 +72,10 @@ def test_small_originals_are_never_upscaled():
     assert decode(outs[("thumb", "jpeg")].data).size == (100, 100)
 
 
-def test_outputs_are_progressive_jpegs_without_any_metadata(iphone_all):
+def test_outputs_are_jpegs_as_their_profile_says_without_any_metadata(iphone_all):
     for key, out in iphone_all.items():
         im = decode(out.data)
-        assert im.info.get("progressive") or im.info.get("progression"), key
+        assert bool(im.info.get("progressive") or im.info.get("progression")) == CFG.size(key[0]).progressive, key
         assert has_metadata(out.data, im) == [], key
 
 
