@@ -7,7 +7,8 @@ short-circuits the work), is
   + dedupe entry written to S3), each load-generator thread being one user uploading
   a series of photos, as an upload client does, and
 - PUT raw with the minio client to the same SeaweedFS (the ceiling), the same bytes,
-at concurrency 1 and 8. Reports MB/s, the ypfs/raw ratio (goal >= 0.6), p50/p99, and
+at concurrency 1 and 8. Reports MB/s, the ypfs/raw ratio (reported only: issue 17 dropped the
+>= 0.6 goal, which the strict validation decode bounds near 0.56 on this 2-core box), p50/p99, and
 the CPU milliseconds each upload cost ypfs, SeaweedFS and the load generator: with
 two cores shared by all three, that sum is what bounds throughput at c=8.
 """
@@ -147,7 +148,7 @@ def main() -> None:
             raw = _measure(raw_put, jobs, conc, servers)
             up = _measure(upload, jobs, conc, servers)
             ratio = up["mib_s"] / raw["mib_s"]
-            figures[f"c{conc}"] = {"ypfs": up, "raw_put": raw, "ratio": ratio, "goal_ratio": 0.6, "meets_goal": ratio >= 0.6}
+            figures[f"c{conc}"] = {"ypfs": up, "raw_put": raw, "ratio": ratio}
             for what, m, r in (("raw minio PUT", raw, ""), ("ypfs upload", up, f"{ratio:.2f}")):
                 cpu = m["cpu_ms_per_op"]
                 rows.append({"concurrency": conc, "what": what, "MiB/s": m["mib_s"], "p50 ms": m["p50_ms"],
@@ -156,6 +157,8 @@ def main() -> None:
         print(f"2 MB JPEG ({len(data)} bytes) into SeaweedFS; ypfs with {WORKERS} sync workers; load generator on the same box")
         print(table(rows, ["concurrency", "what", "MiB/s", "p50 ms", "p99 ms", "ratio", "CPU ms/op ypfs", "weed", "loadgen"]))
         print("CPU ms/op: CPU time per upload of each process tree; the box has 2 cores, so at c=8 the sum bounds ops/s")
+        print("ratio: ypfs upload / raw S3 PUT throughput, reported (no longer a goal: the strict validation decode "
+              "alone bounds it near 0.56 here); renders are off in this run (bench_magickd has the ingest figures)")
         record("ypfs_upload", {"photo_bytes": len(data), "ypfs_workers": WORKERS, **figures})
     finally:
         if proc is not None:
