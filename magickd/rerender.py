@@ -5,7 +5,8 @@ out to the magickd nodes through RenderClient, a bounded number at a time. After
 each photo the size's renditions of other versions are deleted and a purge of
 that size is logged (every cache node applies it) and pushed to the nodes. A checkpoint records the key below which
 every photo is done, plus the failures, so Ctrl-C or a crash loses nothing:
-running the same command again resumes there.
+running the same command again resumes there. An on-demand size (`eager = false`) is
+re-rendered only for the photos that have it: the others get it on their first view.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ class Rerenderer:
             ref = record.ref
             version = profile_version(profile)
             existing = catalog.rendition_versions(self.store, ref.rendition_prefix, profile.name)
+            if not profile.eager and not existing:  # an on-demand size never viewed: its first view renders it
+                result.skipped = True
+                return result
             formats = [profile.format] + sorted(
                 FORMAT_BY_EXT[ext] for exts in existing.values() for ext in exts
                 if FORMAT_BY_EXT.get(ext) in profile.variants and FORMAT_BY_EXT[ext] != profile.format)

@@ -1,7 +1,7 @@
 """`python -m magickd verify [--repair]`: every photo has every size, and every rendition decodes.
 
-For each photo record, each configured size's rendition in its default format
-(and any variant format already made) under the current version must exist,
+For each photo record, each eager size's rendition in its default format (and any
+rendition already made: variant formats, on-demand sizes) under the current version must exist,
 decode with Pillow (independently of the engine that made it) and have the
 size the profile gives for the photo. With ``--repair`` missing ones are
 rendered and broken ones re-rendered (``force``) through the pool.
@@ -86,9 +86,9 @@ class Verifier:
         present = set(self.store.list(ref.rendition_prefix))
         for profile in self.cfg.sizes:
             version = profile_version(profile)
-            formats = [profile.format] + [
-                f for f in profile.variants
-                if f != profile.format and ref.rendition_key(profile.name, version, f) in present]
+            # an on-demand size (eager = false) is rendered on its first view: checked once it exists
+            formats = [f for f in profile.formats
+                       if (f == profile.format and profile.eager) or ref.rendition_key(profile.name, version, f) in present]
             box = box_for(profile, record.width, record.height)
             for fmt in formats:
                 key = ref.rendition_key(profile.name, version, fmt)

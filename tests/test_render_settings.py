@@ -187,3 +187,27 @@ def test_an_on_demand_size_is_rendered_on_its_first_view(tmp_path):
         assert not store.exists(key("medium"))  # only what was viewed
     finally:
         procs.stop(proc, timeout=30)
+
+
+def test_verify_and_rerender_leave_an_unviewed_on_demand_size_alone(tmp_path):
+    """verify does not call a never-viewed on-demand size missing (an eager one it does), and
+    rerender skips the photos that do not have it (it would make every photo pay for it)."""
+    from magickd.rerender import Rerenderer, RerenderJob
+    from magickd.verify import Verifier
+
+    from .helpers import seed_photo
+
+    cfg = from_dict(cluster_tree(tmp_path))
+    store = LocalStore(cfg.local_root)
+    rec = seed_photo(store, "ann", PHOTO)
+    eager = [p.name for p in cfg.sizes if p.eager]
+    assert "xlarge" not in eager  # the default: rendered on its first view
+    for out in pipeline.render(PHOTO.read_bytes(), RenderOptions(parse_targets(cfg, eager, None), Limits.from_config(cfg))):
+        store.put(rec.ref.rendition_key(out.target.name, out.target.version, out.target.fmt), out.data)
+    verifier = Verifier(cfg, store, None)
+    assert verifier.photo(rec.ref.record_key, repair=False).problems == []
+    store.delete(rec.ref.rendition_key("small", cfg.size("small").version, "jpeg"))
+    assert [(p.size, p.kind) for p in verifier.photo(rec.ref.record_key, repair=False).problems] == [("small", "missing")]
+    result = Rerenderer(cfg, store, None, None, progress=False).photo(RerenderJob("xlarge"), cfg.size("xlarge"),
+                                                                      rec.ref.record_key)
+    assert result.skipped and not result.rendered and not result.failure
