@@ -186,10 +186,12 @@ def test_upload_end_to_end(ypfs):
     # the API serves the same public view
     api = requests.get(f"{ypfs.url}/api/photos/alice/{body['id']}", timeout=10)
     assert api.status_code == 200 and api.json() == body
-    # and magickd was asked for the standard sizes, fire-and-forget
+    # and magickd was asked for the eager sizes (xlarge is rendered on its first view), fire-and-forget
     assert wait_for(lambda: ypfs.recorder.calls_for(body["id"]))
     call = ypfs.recorder.calls_for(body["id"])[0]
-    assert (call["user"], call["secret"], call["sizes"]) == ("alice", body["secret"], None)
+    eager = [p.name for p in ypfs.cfg.sizes if p.eager]
+    assert "xlarge" not in eager
+    assert (call["user"], call["secret"], call["sizes"]) == ("alice", body["secret"], eager)
     assert call["_authorization"] == f"Bearer {ypfs.cfg.cluster.admin_token}"  # magickd needs the service credential
 
 
