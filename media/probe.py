@@ -13,7 +13,7 @@ libvips decodes with ``fail_on=warning`` (it otherwise fills truncated data
 silently), bounded by a deadline. JPEG, the bulk of uploads, is
 decoded once, DCT-scaled to 1/8 when large (every entropy-coded byte is still
 read and checked, for about half the cost of a full decode), after a walk of
-its markers (cluster.jpeg) that refuses scan bombs and a missing end of image,
+its markers (media.jpeg) that refuses scan bombs and a missing end of image,
 the one damage in the corpus libjpeg lets through. That walk costs under a
 millisecond where a second, Pillow decode cost as much as the first.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import pyvips
 
 from cluster.config import LimitsSection
-from cluster.jpeg import JpegStructureError, count_scans
+from media.jpeg import JpegStructureError, count_scans
 
 from cluster.pool import background
 

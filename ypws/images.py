@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from cluster.config import Config
+from media.geoscrub import PatchedReader, apply_patches, location_patches, strip_location
 from storage import BlobStore, NotFound, StorageError, deadline
 from storage.keys import CONTENT_TYPES, EXTENSIONS, InvalidName, PhotoRef
 from storage.readiness import StorageProbe
@@ -24,7 +25,6 @@ from storage.records import PhotoRecord, UserRecord, profile_version
 
 from .conditional import RangeError, http_date, if_range_matches, not_modified, parse_range
 from .diskcache import CorruptEntry, DiskCache, body_digest
-from .geoscrub import PatchedReader, apply_patches, location_patches, strip_location
 from .hotlink import HotlinkPolicy
 from .negotiation import pick_variant
 from .placeholder import placeholder_png

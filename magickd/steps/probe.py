@@ -2,7 +2,7 @@
 
 Nothing is decoded here, so a 4-gigapixel PNG bomb costs a header parse and is
 refused before any pixel buffer exists; a JPEG's markers are walked too, so a
-scan bomb (cluster.jpeg) is refused before libjpeg spends seconds on it. The
+scan bomb (media.jpeg) is refused before libjpeg spends seconds on it. The
 format is decided by content, not by the record or a file name, and only the
 formats the cluster accepts pass.
 """
@@ -13,7 +13,7 @@ import io
 
 import pyvips
 
-from cluster.jpeg import JpegStructureError, count_scans
+from media.jpeg import JpegStructureError, count_scans
 from media.probe import ImageRejected, strict_check
 
 from ..context import RenderContext, Source
