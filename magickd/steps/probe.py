@@ -74,7 +74,8 @@ def _vips_header(data: bytes) -> Source | None:
     w, h = image.width, image.height
     if orientation in ROTATED:
         w, h = h, w
-    return Source("vips", fmt, w, h, pages, has_icc=bool(image.get_typeof("icc-profile-data")))
+    return Source("vips", fmt, w, h, pages, has_icc=bool(image.get_typeof("icc-profile-data")),
+                  ultra_hdr=loader == "uhdrload_buffer")
 
 
 def _pillow_header(data: bytes) -> Source | None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import pyvips
 
+from media.gainmap import GainMap, detach
+
 from .. import pillow_decode
 from ..context import RenderContext
 from .probe import PILLOW_FORMATS
@@ -35,6 +37,10 @@ def scale_on_load(ctx: RenderContext) -> None:
         icc = {"output_profile": "srgb"} if source.has_icc else {}
         if source.fmt == "jpeg":
             shrink = jpeg_shrink(source.width, source.height, base_w, base_h)
+            if source.ultra_hdr and _wants_gain_map(ctx):
+                ctx.base, ctx.gain_map = _ultra_hdr(ctx.data, shrink, base_w, base_h, icc)
+                if ctx.base is not None:
+                    return
             # jpegload, not whatever loader sniffs first: an Ultra HDR JPEG is its SDR base image here
             image = pyvips.Image.jpegload_buffer(ctx.data, shrink=shrink, fail_on="warning", access="sequential")
             ctx.base = image.thumbnail_image(base_w, height=base_h, size="down", **icc)
@@ -47,6 +53,21 @@ def scale_on_load(ctx: RenderContext) -> None:
     if image.get_typeof("icc-profile-data"):
         image = image.icc_transform("srgb", embedded=True)
     ctx.base = image.thumbnail_image(base_w, height=base_h, size="down")
+
+
+def _wants_gain_map(ctx: RenderContext) -> bool:
+    return any(t.fmt == "jpeg" and t.profile.keep_gain_map and not ctx.boxes[t.name].crops for t in ctx.options.targets)
+
+
+def _ultra_hdr(data: bytes, shrink: int, box_w: int, box_h: int, icc: dict) -> tuple[pyvips.Image | None, GainMap | None]:
+    """The SDR base and its gain map, both shrunk (and turned upright) together by libvips;
+    (None, None) when libultrahdr cannot read the file, whose base JPEG is then rendered alone
+    (it passed the same checks as any JPEG: an accepted photo always renders)."""
+    try:
+        image = pyvips.Image.uhdrload_buffer(data, shrink=shrink, fail_on="warning", access="sequential")
+        return detach(image.thumbnail_image(box_w, height=box_h, size="down", **icc))
+    except pyvips.Error:
+        return None, None
 
 
 def jpeg_shrink(width: int, height: int, box_w: int, box_h: int) -> int:
