@@ -187,6 +187,14 @@ def _hdr_original_with_gps() -> bytes:
     return data
 
 
+def test_the_gps_scrub_of_an_hdr_original_keeps_its_gain_map():
+    original = _hdr_original_with_gps()
+    scrubbed = strip_location(original, "jpeg")
+    assert len(scrubbed) == len(original) and not Image.open(io.BytesIO(scrubbed)).getexif().get_ifd(_GPS_IFD)
+    assert gain_map_of(scrubbed)[0].tobytes() == gain_map_of(original)[0].tobytes()
+    assert pyvips.Image.new_from_buffer(scrubbed, "").get("vips-loader") == "uhdrload_buffer"
+
+
 @pytest.mark.slow
 def test_ypws_serves_the_gain_map_and_a_scrubbed_original(tmp_path):
     """Real gunicorn ypws and magickd: a large size rendered on demand carries the gain map, a

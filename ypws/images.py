@@ -321,7 +321,7 @@ class ImageService:
         if not self.hotlink_placeholder:
             return self.error(403, "hotlink_denied", "images of this site may not be embedded by other sites")
         body = self._placeholder
-        headers = [("Content-Type", "image/png"), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
+        headers = [("Content-Type", CONTENT_TYPES["png"]), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
                    ("X-Hotlink", "placeholder"), ("X-Served-By", self.node)]
         return Reply(200, headers, b"" if req.method == "HEAD" else body)
 
