@@ -10,7 +10,7 @@ The signatures and brands are the format table's (media.formats).
 
 from __future__ import annotations
 
-from .formats import FORMATS, SUPPORTED  # noqa: F401  (SUPPORTED: the allow-list, re-exported)
+from .formats import FORMATS
 
 HEAD_BYTES = 64
 
