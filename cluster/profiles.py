@@ -43,6 +43,7 @@ class SizeProfile:
     quality: int = 85
     format: str = "jpeg"
     variants: tuple[str, ...] = ()
+    keep_gain_map: bool = False  # an Ultra HDR original's JPEG rendition keeps a resized gain map
     progressive: bool = True   # JPEG: progressive scans; false: baseline with optimised Huffman tables
     eager: bool = True         # rendered right after upload; false: on its first request only
 
@@ -70,6 +71,8 @@ class SizeProfile:
             raise _error(f"{where}.width/height: 1..{MAX_SIDE}")
         if not 1 <= self.quality <= 100:
             raise _error(f"{where}.quality: 1..100")
+        if self.keep_gain_map and self.crop != "none":
+            raise _error(f"{where}.keep_gain_map: only sizes with crop = \"none\" can keep a gain map")
 
 
 def _error(message: str) -> Exception:

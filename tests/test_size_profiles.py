@@ -31,11 +31,12 @@ def test_eager_does_not_change_the_version_progressive_does():
 
 
 def test_a_progressive_profile_keeps_the_version_it_had_before_the_setting_existed():
-    # the version of the old default "medium" profile (progressive, the only JPEG mode then),
-    # as storage/records.py computed it at PIPELINE_REVISION 2: its renditions keep their keys
+    # the version of the default "medium" profile (progressive, the only JPEG mode then) as
+    # storage/records.py computed it at PIPELINE_REVISION 2, keep_gain_map already in: its
+    # renditions keep their keys
     medium = SizeProfile("medium", 500, 500, sharpen_sigma=0.6, sharpen_amount=0.8, quality=85,
                          variants=("webp", "avif"), progressive=True)
-    assert medium.version == "990c556d"
+    assert medium.version == "2b24e1a2"
 
 
 @pytest.mark.parametrize("key, value, named", [
