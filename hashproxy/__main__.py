@@ -14,7 +14,6 @@ import sys
 
 from cluster.config import ConfigError, load
 
-from .app import validate
 from .balancer import HashBalancer, NodeSet
 from .haproxy import READY_PATH, render
 from .health import HealthBoard
@@ -23,8 +22,7 @@ from .urls import BadTarget, Route, classify
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    cfg = load(args.config)
-    validate(cfg.hashproxy)
+    cfg = load(args.config)  # every [hashproxy] value is checked as it loads
     from .supervisor import Supervisor
 
     return Supervisor(cfg).run()
@@ -54,7 +52,6 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def cmd_haproxy_config(args: argparse.Namespace) -> int:
     cfg = load(args.config, with_secrets=False)  # the output never holds a secret, so none is read
-    validate(cfg.hashproxy)
     sys.stdout.write(render(cfg, args.check_path))
     return 0
 
