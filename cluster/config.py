@@ -276,9 +276,8 @@ class YpwsSection:
 
     def validate(self) -> None:
         _at_least("ypws", self, 1, "workers", "max_connections", "threads", "timeout", "signed_url_max_ttl")
-        _require(self.cache_bytes >= 1024 * 1024, "ypws.cache_bytes", "at least 1 MiB")
+        _positive("ypws", self, "cache_bytes", "client_timeout", "request_deadline")
         _at_least("ypws", self, 0, "max_age", "original_max_age", "unversioned_max_age")
-        _positive("ypws", self, "client_timeout", "request_deadline")
         _require(self.hotlink_action in ("403", "placeholder"), "ypws.hotlink_action", "'403' or 'placeholder'")
         _require(self.cache_policy in CACHE_POLICIES, "ypws.cache_policy",
                  f"one of {', '.join(CACHE_POLICIES)}, not {self.cache_policy!r}")

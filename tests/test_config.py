@@ -168,7 +168,7 @@ BAD = [
     ({"magickd": {"client_retries": -1}}, "magickd.client_retries"),
     ({"ypws": {"workers": 0}}, "ypws.workers"),
     ({"ypws": {"threads": 0}}, "ypws.threads"),
-    ({"ypws": {"cache_bytes": 1000}}, "ypws.cache_bytes"),
+    ({"ypws": {"cache_bytes": 0}}, "ypws.cache_bytes"),
     ({"ypws": {"max_age": -1}}, "ypws.max_age"),
     ({"ypws": {"max_connections": 0}}, "ypws.max_connections"),
     ({"ypws": {"client_timeout": 0.0}}, "ypws.client_timeout"),
