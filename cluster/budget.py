@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import Config, S3StoreConfig
+    from .config import Config, MagickdSection, S3StoreConfig
 
 
 def storage_retry_seconds(s3: "S3StoreConfig") -> float:
@@ -74,6 +74,6 @@ def check_timeout_budget(cfg: "Config") -> None:
                               f"{outer_key} ({outer:g}s)")
 
 
-def magickd_worker_timeout(cfg: "Config") -> int:
+def magickd_worker_timeout(magickd: "MagickdSection") -> int:
     """magickd's gunicorn timeout: a request ends by its deadline, so the worker is killed only if stuck."""
-    return int(cfg.magickd.request_deadline + 10)
+    return int(magickd.request_deadline + 10)

@@ -124,7 +124,7 @@ def test_a_render_call_with_a_budget_ends_within_it_whatever_the_nodes_do(tmp_pa
         tree["magickd"]["nodes"] = [{"name": f"m{i}", "host": "127.0.0.1", "port": s.getsockname()[1]}
                                     for i, s in enumerate(silent)]
         cfg = from_dict(tree)
-        client = RenderClient(cfg)
+        client = RenderClient(cfg.magickd, cfg.cluster.admin_token)
         ref = PhotoRef("alice", str(10**18 + 5), "abcdef0123")
         t0 = time.monotonic()
         with pytest.raises(RenderUnavailable) as err:
@@ -136,7 +136,7 @@ def test_a_render_call_with_a_budget_ends_within_it_whatever_the_nodes_do(tmp_pa
         free = procs.free_port()
         tree["magickd"]["nodes"] = [{"name": "gone", "host": "127.0.0.1", "port": free},
                                     {"name": "hung", "host": "127.0.0.1", "port": silent[0].getsockname()[1]}]
-        client = RenderClient(from_dict(tree))
+        client = RenderClient(from_dict(tree).magickd, "")
         with pytest.raises(RenderUnavailable) as err:
             client.render(ref, sizes=["small"], budget=1.5)
         assert "gone:" in str(err.value) and "hung:" in str(err.value)

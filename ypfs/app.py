@@ -341,7 +341,7 @@ class MetricsResource:
         resp.data, resp.content_type = metrics_body()
 
 
-def lazy_id_generator(cfg: Config, node_id: int, slot_dir: Path) -> Callable[[], str]:
+def lazy_id_generator(epoch_ms: int, node_id: int, slot_dir: Path) -> Callable[[], str]:
     """An id source that claims its worker slot on first use, i.e. in the worker after fork."""
     state: dict = {}
     lock = threading.Lock()
@@ -350,7 +350,7 @@ def lazy_id_generator(cfg: Config, node_id: int, slot_dir: Path) -> Callable[[],
         with lock:
             if state.get("pid") != os.getpid():
                 slot, fd = claim_slot(slot_dir)
-                state.update(pid=os.getpid(), fd=fd, gen=IdGenerator(node_id, slot, cfg.ids.epoch_ms))
+                state.update(pid=os.getpid(), fd=fd, gen=IdGenerator(node_id, slot, epoch_ms))
         return state["gen"].next_id()
 
     return next_id
@@ -360,7 +360,7 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
                notifier: RenderNotifier | None = None, purger: Purger | None = None) -> falcon.App:
     node_cfg = cfg.node("ypfs", node)
     work_dir = cfg.data_dir / "ypfs" / node
-    next_id = next_id or lazy_id_generator(cfg, node_cfg.node_id, work_dir / "slots")
+    next_id = next_id or lazy_id_generator(cfg.ids.epoch_ms, node_cfg.node_id, work_dir / "slots")
     auth = TokenAuth(store)
 
     def after_store(rec: PhotoRecord) -> None:
@@ -371,7 +371,7 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
     form_opts = app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options
     form_opts.max_body_part_count = 16
     form_opts.max_body_part_buffer_size = 64 * 1024  # small text fields only; the file is streamed
-    app.add_route("/upload", UploadResource(cfg, Ingestor(cfg, store, next_id), auth, work_dir / "spool", after_store))
+    app.add_route("/upload", UploadResource(cfg, Ingestor(cfg.limits, store, next_id), auth, work_dir / "spool", after_store))
     app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(cfg, store, auth, purger))
     app.add_route("/api/users/{user}/photos", UserPhotosResource(cfg, store, auth))
     app.add_route("/api/openapi.json", OpenApiResource(cfg))

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
-from cluster.config import Config
+from cluster.config import Config, LimitsSection
 from storage import BlobStore, NotFound, StorageError
 from storage.ids import new_secret
 from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key, timeline_key
@@ -49,8 +49,9 @@ class UploadMeta:
 
 
 class Ingestor:
-    def __init__(self, cfg: Config, store: BlobStore, next_id: Callable[[], str], clock: Callable[[], float] = time.time):
-        self.cfg = cfg
+    def __init__(self, limits: LimitsSection, store: BlobStore, next_id: Callable[[], str],
+                 clock: Callable[[], float] = time.time):
+        self.limits = limits
         self.store = store
         self.next_id = next_id
         self.clock = clock
@@ -69,7 +70,7 @@ class Ingestor:
         ref = PhotoRef(user, self.next_id(), new_secret())
         stored = _beside(self._put_original, ref, spool, fmt)
         try:
-            info = probe(spool.source, fmt, self.cfg.limits)
+            info = probe(spool.source, fmt, self.limits)
             existing = lookup.result()
         except BaseException:
             self._take_back(ref, stored)
