@@ -27,7 +27,8 @@ from cluster.supervise import GIVEN_UP, RUNNING, WAITING, Child, Supervisor
 
 from .helpers import REPO, cluster_tree, write_config
 
-FAST = dataclasses.replace(defaults().supervise, restart_delay=0.1, restart_delay_max=0.4, stable_after=1.0, burst=4, interval=30.0, stop_timeout=5.0)
+FAST = dataclasses.replace(defaults().supervise, restart_delay=0.1, restart_delay_max=0.4, stable_after=1.0, burst=4,
+                           interval=30.0, stop_timeout=5.0)
 
 
 def alive(pid: int) -> bool:

@@ -3,7 +3,6 @@ and the limits that bound a storage failure (the S3 deadline, the render call's 
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import time
 
@@ -11,13 +10,13 @@ import pytest
 
 from cluster import procs
 from cluster.budget import check_timeout_budget, storage_operation_seconds, storage_retry_seconds
-from cluster.config import ConfigError, defaults, from_dict, load, load_dict
+from cluster.config import ConfigError, from_dict, load, load_dict
 from magickd.client import RenderClient, RenderUnavailable
 from storage import StorageUnavailable, deadline
 from storage.keys import PhotoRef
 from storage.s3 import S3Store
 
-from .helpers import deep_update
+from .helpers import deep_update, s3_settings
 
 
 def config(**sections):
@@ -94,7 +93,7 @@ def silent_server():
 
 
 def test_s3_deadline_bounds_every_retry_against_a_hung_endpoint(silent_server):
-    store = S3Store(dataclasses.replace(defaults().storage.s3, endpoint=f"127.0.0.1:{silent_server}", access_key="a", secret_key="b",
+    store = S3Store(s3_settings(endpoint=f"127.0.0.1:{silent_server}", access_key="a", secret_key="b",
                                   bucket="hung", retries=5, connect_timeout=2.0, read_timeout=5.0, deadline=1.5))
     t0 = time.monotonic()
     with pytest.raises(StorageUnavailable) as err:
