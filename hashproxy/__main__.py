@@ -9,6 +9,7 @@ prints the pinning an operator should see in X-Served-By.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -23,9 +24,11 @@ from .urls import BadTarget, Route, classify
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = load(args.config)  # every [hashproxy] value is checked as it loads
+    from .app import counter_names
+    from .server import run_worker
     from .supervisor import Supervisor
 
-    return Supervisor(cfg).run()
+    return Supervisor(cfg.hashproxy, counter_names(cfg), functools.partial(run_worker, cfg)).run()
 
 
 def cmd_route(args: argparse.Namespace) -> int:
