@@ -125,7 +125,7 @@ class IdsSection:
 CROP_MODES = ("none", "attention", "centre")
 OUTPUT_FORMATS = ("jpeg", "webp", "png", "avif")
 #: ypws.cache_policy values: the policies ypws's shared index runs (ypws.index.INDEX_POLICIES)
-CACHE_POLICIES = ("lru", "s2lru", "s4lru", "sieve", "sieve+adaptsize", "s3fifo", "s3fifo+adaptsize")
+CACHE_POLICIES = ("lru", "s2lru", "s4lru", "sieve", "sieve+adaptsize", "sieve+nthmiss", "s3fifo", "s3fifo+adaptsize", "s3fifo+nthmiss")
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class YpwsSection:
     unversioned_max_age: int = 300
     client_timeout: float = 10.0
     max_connections: int = 1000
-    cache_policy: str = "s3fifo+adaptsize"
+    cache_policy: str = "s3fifo+nthmiss"
     threads: int = 8
     timeout: int = 60
     request_deadline: float = 35.0
