@@ -200,8 +200,8 @@ def run() -> dict:
             own = eviction[name][COIN_POLICY][f"{pct}pct"]
             runs = [(own["object_hit"], own["byte_hit"])] + [results[(name, COIN_POLICY, pct, s)] for s in SALTS]
             coin_spread.setdefault(name, {})[f"{pct}pct"] = {
-                "object_hit": [min(o for o, _ in runs), max(o for o, _ in runs)],
-                "byte_hit": [min(b for _, b in runs), max(b for _, b in runs)]}
+                "object_hit": [round(min(o for o, _ in runs), 2), round(max(o for o, _ in runs), 2)],
+                "byte_hit": [round(min(b for _, b in runs), 2), round(max(b for _, b in runs), 2)]}
     print(f"\n{COIN_POLICY} with {len(SALTS) + 1} coin streams (min..max, %):")
     print(table([{"trace": n, "cache": at, "object_hit": "{:.1f}..{:.1f}".format(*v["object_hit"]),
                   "byte_hit": "{:.1f}..{:.1f}".format(*v["byte_hit"])}
