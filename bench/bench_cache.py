@@ -40,7 +40,7 @@ ZIPF = {"objects": 20_000, "requests": 200_000, "alpha": 0.9, "seed": 7}
 NODES = 4
 SALTS = ("/1", "/2", "/3")        # other AdaptSize coin streams
 COIN_POLICY = "s3fifo+adaptsize"  # the policy replayed with them
-NTHMISS_C_FRACTIONS = (0.12, 0.14, 0.17, 0.2)  # other values of nth-miss's c (NTHMISS_C), World Cup grid
+NTHMISS_C_FRACTIONS = (0.12, 0.14, 0.145, 0.155, 0.17, 0.2)  # other values of nth-miss's c (NTHMISS_C), World Cup grid
 
 _WORKLOADS: dict[str, tuple[list[int], list[int]]] = {}
 

@@ -64,7 +64,7 @@ POLICIES = (*EVICTIONS, *(f"{e}+{a}" for a in ADMISSIONS for e in EVICTIONS))
 #: AdaptSize's c as a fraction of the cache's bytes (measured: bench/bench_cache.py)
 ADAPTSIZE_C = 0.1
 #: nth-miss admission: its c as a fraction of the cache's bytes, and how many not-admitted
-#: keys it remembers (measured: bench/bench_cache.py; 0.14 and 0.17 each miss one point of the goal)
+#: keys it remembers (measured: bench/bench_cache.py, which shows 0.14 and 0.17 missing the goal on World Cup)
 NTHMISS_C = 0.15
 NTHMISS_MEMORY = 1024
 #: S3-FIFO: the small FIFO's share of the bytes, and the most credits a main item holds
