@@ -133,7 +133,7 @@ def magickd_core(cfg) -> Callable[[Path], None]:
     from magickd import pipeline
     from magickd.options import Limits, RenderOptions, parse_targets
 
-    options = RenderOptions(parse_targets(cfg, None, None), Limits.from_config(cfg))
+    options = RenderOptions(parse_targets(cfg, None, None), Limits.from_config(cfg.limits, cfg.magickd))
     return lambda path: pipeline.render(path.read_bytes(), options)
 
 
@@ -305,7 +305,7 @@ def plain_photos(limit: int | None = None) -> list[Path]:
 def _options(cfg, sizes=None):
     from magickd.options import Limits, RenderOptions, parse_targets
 
-    return RenderOptions(parse_targets(cfg, sizes, None), Limits.from_config(cfg))
+    return RenderOptions(parse_targets(cfg, sizes, None), Limits.from_config(cfg.limits, cfg.magickd))
 
 
 def progressive_table(cfg, photos: list[Path]) -> tuple[list[dict], dict[str, bool]]:
@@ -493,7 +493,7 @@ def first_view_latency(photos: dict[str, dict[str, Path]], work: Path) -> tuple[
         token = subprocess.run([sys.executable, "-m", "ypfs", "--config", str(path), "user", "add", "bench"],
                                capture_output=True, text=True, cwd=REPO, timeout=60,
                                env={**os.environ, **env}).stdout.strip()
-        store = open_store(cfg)
+        store = open_store(cfg.storage, cfg.local_root)
         for label, kinds in photos.items():
             r = requests.post(f"{cfg.public_url}/upload", files={"photo": ("p.jpg", kinds["baseline"].read_bytes())},
                               headers={"Authorization": f"Bearer {token}"}, timeout=120)

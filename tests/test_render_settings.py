@@ -78,8 +78,8 @@ def test_encode_honours_progressive_per_size():
     base = from_dict(load_dict())
     sizes = tuple(dataclasses.replace(p, progressive=p.name != "small") for p in base.sizes)
     cfg = base.replace(sizes=sizes)
-    outs = {o.target.name: o.data for o in pipeline.render(
-        PHOTO.read_bytes(), RenderOptions(parse_targets(cfg, ["small", "medium"], None), Limits.from_config(cfg)))}
+    options = RenderOptions(parse_targets(cfg, ["small", "medium"], None), Limits.from_config(cfg.limits, cfg.magickd))
+    outs = {o.target.name: o.data for o in pipeline.render(PHOTO.read_bytes(), options)}
     assert frame_type(outs["medium"]) == "SOF2"
     assert frame_type(outs["small"]) in ("SOF0", "SOF1")
     assert dc_luminance_bits(outs["small"]) != STANDARD_DC_BITS  # optimised Huffman tables, not the stock ones
@@ -91,7 +91,8 @@ def test_encode_honours_progressive_per_size():
 
 def test_the_default_profiles_encode_as_configured():
     cfg = from_dict(load_dict())
-    outs = pipeline.render(PHOTO.read_bytes(), RenderOptions(parse_targets(cfg, None, None), Limits.from_config(cfg)))
+    options = RenderOptions(parse_targets(cfg, None, None), Limits.from_config(cfg.limits, cfg.magickd))
+    outs = pipeline.render(PHOTO.read_bytes(), options)
     for out in outs:
         assert (frame_type(out.data) == "SOF2") == out.target.profile.progressive, out.target.name
 
@@ -162,7 +163,7 @@ def test_an_on_demand_size_is_rendered_on_its_first_view(tmp_path):
         assert r.status_code == 201, r.text
         photo = r.json()
         ref = PhotoRef("ann", photo["id"], photo["secret"])
-        store = open_store(cfg)
+        store = open_store(cfg.storage, cfg.local_root)
 
         def key(name: str) -> str:
             profile = cfg.size(name)
@@ -202,7 +203,8 @@ def test_verify_and_rerender_leave_an_unviewed_on_demand_size_alone(tmp_path):
     rec = seed_photo(store, "ann", PHOTO)
     eager = [p.name for p in cfg.sizes if p.eager]
     assert "xlarge" not in eager  # the default: rendered on its first view
-    for out in pipeline.render(PHOTO.read_bytes(), RenderOptions(parse_targets(cfg, eager, None), Limits.from_config(cfg))):
+    options = RenderOptions(parse_targets(cfg, eager, None), Limits.from_config(cfg.limits, cfg.magickd))
+    for out in pipeline.render(PHOTO.read_bytes(), options):
         store.put(rec.ref.rendition_key(out.target.name, out.target.version, out.target.fmt), out.data)
     verifier = Verifier(cfg, store, None)
     assert verifier.photo(rec.ref.record_key, repair=False).problems == []
