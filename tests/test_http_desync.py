@@ -315,7 +315,7 @@ def test_chunked_body_past_the_upload_limit_is_refused(proxy):
     run, seen = proxy
     proto = ProxyProtocol(run.app)
     proto.connection_made(FakeTransport())
-    proto._max_chunked = 1000
+    proto._max_body = 1000
     transport, _ = run(POST + b"Transfer-Encoding: chunked\r\n\r\nffffffffffff\r\n" + b"z" * 2000, proto=proto)
     assert_refused_status(transport, 413, "body_too_large")
     assert [s for s in seen if "url" in s] == []
