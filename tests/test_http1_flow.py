@@ -122,3 +122,18 @@ def test_keep_alive_false_closes_after_the_answer_and_drops_what_was_queued(loop
     proto.data_received(b"GET /r0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + get(1))
     assert [a[2] for a in responses(transport.out)] == [b"/r0"]
     assert transport.closed
+
+
+def test_after_a_graceful_stop_the_request_in_hand_is_answered_then_the_connection_closes(loop):
+    proto, transport = connect(loop, hold=True)
+    proto.data_received(get(0))
+    proto.shutdown()
+    assert not transport.closed  # an answer is owed
+    proto.data_received(get(1))  # already on its way: answered, with Connection: close
+    proto.held.pop().answer()
+    proto.held.pop().answer()
+    assert [a[2] for a in responses(transport.out)] == [b"/r0", b"/r1"]
+    assert transport.closed
+    idle, idle_transport = connect(loop)
+    idle.shutdown()
+    assert idle_transport.closed  # nothing in hand: closed at once

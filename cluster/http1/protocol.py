@@ -28,6 +28,7 @@ order (HTTP/1.1 pipelining). What the protocol owns, so no service writes it aga
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 
 import httptools
@@ -37,6 +38,8 @@ from cluster.framing import CHUNK_OVERHEAD_REFUSAL, ChunkBudget, check_head
 from .date import date_header
 from .limits import Limits
 from .refusal import OVERLOADED, UPGRADE_REFUSAL, refusal
+
+log = logging.getLogger("http1")
 
 SHED_LINGER = 1.0  # seconds a connection refused at the cap may take to close its side
 
@@ -185,6 +188,9 @@ class HTTP1Protocol(asyncio.Protocol):
             self._refuse(*UPGRADE_REFUSAL)
             return
         except httptools.HttpParserError as exc:
+            if self._refusal is None and isinstance(exc, httptools.HttpParserCallbackError):
+                self._handler_failed(exc.__context__)
+                return
             self._refuse(*(self._refusal or (400, "bad_request", f"malformed HTTP request: {_short(exc)}")))
             return
         if self._in_head and self._head_bytes > self._max_head:
@@ -253,7 +259,9 @@ class HTTP1Protocol(asyncio.Protocol):
             if refused is not None:
                 self._refusal = tuple(refused)
                 raise _Refused
-        cycle = self.handle_head(parser.get_method(), self.url, self.headers, version, parser.should_keep_alive())
+        # shutting down: a request that still comes in is answered, with Connection: close
+        keep_alive = parser.should_keep_alive() and not self.closing
+        cycle = self.handle_head(parser.get_method(), self.url, self.headers, version, keep_alive)
         self.receiving = cycle
         if self.cycle is None and not self.pipeline and not self.write_paused:
             self.cycle = cycle
@@ -357,7 +365,17 @@ class HTTP1Protocol(asyncio.Protocol):
             else:
                 self.idle_since = self.loop.time()
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
+    def _handler_failed(self, exc: BaseException | None) -> None:
+        """The service's handler raised inside a parser callback (a bug, not the client's fault):
+        logged; the request is dropped unless its answer has begun, and the client gets a 503."""
+        log.error("request handler failed", exc_info=(type(exc), exc, exc.__traceback__) if exc else None)
+        failed = self.cycle
+        if failed is not None and not failed.responding():
+            self.cycle = None
+            failed.abort()
+        self._refuse(503, "server_error", "the server failed on this request; try again", b"Retry-After: 1\r\n")
+
+    def _refuse(self, status: int, code: str, message: str, extra: bytes = b"") -> None:
         """Answer a request that cannot be parsed or breaks a rule, after those before it; then close."""
         if self.discard:
             return
@@ -378,7 +396,7 @@ class HTTP1Protocol(asyncio.Protocol):
                     self.pipeline.remove(cut)
                 except ValueError:
                     pass
-        data = refusal(status, code, message, self.refusal_extra + date_header())
+        data = refusal(status, code, message, self.refusal_extra + date_header() + extra)
         self.on_refused(status, len(data))
         answer = _Refusal(self, data)
         if self.cycle is None and not self.pipeline:
@@ -386,6 +404,8 @@ class HTTP1Protocol(asyncio.Protocol):
             answer.start()
         else:
             self.pipeline.append(answer)
+            if self.cycle is None and not self.write_paused and not self._advancing:
+                self._advance()  # the cycle before it was dropped (a failed handler)
 
     def check_timers(self, now: float) -> None:
         """Called by the service's sweeper a few times a second: the slow-client and idle limits."""
