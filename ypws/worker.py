@@ -75,10 +75,7 @@ class _Request(Cycle):
         self.proto, self.method, self.url, self.headers = proto, method, url, headers
         self.version, self.keep_alive = version, keep_alive
         self.parts: list[bytes] | None = None
-        self.body = b""
-        self.fields: dict[str, str] = {}
-        self.whole = self.turn = False
-        self.started = 0.0
+        self.whole = self.turn = False  # body, fields and started are set once it is whole
 
     def feed_body(self, data: bytes) -> None:
         if self.parts is None:
@@ -88,8 +85,11 @@ class _Request(Cycle):
 
     def end_body(self) -> None:
         self.whole = True
-        if self.parts is not None:
-            self.body = b"".join(self.parts)
+        parts = self.parts
+        if parts is None:
+            self.body = b""
+        else:
+            self.body = b"".join(parts)
             self.parts = None
         self.started = time.perf_counter()
         if self.turn:
@@ -152,7 +152,7 @@ class HttpProtocol(HTTP1Protocol):
 
     # -- requests ----------------------------------------------------------------------------
     def _handle(self, req: _Request) -> None:
-        fields = req.fields
+        req.fields = fields = {}
         for name, value in req.headers:
             field = LOGGED_HEADERS.get(name.lower())
             if field is not None:

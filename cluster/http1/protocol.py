@@ -124,7 +124,7 @@ class HTTP1Protocol(asyncio.Protocol):
         now = loop.time()
         self.request_began = now              # loop time of the first byte of the request being received
         self.last_data = now
-        self.idle_since = now
+        self.idle_since = now                 # when the connection last went idle (-1: just now, not yet noted)
         self.stalled_since = 0.0
         self._max_line = limits.max_request_line
         self._max_header_bytes = limits.max_header_bytes
@@ -216,7 +216,6 @@ class HTTP1Protocol(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._refusal = None
         self._head_bytes = 0
         self._header_bytes = 0
         self._body_bytes = 0
@@ -224,7 +223,7 @@ class HTTP1Protocol(asyncio.Protocol):
         self._short_names = 0
         self.url = b""
         self.headers = []
-        self.request_began = self.loop.time()
+        self.request_began = self.last_data  # the read that brought its first byte
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -322,9 +321,13 @@ class HTTP1Protocol(asyncio.Protocol):
         self.cycle = None
         if not keep_alive:
             self.close()
-            return
-        if not self._advancing:
-            self._advance()
+        elif self.pipeline:
+            if not self._advancing:
+                self._advance()
+        elif self.closing:
+            self.close()
+        else:  # the common case, one request at a time: the sweep notes when it finds it idle
+            self.idle_since = -1.0
 
     def close(self) -> None:
         self.closing = True
@@ -363,7 +366,7 @@ class HTTP1Protocol(asyncio.Protocol):
             if self.closing:
                 self.close()
             else:
-                self.idle_since = self.loop.time()
+                self.idle_since = -1.0
 
     def _handler_failed(self, exc: BaseException | None) -> None:
         """The service's handler raised inside a parser callback (a bug, not the client's fault):
@@ -426,10 +429,12 @@ class HTTP1Protocol(asyncio.Protocol):
                 if lim.body_gap_timeout and now - self.last_data > lim.body_gap_timeout:
                     self._refuse(408, "request_timeout", f"no request body data for {lim.body_gap_timeout:g}s")
                     return
-            elif self.cycle is None and not self.pipeline and \
-                    now - max(self.idle_since, self.last_data) > lim.idle_timeout:
-                self.close()
-                return
+            elif self.cycle is None and not self.pipeline:
+                if self.idle_since < 0:  # went idle since the last sweep
+                    self.idle_since = now
+                if now - max(self.idle_since, self.last_data) > lim.idle_timeout:
+                    self.close()
+                    return
         if self.write_paused and now - self.stalled_since > lim.write_stall_timeout:
             transport.abort()  # the client stopped reading its answers: free what they hold
 
