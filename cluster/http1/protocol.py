@@ -232,22 +232,23 @@ class HTTP1Protocol(asyncio.Protocol):
             raise _Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        headers = self.headers
-        if self._header_bytes > self._max_header_bytes or len(headers) >= self._max_headers:
+        self._header_bytes += len(name) + len(value) + 4  # the byte budget also bounds the line count
+        if self._header_bytes > self._max_header_bytes:
             self._refusal = (431, "headers_too_large",
-                             f"the request headers are larger than {self._max_header_bytes} bytes "
-                             f"or more than {self._max_headers} lines")
+                             f"the request headers are larger than {self._max_header_bytes} bytes")
             raise _Refused
-        headers.append((name, value))
+        self.headers.append((name, value))
         size = len(name)
-        if size == 14 or size == 17:  # content-length, transfer-encoding (and a few others: then just checked)
-            self._check = True
-        elif size == 4:  # host: a second one must be refused
+        if size == 4:  # host: a second one must be refused
             self._short_names += 1
+        elif size == 14 or size == 17:  # content-length, transfer-encoding (and a few others: then just checked)
+            self._check = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if len(self.headers) > self._max_headers:
+            self._refusal = (431, "headers_too_large", f"more than {self._max_headers} request header lines")
+            raise _Refused
         parser = self.parser
         if parser.should_upgrade():
             self._refusal = UPGRADE_REFUSAL
