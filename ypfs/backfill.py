@@ -64,20 +64,25 @@ def backfill(cfg: Config, store: BlobStore, user: str | None = None,
             try:
                 original = store.get(rec.ref.original_key)
             except NotFound:
+                original = None
+            placeholder = original and placeholder_for(original, rec.format, cfg.limits.decode_timeout)
+            fresh = _reread(store, key)
+            if fresh is None or fresh.secret != rec.secret:
+                report.changed_meanwhile += 1  # moved to a new secret (made private) or deleted
+            elif fresh.thumbhash is not None:
+                report.had_one += 1
+            elif original is None:
                 report.failed.append(f"{rec.owner}/{rec.id}: its original is missing")
-                continue
-            placeholder = placeholder_for(original, rec.format, cfg.limits.decode_timeout)
-            if placeholder is None:
+            elif placeholder is None:
                 report.failed.append(f"{rec.owner}/{rec.id}: its {rec.format} original could not be decoded")
-                continue
-            try:
-                fresh = PhotoRecord.from_json(store.get(key))
-            except NotFound:
-                fresh = None  # deleted meanwhile
-            if fresh is None or fresh.secret != rec.secret or fresh.thumbhash is not None:
-                report.changed_meanwhile += fresh is None or fresh.secret != rec.secret
-                report.had_one += fresh is not None and fresh.secret == rec.secret
-                continue
-            dataclasses.replace(fresh, thumbhash=placeholder.thumbhash, color=placeholder.color).save(store)
-            report.filled += 1
+            else:
+                dataclasses.replace(fresh, thumbhash=placeholder.thumbhash, color=placeholder.color).save(store)
+                report.filled += 1
     return report
+
+
+def _reread(store: BlobStore, key: str) -> PhotoRecord | None:
+    try:
+        return PhotoRecord.from_json(store.get(key))
+    except NotFound:
+        return None
