@@ -223,7 +223,7 @@ PLACEHOLDER_SCRIPT = r"""
     var aAc = hasAlpha ? channel(5, 5, aScale) : null;
     var ratio = (landscape ? (hasAlpha ? 5 : 7) : hash[3] & 7) / (landscape ? hash[3] & 7 : (hasAlpha ? 5 : 7));
     var w = round(ratio > 1 ? 32 : 32 * ratio), h = round(ratio > 1 ? 32 / ratio : 32);
-    var rgba = new Uint8ClampedArray(w * h * 4), fx = [], fy = [];
+    var rgba = new Uint8Array(w * h * 4), fx = [], fy = [];
     for (var y = 0, i = 0; y < h; y++) {
       for (var x = 0; x < w; x++, i += 4) {
         var l = lDc, p = pDc, q = qDc, a = aDc, j, cx, cy, fy2, f;
