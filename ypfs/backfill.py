@@ -65,7 +65,7 @@ def backfill(cfg: Config, store: BlobStore, user: str | None = None,
                 original = store.get(rec.ref.original_key)
             except NotFound:
                 original = None
-            placeholder = original and placeholder_for(original, rec.format, cfg.limits.decode_timeout)
+            placeholder = None if original is None else placeholder_for(original, rec.format, cfg.limits.decode_timeout)
             fresh = _reread(store, key)
             if fresh is None or fresh.secret != rec.secret:
                 report.changed_meanwhile += 1  # moved to a new secret (made private) or deleted
