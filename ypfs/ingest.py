@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from cluster.config import Config
-from storage import BlobStore, NotFound, StorageError
+from storage import BlobStore, NotFound, StorageError, deadline
 from storage.ids import new_secret
 from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key, timeline_key
 from storage.records import PhotoRecord, original_url, rendition_url
@@ -79,8 +79,11 @@ class Ingestor:
             self._take_back(ref, stored)
             return existing, False
         # the placeholder's tiny decode runs while the original's PUT may still be going;
-        # only an accepted image gets this far, so a hostile one never reaches it
-        placeholder = placeholder_for(spool.source, fmt, self.cfg.limits.decode_timeout)
+        # only an accepted image gets this far, so a hostile one never reaches it. It is
+        # best effort: at most half the request's time left, so the record still gets written
+        left = deadline.remaining()
+        budget = self.cfg.limits.decode_timeout if left is None else min(self.cfg.limits.decode_timeout, left / 2)
+        placeholder = placeholder_for(spool.source, fmt, budget) if budget > 0.05 else None
         stored.result()  # StorageError if the original could not be stored
         rec = PhotoRecord(
             id=ref.photo_id, owner=user, secret=ref.secret, format=fmt, width=info.width, height=info.height,
