@@ -165,6 +165,39 @@ def test_orientation_is_applied(tmp_path):
     assert back.height > back.width
 
 
+def test_every_accepted_file_of_both_corpora_gets_a_placeholder_the_right_way_up():
+    """Whatever ypfs accepts (sniff + probe, as POST /upload runs them) gets a placeholder, in
+    every format (HEIC and BMP through Pillow, AVIF sequences, CMYK, 16-bit, animations), with
+    EXIF orientation applied: the hash's shape has the photo's displayed orientation."""
+    from media.probe import ImageRejected, probe
+    from media.sniff import sniff
+
+    from .helpers import CORPUS, CORPUS2
+
+    limits = from_dict(load_dict()).limits
+    seen, missing, wrong_way = 0, [], []
+    for corpus in (CORPUS, CORPUS2):
+        for line in (corpus / "MANIFEST.tsv").read_text().splitlines()[1:]:
+            path = corpus / line.split("\t", 1)[0]
+            data = path.read_bytes()
+            fmt = sniff(data[:64])
+            try:
+                info = probe(data, fmt, limits) if fmt else None
+            except ImageRejected:
+                info = None
+            if info is None:
+                continue
+            seen += 1
+            ph = placeholder_for(data, fmt, 10)
+            if ph is None:
+                missing.append(path.name)
+                continue
+            back = decoded(ph.thumbhash)
+            if abs(info.width / info.height - 1) > 0.25 and (info.width > info.height) != (back.width > back.height):
+                wrong_way.append(path.name)
+    assert seen > 100 and not missing and not wrong_way, (seen, missing, wrong_way)
+
+
 def test_an_image_that_cannot_be_read_has_no_placeholder():
     assert placeholder_for(b"\xff\xd8\xff\xe0 not really a jpeg", "jpeg", 10) is None
     assert placeholder_for(b"BM nonsense", "bmp", 10) is None
