@@ -1,11 +1,10 @@
 """What a page shows before a photo arrives: its ThumbHash and its dominant colour.
 
 Both come from one tiny rendition (at most ``TINY`` px a side, sRGB, alpha kept,
-EXIF orientation applied), made by libvips' ``thumbnail``, which shrinks on load
-(a 24 MP JPEG is decoded at 1/8 scale), so the cost is a fraction of the upload's
-own validation decode. The pyvips binary wheel cannot open BMP, HEIC or AVIF
-sequences; those go through Pillow, opened with an explicit one-format list as
-media/probe.py opens them.
+EXIF orientation applied), made with libvips' ``thumbnail_image`` after the format's
+own loader, a JPEG DCT-scaled on load (a 24 MP photo is decoded at 1/8 scale). The
+library and the loader are the decode policy's (media.formats, media.decode): BMP,
+HEIC and AVIF sequences go through Pillow, with the format's own Pillow ids.
 
 ThumbHash (Evan Wallace's algorithm, MIT; https://evanw.github.io/thumbhash/) keeps
 a few DCT coefficients of the colour (L, P, Q) and alpha channels in ~25 bytes,
@@ -45,12 +44,13 @@ from pathlib import Path
 
 import pyvips
 
+from .decode import register_heif
+from .formats import FORMATS, pillow_ids
+
 log = logging.getLogger("media.placeholders")
 
 #: longest side, in pixels, of the rendition both values are computed from
 TINY = 32
-#: formats the pyvips binary wheel cannot open (or not always: AVIF sequences), for Pillow
-_PILLOW_FORMATS = {"bmp": ("BMP",), "heif": ("HEIF",), "avif": ("AVIF", "HEIF")}
 
 Source = str | Path | bytes
 
@@ -74,25 +74,33 @@ def placeholder_for(src: Source, fmt: str, timeout: float) -> Placeholder | None
 
 def tiny_rgba(src: Source, fmt: str, timeout: float) -> tuple[int, int, bytes]:
     """(width, height, RGBA bytes) of the image fitted into TINY x TINY, in sRGB."""
-    if fmt in ("bmp", "heif"):
+    spec = FORMATS[fmt]
+    if spec.library == "pillow":
         return _pillow_tiny(src, fmt)
     try:
-        return _vips_tiny(src, timeout)
+        return _vips_tiny(src, spec.vips_loaders[0], timeout)
     except pyvips.Error:
-        if fmt in _PILLOW_FORMATS:
+        if spec.pillow_fallback:  # e.g. AVIF sequences, which libheif in the wheel refuses
             return _pillow_tiny(src, fmt)
         raise
 
 
-def _vips_tiny(src: Source, timeout: float) -> tuple[int, int, bytes]:
-    # thumbnail: shrink-on-load, EXIF orientation applied, first page only, an embedded
-    # ICC profile (or CMYK) converted to sRGB
-    if isinstance(src, bytes):
-        image = pyvips.Image.thumbnail_buffer(src, TINY, height=TINY, size="down")
-    else:
-        image = pyvips.Image.thumbnail(str(src), TINY, height=TINY, size="down")
+def _vips_tiny(src: Source, loader_name: str, timeout: float) -> tuple[int, int, bytes]:
+    # the format's own loader (never libvips' sniffing: an Ultra HDR JPEG is its SDR base here),
+    # a JPEG DCT-scaled on load as far as the tiny size allows; thumbnail_image then shrinks,
+    # turns it upright from its EXIF orientation and converts an embedded ICC profile to sRGB
+    data = src if isinstance(src, bytes) else str(src)
+    loader = getattr(pyvips.Image, loader_name + ("_buffer" if isinstance(src, bytes) else ""))
+    opts: dict = {"access": "sequential"}
+    if loader_name == "jpegload":
+        header = loader(data, access="sequential")
+        longest = max(header.width, header.height)
+        opts["shrink"] = next(s for s in (8, 4, 2, 1) if s == 1 or longest // s >= TINY)
+    image = loader(data, **opts)
+    icc = {"output_profile": "srgb"} if image.get_typeof("icc-profile-data") else {}
+    image = image.thumbnail_image(TINY, height=TINY, size="down", **icc)
     if image.interpretation != "srgb" or image.format != "uchar":
-        image = image.colourspace("srgb")  # grey, 16-bit, Lab...: 8-bit sRGB, alpha kept
+        image = image.colourspace("srgb")  # grey, 16-bit, CMYK...: 8-bit sRGB, alpha kept
     if image.bands == 3:
         image = image.bandjoin(255)
     elif image.bands > 4:
@@ -110,14 +118,13 @@ def _vips_tiny(src: Source, timeout: float) -> tuple[int, int, bytes]:
 
 
 def _pillow_tiny(src: Source, fmt: str) -> tuple[int, int, bytes]:
+    """Pillow's way, for what the decode policy gives Pillow (media.decode): the first frame,
+    reduced as it loads where the plugin can, upright, its ICC profile converted to sRGB."""
     from PIL import Image, ImageCms, ImageOps
 
-    if fmt in ("heif", "avif"):
-        from pillow_heif import register_heif_opener
-
-        register_heif_opener()
+    register_heif()
     fh = io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")
-    with fh, Image.open(fh, formats=_PILLOW_FORMATS[fmt]) as im:
+    with fh, Image.open(fh, formats=pillow_ids(fmt)) as im:
         im.thumbnail((TINY, TINY))
         im = ImageOps.exif_transpose(im)
         icc = im.info.get("icc_profile")
