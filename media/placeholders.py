@@ -18,7 +18,7 @@ and ships a broken decoder, ``thumbhash-python`` pins Pillow < 11, and
 CPython 3.11 and 3.12 on x86-64 and no source release. The tests hold this encoder
 to that crate. The hash keeps at most 7 coefficients a side, so a 32 px rendition
 loses nothing of it against the 100 px the reference allows, at a tenth of the
-pure-Python cost (~3 ms).
+pure-Python cost (1-2 ms).
 
 The dominant colour is found on a coarse histogram of the tiny rendition's pixels
 that are at least half opaque (all pixels when none is): 3 bits per channel, 512

@@ -24,7 +24,7 @@ from falcon import testing
 from PIL import Image, ImageStat
 
 from cluster.config import from_dict, load_dict
-from media.placeholders import TINY, placeholder_for, rgba_to_thumbhash
+from media.placeholders import placeholder_for, rgba_to_thumbhash
 from storage import open_store
 from storage.keys import timeline_key
 from storage.local import LocalStore
@@ -201,10 +201,6 @@ def test_every_accepted_file_of_both_corpora_gets_a_placeholder_the_right_way_up
 def test_an_image_that_cannot_be_read_has_no_placeholder():
     assert placeholder_for(b"\xff\xd8\xff\xe0 not really a jpeg", "jpeg", 10) is None
     assert placeholder_for(b"BM nonsense", "bmp", 10) is None
-
-
-def test_tiny_rendition_is_small():
-    assert TINY <= 100  # the reference encoder's limit
 
 
 # -- upload answer, photo API, listing, backfill -------------------------------------------------------
