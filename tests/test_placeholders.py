@@ -286,7 +286,7 @@ def test_older_records_read_null_until_the_backfill_fills_them(site, tmp_path):
     assert got["thumbhash"] is None and got["color"] is None
     assert {p["id"]: p["thumbhash"] for p in up.simulate_get("/api/users/alice/photos").json["photos"]}[old.id] is None
 
-    report = backfill(cfg, store)
+    report = backfill(cfg.limits, store)
     assert (report.examined, report.filled, report.had_one, len(report.failed)) == (3, 1, 1, 1)
     assert broken.id in report.failed[0] and "missing" in report.failed[0]
     got = up.simulate_get(f"/api/photos/alice/{old.id}").json
@@ -294,7 +294,7 @@ def test_older_records_read_null_until_the_backfill_fills_them(site, tmp_path):
     assert (got["thumbhash"], got["color"]) == (expected.thumbhash, expected.color)  # as an upload would make it
     assert got["title"] == "before" and got["secret"] == old.secret  # nothing else touched
     assert up.simulate_get(f"/api/photos/alice/{fresh['id']}").json["thumbhash"] == fresh["thumbhash"]
-    again = backfill(cfg, store)  # a second run has nothing left to do
+    again = backfill(cfg.limits, store)  # a second run has nothing left to do
     assert (again.filled, again.had_one) == (0, 2)
 
 
@@ -311,19 +311,19 @@ def test_backfill_keeps_an_edit_made_while_it_ran_and_skips_a_photo_moved_meanwh
         if hidden.id in key:
             apply_changes(store, PhotoRecord.load(store, "alice", hidden.id), PhotoChanges(private=True))
 
-    report = backfill(cfg, store, "alice", on_photo=owner_edits)
+    report = backfill(cfg.limits, store, "alice", on_photo=owner_edits)
     assert (report.filled, report.changed_meanwhile) == (1, 1)
     a = PhotoRecord.load(store, "alice", renamed.id)
     assert a.title == "new title" and a.thumbhash is not None  # the edit is kept, the placeholder added
     b = PhotoRecord.load(store, "alice", hidden.id)
     assert b.private and b.secret != hidden.secret and b.thumbhash is None  # never put back to the old secret
     assert store.exists(b.ref.original_key)
-    assert backfill(cfg, store, "alice").filled == 1  # the next run fills it
+    assert backfill(cfg.limits, store, "alice").filled == 1  # the next run fills it
 
 
 def test_backfill_command(tmp_path):
     cfg, path = write_config(tmp_path, cluster_tree(tmp_path))
-    store = open_store(cfg)
+    store = open_store(cfg.storage, cfg.local_root)
     UserRecord("bob").save(store)
     (tmp_path / "p.jpg").write_bytes(jpeg_bytes(scene((160, 120))))
     rec = seed_photo(store, "bob", tmp_path / "p.jpg")

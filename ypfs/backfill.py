@@ -23,7 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from cluster.config import Config
+from cluster.config import LimitsSection
 from media.placeholders import placeholder_for
 from storage import BlobStore, NotFound
 from storage.keys import InvalidName, parse_record_key, photo_prefix, user_prefix
@@ -45,7 +45,7 @@ def _users(store: BlobStore) -> Iterator[str]:
         yield key[len(prefix):-len(".json")]
 
 
-def backfill(cfg: Config, store: BlobStore, user: str | None = None,
+def backfill(limits: LimitsSection, store: BlobStore, user: str | None = None,
              on_photo: Callable[[str], None] = lambda _key: None) -> BackfillReport:
     """Fill in every missing placeholder (of one user, or of everyone); see the module doc."""
     report = BackfillReport()
@@ -65,7 +65,7 @@ def backfill(cfg: Config, store: BlobStore, user: str | None = None,
                 original = store.get(rec.ref.original_key)
             except NotFound:
                 original = None
-            placeholder = None if original is None else placeholder_for(original, rec.format, cfg.limits.decode_timeout)
+            placeholder = None if original is None else placeholder_for(original, rec.format, limits.decode_timeout)
             fresh = _reread(store, key)
             if fresh is None or fresh.secret != rec.secret:
                 report.changed_meanwhile += 1  # moved to a new secret (made private) or deleted
