@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import re
 import time
+
+import pytest
 
 from storage.ids import IdGenerator
 from storage.keys import record_key
@@ -20,7 +23,14 @@ from .helpers import CORPUS, seed_photo
 from .ypws_support import AppNode, app_config
 
 
-def test_newest_first_listing_reads_about_a_page_not_every_photo(tmp_path):
+@pytest.fixture
+def no_fsync(monkeypatch):
+    """The store's writes without their fsyncs: these tests write hundreds of records and are
+    about listing and paging, not durability (tests/test_storage_contract.py covers that)."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+
+
+def test_newest_first_listing_reads_about_a_page_not_every_photo(tmp_path, no_fsync):
     """1000 photos over three years, the newest 30 from the last day: the first 30 keys come
     from one short listing; walking on reaches every key once, in newest-first order."""
 
@@ -46,7 +56,7 @@ def test_newest_first_listing_reads_about_a_page_not_every_photo(tmp_path):
     assert below == [record_key("u", pid) for pid in reversed(ids[:500])]
 
 
-def test_the_gallery_pages_newest_first_and_skips_private_photos(tmp_path):
+def test_the_gallery_pages_newest_first_and_skips_private_photos(tmp_path, no_fsync):
     """231 photos uploaded over two years: pages of 100, newest first, each 'Older photos'
     link starting below the last photo shown; private ones never appear, and nothing is
     shown twice or skipped (the listing walks back in growing time windows)."""
