@@ -44,18 +44,19 @@ def world(tmp_path_factory, seaweed):
     })
     services = Services(tmp)
     try:
-        cfg, path = start_ypws(services, tmp / "a", base, "ypws1")
+        # the three start together: each boot overlaps the others'
+        cfg, path = start_ypws(services, tmp / "a", base, "ypws1", wait=False)
         small = deep_update(base, {"ypws": {"cache_bytes": SMALL_CACHE}})
-        cfg2, path2 = start_ypws(services, tmp / "b", small, "ypws2")
-        services.start_module("magickd1", "magickd", "serve", "--node", "magickd1", config_path=path,
-                              health_url=f"{cfg.magickd.nodes[0].url}/healthz")
+        cfg2, path2 = start_ypws(services, tmp / "b", small, "ypws2", wait=False)
+        services.start_module("magickd1", "magickd", "serve", "--node", "magickd1", config_path=path)
+        for name, url in (("ypws1", f"{cfg.ypws.nodes[0].url}/readyz"), ("ypws2", f"{cfg.ypws.nodes[1].url}/readyz"),
+                          ("magickd1", f"{cfg.magickd.nodes[0].url}/healthz")):
+            services.wait_healthy(name, url)
         store = open_store(cfg)
         photos = {
             "land": seed_photo(store, "alice", CORPUS / "formats" / "DSCN0010.jpg", title="Landscape"),
-            "portrait": seed_photo(store, "alice", CORPUS / "orientation" / "Portrait_6.jpg"),
             "small": seed_photo(store, "alice", CORPUS / "formats" / "hopper.jpg"),
             "private": seed_photo(store, "alice", CORPUS / "formats" / "hopper.jpg", private=True),
-            "noorig": seed_photo(store, "bob", CORPUS / "formats" / "hopper.jpg", original_public=False),
         }
         yield type("World", (), dict(cfg=cfg, cfg2=cfg2, path=path, path2=path2, store=store, photos=photos,
                                      services=services, tmp=tmp, url=cfg.ypws.nodes[0].url,

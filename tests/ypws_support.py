@@ -86,12 +86,15 @@ def raw_http(port: int, request: bytes, timeout: float = 5.0) -> bytes:
         return b"".join(chunks)
 
 
-def start_ypws(services: Services, tmp: Path, tree: dict, node: str = "ypws1", name: str | None = None):
-    """Write ``tree`` as a config and start one ypws node of it; returns (cfg, config path)."""
+def start_ypws(services: Services, tmp: Path, tree: dict, node: str = "ypws1", name: str | None = None,
+               wait: bool = True):
+    """Write ``tree`` as a config and start one ypws node of it; returns (cfg, config path).
+    ``wait=False``: return at once (the caller waits on ``/readyz``, e.g. for several nodes together)."""
     tmp.mkdir(parents=True, exist_ok=True)
     cfg, path = write_config(tmp, tree)
     url = cfg.node("ypws", node).url
-    services.start_module(name or node, "ypws", "serve", "--node", node, config_path=path, health_url=f"{url}/readyz")
+    services.start_module(name or node, "ypws", "serve", "--node", node, config_path=path,
+                          health_url=f"{url}/readyz" if wait else None)
     return cfg, path
 
 
