@@ -7,7 +7,7 @@ decode AVIF (old browsers send them too), and ``q=0`` excludes a type.
 from __future__ import annotations
 
 from cluster.config import SizeProfile
-from storage.keys import CONTENT_TYPES
+from media.formats import CONTENT_TYPES
 
 #: better formats first; the profile's default format is the fallback
 PREFERENCE = ("avif", "webp")
