@@ -28,7 +28,7 @@ from storage.records import profile_version
 from ypws.signing import sign_url
 
 from .helpers import CORPUS, Services, check_connection_cap, cluster_tree, deep_update, seed_photo
-from .ypws_support import access_lines, decode, metric, raw_http, seed_rendition, start_ypws, wait_for
+from .ypws_support import access_lines, assert_original_without_location, decode, metric, raw_http, seed_rendition, start_ypws, wait_for
 
 pytestmark = pytest.mark.slow
 PUBLIC = "http://photos.example"
@@ -134,6 +134,23 @@ def test_hits_on_the_event_loop_keep_the_rules(world):
     assert requests.get(world.url + path, timeout=30).status_code == 404  # cached, still private
     tampered = signed[:-1] + ("0" if signed[-1] != "0" else "1")
     assert requests.get(world.url + tampered, timeout=30).json()["error"] == "bad_signature"
+
+
+@pytest.mark.parametrize("node", [1, 2])
+def test_originals_from_s3_are_served_without_gps_whole_and_in_ranges(world, node):
+    """The original read from SeaweedFS (ypws2: into a small cache), scrubbed of GPS, on a miss and
+    after; a range cut from the scrubbed bytes. Every rule of originals and ranges, on LocalStore
+    in-process: test_ypws_sizes.py, test_ypws_conditional.py."""
+    rec = world.photos["land"]
+    url = url_of(world, "land", "original", node=node)
+    for _ in range(2):
+        r = requests.get(url, timeout=30)
+        assert r.status_code == 200
+        assert_original_without_location(world.store, rec, r.content)
+    full = r.content
+    part = requests.get(url, headers={"Range": "bytes=1000-1099"}, timeout=30)
+    assert part.status_code == 206 and part.content == full[1000:1100]
+    assert part.headers["Content-Range"] == f"bytes 1000-1099/{len(full)}"
 
 
 def test_head_matches_get(world):
