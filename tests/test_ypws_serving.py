@@ -52,7 +52,7 @@ def world(tmp_path_factory, seaweed):
         for name, url in (("ypws1", f"{cfg.ypws.nodes[0].url}/readyz"), ("ypws2", f"{cfg.ypws.nodes[1].url}/readyz"),
                           ("magickd1", f"{cfg.magickd.nodes[0].url}/healthz")):
             services.wait_healthy(name, url)
-        store = open_store(cfg)
+        store = open_store(cfg.storage, cfg.local_root)
         photos = {
             "land": seed_photo(store, "alice", CORPUS / "formats" / "DSCN0010.jpg", title="Landscape"),
             "small": seed_photo(store, "alice", CORPUS / "formats" / "hopper.jpg"),

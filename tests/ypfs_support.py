@@ -107,8 +107,8 @@ class AppYpfs:
 
         self.cfg, self.path = write_config(tmp_path, ypfs_tree(tmp_path, recorder))
         self.recorder = recorder
-        self.store = open_store(self.cfg)
-        notifier = RenderNotifier(RenderClient(self.cfg), self.cfg.ypfs.render_retries)
+        self.store = open_store(self.cfg.storage, self.cfg.local_root)
+        notifier = RenderNotifier(RenderClient(self.cfg.magickd, self.cfg.cluster.admin_token), self.cfg.ypfs.render_retries)
         self.client = testing.TestClient(create_app(self.cfg, self.store, "ypfs1", notifier=notifier,
                                                     purger=Purger.from_config(self.cfg, self.store, "ypfs1")))
         self.tokens: dict[str, str] = {}
