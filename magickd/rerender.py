@@ -18,7 +18,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from cluster.config import Config, SizeProfile
-from cluster.purge import Purger
+from storage.purge import Purger
 from storage import StorageError
 from storage.base import BlobStore
 from storage.keys import EXTENSIONS, FORMAT_BY_EXT, PhotoRef

@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from cluster.config import Config
-from cluster.purge import Purger
+from storage.purge import Purger
 from storage import NotFound, StorageError
 from storage.base import BlobStore
 from storage.keys import PhotoRef

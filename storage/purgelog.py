@@ -5,7 +5,7 @@ committed when its entry is stored here, not when some proxy managed to reach
 some nodes: every ypws node applies the log from its own checkpoint
 (ypws/purgeapply.py), so a node that was down, or that a front never heard of,
 still applies every purge before it serves again. Pushing the purge to the nodes
-directly stays as the fast path (cluster/purge.py).
+directly stays as the fast path (storage/purge.py).
 
 Entries are small JSON objects under ``purgelog/`` with time-ordered keys
 (storage/keys.py). Time order across writers needs care: an entry becomes

@@ -33,7 +33,7 @@ def serve(args: argparse.Namespace) -> int:
         # a strict decode is sequential (one entropy stream): more threads only add hand-offs,
         # and the upload's other work (the original's PUT) has the other core
         pyvips.concurrency_set(1)
-        from cluster.purge import Purger
+        from storage.purge import Purger
         from magickd.client import RenderClient
         from storage import open_store
 
@@ -95,7 +95,7 @@ def user(args: argparse.Namespace) -> int:
 
 def photo(args: argparse.Namespace) -> int:
     """An operator's takedown: the owner's DELETE, without the owner's token."""
-    from cluster.purge import Purger
+    from storage.purge import Purger
     from storage import NotFound, open_store
     from storage.keys import InvalidName, valid_photo_id, valid_user
     from storage.records import PhotoRecord

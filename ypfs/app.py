@@ -28,9 +28,10 @@ from typing import Callable
 import falcon
 
 from cluster.config import Config
-from cluster.purge import Purger
+from storage.purge import Purger
 from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness, require_service_token
-from storage import BlobStore, NotFound, StorageError, deadline
+from cluster import deadline
+from storage import BlobStore, NotFound, StorageError
 from storage.readiness import StorageProbe
 from storage.ids import IdGenerator, claim_slot
 from storage.keys import InvalidName, parse_record_key, photo_prefix, valid_photo_id, valid_user

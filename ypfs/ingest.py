@@ -38,7 +38,7 @@ log = logging.getLogger("ypfs.ingest")
 
 
 def _beside(fn: Callable, *args) -> Future:
-    """Run ``fn`` on the worker's helper pool, under this request's deadline (storage.deadline)."""
+    """Run ``fn`` on the worker's helper pool, under this request's deadline (cluster.deadline)."""
     return background().submit(contextvars.copy_context().run, fn, *args)
 
 

@@ -8,7 +8,7 @@ between leaves only objects nothing can reach, never a photo half there, and a
 retried DELETE finds nothing to do (404).
 
 The cache tier is told by the HTTP layer, which commits a purge of the whole
-photo to the purge log before calling these (cluster/purge.py): ypws keeps each
+photo to the purge log before calling these (storage/purge.py): ypws keeps each
 cached entry's private flag, so a photo made private, or deleted, must not go on
 being served from a cache.
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from cluster.config import Config
-from storage import BlobStore, NotFound, StorageError, deadline
+from cluster import deadline
+from storage import BlobStore, NotFound, StorageError
 from storage.keys import CONTENT_TYPES, EXTENSIONS, InvalidName, PhotoRef
 from storage.readiness import StorageProbe
 from storage.records import PhotoRecord, UserRecord, profile_version
