@@ -34,7 +34,7 @@ from cluster import deadline
 from storage import BlobStore, NotFound, StorageError
 from storage.readiness import StorageProbe
 from storage.ids import IdGenerator, claim_slot
-from storage.keys import InvalidName, parse_record_key, photo_prefix, valid_photo_id, valid_user
+from storage.keys import IMAGE_PATH_PREFIX, InvalidName, parse_record_key, photo_prefix, valid_photo_id, valid_user
 from storage.purgelog import PurgeEntry, check_paths
 from storage.records import PhotoRecord, UserRecord
 
@@ -376,7 +376,7 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
     app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(cfg, store, auth, purger))
     app.add_route("/api/users/{user}/photos", UserPhotosResource(cfg, store, auth))
     app.add_route("/api/openapi.json", OpenApiResource(cfg))
-    app.add_sink(PurgeSink(cfg.cluster.admin_token, purger), "/photos/")
+    app.add_sink(PurgeSink(cfg.cluster.admin_token, purger), IMAGE_PATH_PREFIX)
     app.add_route("/healthz", HealthResource(node, store))
     app.add_route("/readyz", ReadyResource(node, StorageProbe(store)))
     app.add_route("/metrics", MetricsResource(cfg.cluster.admin_token))

@@ -19,7 +19,7 @@ from typing import BinaryIO, Callable
 from cluster.config import Config
 from cluster import deadline
 from storage import BlobStore, NotFound, StorageError
-from storage.keys import CONTENT_TYPES, EXTENSIONS, InvalidName, PhotoRef
+from storage.keys import CONTENT_TYPES, EXTENSIONS, ImagePath, InvalidName, PhotoRef, parse_rendition_key
 from storage.readiness import StorageProbe
 from storage.records import PhotoRecord, UserRecord, profile_version
 
@@ -30,7 +30,7 @@ from .hotlink import HotlinkPolicy
 from .negotiation import pick_variant
 from .placeholder import placeholder_png
 from .signing import SignatureError, verify
-from .urls import BadPath, ImageTarget, NoSuchImage, parse_image_path, query_params
+from .urls import BadPath, NoSuchImage, parse_image_path, query_params
 
 
 @dataclass(slots=True)
@@ -116,7 +116,7 @@ PATCHES_MEMO = 1024  # originals too large for the cache whose location patches 
 
 @dataclass(slots=True)
 class _Resolved:
-    target: ImageTarget
+    target: ImagePath
     profile: object | None  # SizeProfile; None for the original
     version: str
     negotiable: bool
@@ -127,10 +127,17 @@ class _Resolved:
         key = self.keys.get(fmt)
         if key is None:
             t = self.target
-            key = (f"{t.ref.original_key}.{t.ext}" if self.profile is None
+            key = (t.ref.cached_original_key(t.ext) if self.profile is None
                    else t.ref.rendition_key(t.size, self.version, fmt))
             self.keys[fmt] = key
         return key
+
+
+def _rendition_ext(key: str) -> str | None:
+    try:
+        return parse_rendition_key(key).ext
+    except InvalidName:
+        return None
 
 
 class ImageService:
@@ -327,7 +334,7 @@ class ImageService:
         return Reply(200, headers, b"" if req.method == "HEAD" else body)
 
     # -- PURGE ---------------------------------------------------------------------------
-    def purge(self, target: ImageTarget) -> list[str]:
+    def purge(self, target: ImagePath) -> list[str]:
         """Drop the cache entries a URL (or a bare size) can be served from, every version.
 
         ``{size}.{default ext}`` covers every Accept variant it may be answered with;
@@ -335,8 +342,8 @@ class ImageService:
         """
         ref = target.ref
         if target.is_original:
-            prefix = f"{ref.original_key}."
-            keys = {prefix + target.ext} if target.ext else set(self.cache.index.keys_with_prefix(prefix))
+            keys = ({ref.cached_original_key(target.ext)} if target.ext
+                    else set(self.cache.index.keys_with_prefix(ref.cached_original_key())))
             return self.cache.purge(sorted(keys))
         profile = self.profiles.get(target.size)
         if target.fmt is None:
@@ -345,10 +352,10 @@ class ImageService:
             fmts = set(profile.formats)
         else:
             fmts = {target.fmt}
-        keys = set(self.cache.index.keys_with_prefix(f"{ref.rendition_prefix}{target.size}."))
+        keys = set(self.cache.index.keys_with_prefix(ref.size_prefix(target.size)))
         if fmts is not None:
             exts = {EXTENSIONS[f] for f in fmts}
-            keys = {k for k in keys if k.rsplit(".", 1)[1] in exts}
+            keys = {k for k in keys if _rendition_ext(k) in exts}
         if profile is not None:  # the current keys too: a file may be left without its index row
             version = self.versions[target.size]
             keys.update(ref.rendition_key(target.size, version, f) for f in (fmts or profile.formats))
@@ -357,7 +364,7 @@ class ImageService:
     def purge_photo(self, ref: PhotoRef) -> list[str]:
         """Drop every cached size, format, version and original of one photo."""
         keys = self.cache.index.keys_with_prefix(ref.rendition_prefix)
-        keys += self.cache.index.keys_with_prefix(f"{ref.original_key}.")
+        keys += self.cache.index.keys_with_prefix(ref.cached_original_key())
         for name, version in self.versions.items():
             for fmt in self.profiles[name].formats:
                 key = ref.rendition_key(name, version, fmt)
@@ -366,7 +373,7 @@ class ImageService:
         return self.cache.purge(keys)
 
     # -- misses ---------------------------------------------------------------------------
-    def _fill(self, target: ImageTarget, key: str, fmt: str, signed: bool):
+    def _fill(self, target: ImagePath, key: str, fmt: str, signed: bool):
         """Storage, else magickd; one fill per key node-wide (the others wait, then hit)."""
         with self.cache.fill_lock(key):
             entry = self.cache.get(key)
@@ -390,7 +397,7 @@ class ImageService:
                     "private": record.private}
             return self.cache.put(key, body, meta) or Transient(body, meta), "MISS"
 
-    def _fill_original(self, target: ImageTarget, key: str, record: PhotoRecord):
+    def _fill_original(self, target: ImagePath, key: str, record: PhotoRecord):
         if not record.original_public or target.ext != EXTENSIONS.get(record.format) or not self._owner_allows(record):
             raise NoSuchImage()
         meta = {"type": CONTENT_TYPES.get(record.format, "application/octet-stream"), "mtime": record.uploaded_at,
