@@ -26,16 +26,17 @@ from pathlib import Path
 from typing import Callable
 
 import falcon
+from cachetools import TTLCache
 
-from cluster.config import Config
-from storage.purge import Purger
-from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness, require_service_token
 from cluster import deadline
+from cluster.config import Config
+from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness, require_service_token
 from storage import BlobStore, NotFound, StorageError
-from storage.readiness import StorageProbe
 from storage.ids import IdGenerator, claim_slot
 from storage.keys import IMAGE_PATH_PREFIX, InvalidName, parse_record_key, photo_prefix, valid_photo_id, valid_user
+from storage.purge import Purger
 from storage.purgelog import PurgeEntry, check_paths
+from storage.readiness import StorageProbe
 from storage.records import PhotoRecord, UserRecord
 
 from . import metrics, openapi
@@ -60,18 +61,16 @@ class TokenAuth:
 
     def __init__(self, store: BlobStore, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic):
         self.store = store
-        self.ttl = ttl
-        self.clock = clock
-        self._cache: dict[str, tuple[float, UserRecord]] = {}
+        self._cache: TTLCache[str, UserRecord] = TTLCache(maxsize=10_000, ttl=ttl, timer=clock)
+        self._lock = threading.Lock()  # a worker's threads share the cache; cachetools' are not thread-safe
 
     def _load(self, name: str) -> UserRecord:
-        hit = self._cache.get(name)
-        if hit and self.clock() - hit[0] < self.ttl:
-            return hit[1]
-        rec = UserRecord.load(self.store, name)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[name] = (self.clock(), rec)
+        with self._lock:
+            rec = self._cache.get(name)
+        if rec is None:
+            rec = UserRecord.load(self.store, name)  # outside the lock: a store read may be slow
+            with self._lock:
+                self._cache[name] = rec
         return rec
 
     def user(self, req: falcon.Request, required: bool = True) -> UserRecord | None:

@@ -14,6 +14,7 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import BinaryIO, Callable
 
 from cluster.config import Config
@@ -165,9 +166,10 @@ class ImageService:
         self.cc_unversioned = f"public, max-age={y.unversioned_max_age}"
         self.cc_original = f"public, max-age={y.original_max_age}"
         self._placeholder = placeholder_png()
-        self._resolved: dict[str, _Resolved] = {}
-        self._heads: dict[tuple, tuple[tuple, tuple]] = {}
-        self._original_patches: dict[str, list] = {}
+        # memos (lru_cache: thread-safe, and the event loop and the worker's threads share them)
+        self._resolve = lru_cache(maxsize=RESOLVED_MAX)(self._resolve_path)     # hot URLs repeat
+        self._head_blocks = lru_cache(maxsize=RESOLVED_MAX)(self._make_head_blocks)
+        self._location_patches = lru_cache(maxsize=PATCHES_MEMO)(self._find_location_patches)
 
     # -- readiness ---------------------------------------------------------------------------
     def ready(self, wait: bool = True) -> tuple[bool, list[str]]:
@@ -221,23 +223,16 @@ class ImageService:
         return Reply(status, headers, body)
 
     # -- the rules, then the lookup ----------------------------------------------------------
-    def _resolve(self, path: str) -> "_Resolved":
-        """What a path names, memoised per path (hot URLs repeat; parsing and validating do not)."""
-        resolved = self._resolved.get(path)
-        if resolved is None:
-            target = parse_image_path(path)
-            if target.is_original:
-                resolved = _Resolved(target, None, "", False)
-            else:
-                profile = self.profiles.get(target.size)
-                if profile is None or target.fmt not in profile.formats:
-                    raise NoSuchImage()
-                negotiable = target.fmt == profile.format and bool(profile.variants)
-                resolved = _Resolved(target, profile, self.versions[target.size], negotiable)
-            if len(self._resolved) >= RESOLVED_MAX:
-                self._resolved.clear()
-            self._resolved[path] = resolved
-        return resolved
+    def _resolve_path(self, path: str) -> "_Resolved":
+        """What a path names (``_resolve``, memoised per path; a path naming nothing raises, and is not kept)."""
+        target = parse_image_path(path)
+        if target.is_original:
+            return _Resolved(target, None, "", False)
+        profile = self.profiles.get(target.size)
+        if profile is None or target.fmt not in profile.formats:
+            raise NoSuchImage()
+        negotiable = target.fmt == profile.format and bool(profile.variants)
+        return _Resolved(target, profile, self.versions[target.size], negotiable)
 
     def _respond(self, req: ImageRequest, fast: bool) -> Reply | None:
         resolved = self._resolve(req.path)
@@ -279,10 +274,7 @@ class ImageService:
             cache_control = "private, max-age=0"  # a signed URL of a public photo is not worth caching
 
         etag = f'"{source.digest}"'
-        heads = self._heads.get((etag, cache_control, outcome, negotiable))
-        if heads is None:
-            heads = self._head_blocks(source, etag, cache_control, outcome, negotiable)
-        h304, h200 = heads
+        h304, h200 = self._head_blocks(etag, meta["lm"], meta["type"], source.size, cache_control, outcome, negotiable)
         if (req.if_none_match is not None or req.if_modified_since is not None) and \
                 not_modified(req.if_none_match, req.if_modified_since, etag, meta["mtime"]):
             stats.inc("not_modified")
@@ -311,17 +303,14 @@ class ImageService:
             return Reply(200, h200, source.body, cache=outcome)
         return Reply(200, h200, stream=source.open_body(), cache=outcome)
 
-    def _head_blocks(self, source, etag: str, cache_control: str, outcome: str, negotiable: bool) -> tuple[tuple, tuple]:
-        """The header tuples of a 304 and a 200 for one entry and request kind (memoised)."""
-        meta = source.meta
-        h304 = (("ETag", etag), ("Last-Modified", meta["lm"]), ("Cache-Control", cache_control),
+    def _make_head_blocks(self, etag: str, last_modified: str, content_type: str, size: int, cache_control: str,
+                          outcome: str, negotiable: bool) -> tuple[tuple, tuple]:
+        """The header tuples of a 304 and a 200 for one entry and request kind (``_head_blocks``, memoised)."""
+        h304 = (("ETag", etag), ("Last-Modified", last_modified), ("Cache-Control", cache_control),
                 ("X-Cache", outcome), ("X-Served-By", self.node))
         if negotiable:
             h304 += (("Vary", "Accept"),)
-        h200 = h304 + (("Content-Type", meta["type"]), ("Accept-Ranges", "bytes"), ("Content-Length", str(source.size)))
-        if len(self._heads) >= RESOLVED_MAX:
-            self._heads.clear()
-        self._heads[(etag, cache_control, outcome, negotiable)] = (h304, h200)
+        h200 = h304 + (("Content-Type", content_type), ("Accept-Ranges", "bytes"), ("Content-Length", str(size)))
         return h304, h200
 
     def _hotlinked(self, req: ImageRequest) -> Reply:
@@ -410,18 +399,16 @@ class ImageService:
     def _stored_original(self, key: str, record: PhotoRecord, meta: dict) -> StoredBody:
         """An original served from storage as it streams; its location patches are found once
         (one pass of ranged reads) and remembered, since an original's bytes never change."""
-        patches = self._original_patches.get(key)
-        if patches is None:
-            try:
-                patches = location_patches(lambda start, length: self.store.get_range(key, start, length),
-                                           record.bytes, record.format)
-            except StorageError as exc:
-                raise storage_unavailable(exc) from None
-            if len(self._original_patches) >= PATCHES_MEMO:
-                self._original_patches.clear()
-            self._original_patches[key] = patches
+        try:
+            patches = self._location_patches(key, record.bytes, record.format)
+        except StorageError as exc:
+            raise storage_unavailable(exc) from None
         digest = "sha256-" + record.sha256[:32] + ("-nogps" if patches else "")
         return StoredBody(self.store, key, record.bytes, digest, meta, patches)
+
+    def _find_location_patches(self, key: str, size: int, fmt: str) -> list:
+        """``_location_patches``, memoised: a failed read raises, and is not kept."""
+        return location_patches(lambda start, length: self.store.get_range(key, start, length), size, fmt)
 
     def _record(self, ref: PhotoRef) -> PhotoRecord:
         try:
