@@ -95,6 +95,13 @@ def user_prefix() -> str:
     return USERS_PREFIX
 
 
+def parse_user_key(key: str) -> str:
+    """The user of a ``users/{user}.json`` key; InvalidName otherwise."""
+    if not key.startswith(USERS_PREFIX) or not key.endswith(".json"):
+        raise InvalidName(f"not a user key: {key!r}"[:120])
+    return valid_user(key[len(USERS_PREFIX):-len(".json")])
+
+
 def photo_prefix(user: str | None = None) -> str:
     """Prefix listing photo records: one user's, or everyone's."""
     return f"{PHOTOS_PREFIX}{valid_user(user)}/" if user is not None else PHOTOS_PREFIX

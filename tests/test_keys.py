@@ -15,6 +15,12 @@ SHA = "ab" * 32
 
 
 # -- storage keys: build -> parse ------------------------------------------------------------
+def test_user_key_round_trip():
+    key = keys.user_key("bob-2")
+    assert key.startswith(keys.user_prefix())
+    assert keys.parse_user_key(key) == "bob-2"
+
+
 def test_record_key_round_trip():
     key = keys.record_key("alice", "42")
     assert key == "photos/alice/42.json" and key.startswith(keys.photo_prefix("alice"))
@@ -57,6 +63,9 @@ def test_purge_log_key_round_trip():
 
 
 @pytest.mark.parametrize("parse, key", [
+    (keys.parse_user_key, "users/alice"),
+    (keys.parse_user_key, "users/x/alice.json"),
+    (keys.parse_user_key, "photos/alice.json"),
     (keys.parse_record_key, "photos/alice/42.txt"),
     (keys.parse_record_key, "photos/alice/x/42.json"),
     (keys.parse_record_key, "photos/Alice/42.json"),

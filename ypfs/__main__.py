@@ -52,13 +52,16 @@ def serve(args: argparse.Namespace) -> int:
 
 def user(args: argparse.Namespace) -> int:
     from storage import NotFound, open_store
-    from storage.keys import InvalidName, user_key, user_prefix, valid_user
+    from storage.keys import InvalidName, parse_user_key, user_key, user_prefix, valid_user
     from storage.records import UserRecord
 
     store = open_store(load(args.config))
     if args.action == "list":
         for key in store.list(user_prefix()):
-            print(key[len(user_prefix()):-len(".json")])
+            try:
+                print(parse_user_key(key))
+            except InvalidName:
+                continue  # not a user record of ours
         return 0
     try:
         name = valid_user(args.name or "")
