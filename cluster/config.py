@@ -139,6 +139,7 @@ class SizeProfile:
     quality: int = 85
     format: str = "jpeg"
     variants: tuple[str, ...] = ()
+    keep_gain_map: bool = False  # an Ultra HDR original's JPEG rendition keeps a resized gain map
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -360,6 +361,8 @@ def _validate(cfg: Config) -> None:
                 raise ConfigError(f"sizes.{p.name}: unknown format {fmt!r}")
         if not (0 < p.width <= 8192 and 0 < p.height <= 8192 and 1 <= p.quality <= 100):
             raise ConfigError(f"sizes.{p.name}: width/height 1..8192 and quality 1..100")
+        if p.keep_gain_map and p.crop != "none":
+            raise ConfigError(f"sizes.{p.name}.keep_gain_map: only sizes with crop = \"none\" can keep a gain map")
     for role in ("ypfs", "magickd", "ypws"):
         nodes = getattr(cfg, role).nodes
         if not nodes:

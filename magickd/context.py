@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pyvips
 
 from cluster.config import SizeProfile
+from media.gainmap import GainMap
 
 from .deadline import Deadline
 from .geometry import Box
@@ -23,6 +24,7 @@ class Source:
     height: int
     pages: int
     has_icc: bool = False  # an embedded ICC profile (Adobe RGB, CMYK, P3, ...) to convert from
+    ultra_hdr: bool = False  # a JPEG with a gain map (media.gainmap)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class RenderContext:
     boxes: dict[str, Box] = field(default_factory=dict)
     #: the decoded original at the largest resize size, upright, sRGB, 8-bit, in memory
     base: pyvips.Image | None = None
+    #: an Ultra HDR original's gain map, taken off ``base`` (sizes that keep it get it resized)
+    gain_map: GainMap | None = None
     #: unsharpened resized images, kept so smaller sizes cascade from the nearest larger one
     intermediates: list[pyvips.Image] = field(default_factory=list)
     #: the profile being rendered and its image (resized, cropped, sharpened; shared by its formats)

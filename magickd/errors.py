@@ -33,7 +33,7 @@ class TooLarge(RenderFailure):
 
 
 class TooManyScans(RenderFailure):
-    """A progressive JPEG with more scans than any encoder writes: a CPU bomb (cluster.jpeg)."""
+    """A progressive JPEG with more scans than any encoder writes: a CPU bomb (media.jpeg)."""
 
     code = "too_many_scans"
 

@@ -19,18 +19,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from cluster.config import Config
-from storage.purge import Purger
+from media.formats import pillow_ids
 from storage import NotFound, StorageError
 from storage.base import BlobStore
 from storage.keys import PhotoRef
+from storage.purge import Purger
 from storage.records import PhotoRecord, profile_version
 
 from . import catalog
 from .client import RenderClient, RenderError, RenderUnavailable
 from .geometry import box_for
-
-PILLOW_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "png": "PNG", "avif": "AVIF"}
-
 
 @dataclass
 class Problem:
@@ -54,7 +52,7 @@ def check_rendition(data: bytes, fmt: str, expect: tuple[int, int]) -> str | Non
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            with Image.open(io.BytesIO(data), formats=[PILLOW_FORMATS[fmt]]) as im:
+            with Image.open(io.BytesIO(data), formats=pillow_ids(fmt)) as im:
                 im.load()
                 size = im.size
     except Exception as exc:  # any decoder complaint means broken

@@ -13,14 +13,13 @@ libvips decodes with ``fail_on=warning`` (it otherwise fills truncated data
 silently), bounded by a deadline. JPEG, the bulk of uploads, is
 decoded once, DCT-scaled to 1/8 when large (every entropy-coded byte is still
 read and checked, for about half the cost of a full decode), after a walk of
-its markers (cluster.jpeg) that refuses scan bombs and a missing end of image,
+its markers (media.jpeg) that refuses scan bombs and a missing end of image,
 the one damage in the corpus libjpeg lets through. That walk costs under a
 millisecond where a second, Pillow decode cost as much as the first.
 
 PNG and GIF are cross-checked by Pillow's stricter chunk and LZW parsers.
-pyvips serves JPEG, PNG, GIF, WebP, TIFF and AVIF. The pyvips binary wheel has
-no BMP loader and no HEVC decoder, so BMP and HEIC go through Pillow (with
-pillow-heif), each opened with an explicit one-format allow-list.
+Which library opens which format, the strictness and the pixel and frame budgets
+are media.decode's (the render pool applies the same), the loaders media.formats'.
 """
 
 from __future__ import annotations
@@ -35,17 +34,14 @@ from pathlib import Path
 import pyvips
 
 from cluster.config import LimitsSection
-from cluster.jpeg import JpegStructureError, count_scans
-
 from cluster.pool import background
 
+from .decode import MAX_PAGES, STRICT, check_budget, register_heif
+from .errors import ImageRejected
+from .formats import FORMATS
+from .jpeg import JpegStructureError, count_scans
 
-class ImageRejected(Exception):
-    """The upload is not an acceptable image; carries the HTTP status and an error code."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+__all__ = ["ImageRejected", "MAX_PAGES", "ProbeResult", "probe", "strict_check", "check_gif_structure", "read_exif"]
 
 
 @dataclass(frozen=True)
@@ -59,15 +55,6 @@ class ProbeResult:
     exposure: str | None = None  # "1/125 s · f/2.8 · ISO 100 · 35 mm": what the photo page shows
 
 
-_VIPS_LOADERS = {
-    "jpeg": "jpegload", "png": "pngload", "gif": "gifload", "webp": "webpload", "tiff": "tiffload", "avif": "heifload",
-}
-_PILLOW_FORMATS = {"bmp": "BMP", "heif": "HEIF"}
-_ANIMATED = {"gif", "webp"}
-MAX_PAGES = 1000
-_heif_registered = False
-
-
 Source = str | Path | bytes
 
 
@@ -75,12 +62,13 @@ def probe(src: Source, fmt: str, limits: LimitsSection) -> ProbeResult:
     """Check and describe an image (a file path, or the bytes of a small upload) already
     sniffed as ``fmt``; ImageRejected if unfit."""
     path = src if isinstance(src, bytes) else str(src)
-    if fmt in _VIPS_LOADERS:
-        width, height, pages, orientation = _probe_vips(path, fmt, limits)
-    elif fmt in _PILLOW_FORMATS:
-        width, height, pages, orientation = _probe_pillow(path, fmt, limits)
-    else:
+    known = FORMATS.get(fmt)
+    if known is None or not known.original:
         raise ImageRejected(415, "unsupported_format", f"format {fmt!r} is not accepted")
+    if known.library == "vips":
+        width, height, pages, orientation = _probe_vips(path, fmt, limits)
+    else:
+        width, height, pages, orientation = _probe_pillow(path, fmt, limits)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     taken_at, camera, exposure = read_exif(path, fmt)
@@ -97,25 +85,13 @@ def strict_check(data: bytes, fmt: str, limits: LimitsSection) -> None:
         check_gif_structure(data, limits)
 
 
-def _check_pixels(width: int, height: int, pages: int, limits: LimitsSection) -> None:
-    if width <= 0 or height <= 0:
-        raise ImageRejected(422, "undecodable", "the image declares no pixels")
-    if width * height > limits.max_pixels:
-        raise ImageRejected(
-            422, "too_many_pixels",
-            f"the image declares {width}x{height} = {width * height / 1e6:.1f} MP; the limit is {limits.max_pixels / 1e6:g} MP",
-        )
-    if pages > MAX_PAGES:
-        raise ImageRejected(422, "too_many_pages", f"the image declares {pages} frames/pages; the limit is {MAX_PAGES}")
-
-
 def _open(src: str | bytes):
     """A file-like for Pillow from a path or bytes."""
     return io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")
 
 
 def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int, int, int, int]:
-    name = _VIPS_LOADERS[fmt] + ("_buffer" if isinstance(path, bytes) else "")
+    name = FORMATS[fmt].vips_loaders[0] + ("_buffer" if isinstance(path, bytes) else "")
     loader = getattr(pyvips.Image, name)
     try:
         header = loader(path, access="sequential")  # reads the header only
@@ -124,17 +100,18 @@ def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int
         orientation = header.get("orientation") if header.get_typeof("orientation") else 1
     except pyvips.Error as exc:
         raise ImageRejected(422, "undecodable", f"unreadable {fmt} header: {_first_line(exc)}") from None
-    if fmt in _ANIMATED and header.get_typeof("page-height"):
+    stacked = FORMATS[fmt].stacked_frames
+    if stacked and header.get_typeof("page-height"):
         height = header.get("page-height")
-    _check_pixels(width, height, pages, limits)
+    check_budget(width, height, pages, limits.max_pixels)
 
-    opts: dict = {"access": "sequential", "fail_on": "warning"}
+    opts: dict = {"access": "sequential", "fail_on": STRICT}
     if fmt == "jpeg":
         _check_jpeg_structure(path)
         if width * height > 4_000_000:
             opts["shrink"] = 8  # the whole entropy stream is still read and checked
-    if fmt in _ANIMATED and pages > 1 and width * height * pages <= limits.max_pixels:
-        opts["n"] = -1  # every frame, when the whole animation fits the pixel budget
+    if stacked and pages > 1:
+        opts["n"] = -1  # every frame (the whole animation fits the pixel budget)
     # the two decoders release the GIL: the cross-check runs beside the libvips decode
     cross_check = (background().submit(_pillow_cross_check, path, fmt, limits.decode_timeout)
                    if fmt in _PILLOW_CROSS_CHECK else None)
@@ -171,7 +148,7 @@ def _check_jpeg_structure(path: str | bytes) -> None:
 #: CRCs, truncated pHYs/cHRM chunks, text-chunk bombs. PNG uses verify() (walks
 #: every chunk and CRC without allocating pixels); GIF a decode of the first frame
 #: (1 byte a pixel), which sees truncated LZW data.
-_PILLOW_CROSS_CHECK = {"png": "PNG", "gif": "GIF"}
+_PILLOW_CROSS_CHECK = {"png", "gif"}
 
 
 class DecodeTimeout(Exception):
@@ -202,7 +179,7 @@ def _pillow_cross_check(path: str | bytes, fmt: str, timeout: float) -> None:
             warnings.simplefilter("error")
             # the declared pixels were checked against our own limit already
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _open(path) as fh, Image.open(_DeadlineReader(fh, timeout), formats=[_PILLOW_CROSS_CHECK[fmt]]) as im:
+            with _open(path) as fh, Image.open(_DeadlineReader(fh, timeout), formats=list(FORMATS[fmt].pillow)) as im:
                 if fmt == "png":
                     im.verify()
                 else:
@@ -281,14 +258,14 @@ def _probe_pillow(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[i
     from PIL import Image
 
     if fmt == "heif":
-        _register_heif()
+        register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _open(path) as fh, Image.open(fh, formats=[_PILLOW_FORMATS[fmt]]) as im:
+            with _open(path) as fh, Image.open(fh, formats=list(FORMATS[fmt].pillow)) as im:
                 width, height = im.size
                 pages = getattr(im, "n_frames", 1)
-                _check_pixels(width, height, pages, limits)
+                check_budget(width, height, pages, limits.max_pixels)
                 orientation = im.getexif().get(0x0112, 1)
                 im.load()
     except ImageRejected:
@@ -300,30 +277,21 @@ def _probe_pillow(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[i
     return width, height, pages, orientation if isinstance(orientation, int) else 1
 
 
-def _register_heif() -> None:
-    global _heif_registered
-    if not _heif_registered:
-        from pillow_heif import register_heif_opener
-
-        register_heif_opener()
-        _heif_registered = True
-
-
+_EXIF_FORMATS = {"jpeg", "tiff", "webp", "png", "heif", "avif"}  # where we look for EXIF at all
 _EXIF_IFD, _DATETIME_ORIGINAL, _DATETIME, _MAKE, _MODEL = 0x8769, 0x9003, 0x0132, 0x010F, 0x0110
 _EXPOSURE_TIME, _F_NUMBER, _ISO, _FOCAL_LENGTH = 0x829A, 0x829D, 0x8827, 0x920A
 
 
 def read_exif(path: str | bytes, fmt: str) -> tuple[str | None, str | None, str | None]:
     """(taken_at as ISO 8601, camera make + model, exposure), each None when absent or unreadable."""
-    if fmt not in ("jpeg", "tiff", "webp", "png", "heif", "avif"):
+    if fmt not in _EXIF_FORMATS:
         return None, None, None
     from PIL import Image
 
     if fmt == "heif":
-        _register_heif()
-    pil_format = {"jpeg": ["JPEG", "MPO"], "tiff": ["TIFF"], "webp": ["WEBP"], "png": ["PNG"], "heif": ["HEIF"], "avif": ["AVIF"]}[fmt]
+        register_heif()
     try:
-        with _open(path) as fh, Image.open(fh, formats=pil_format) as im:
+        with _open(path) as fh, Image.open(fh, formats=list(FORMATS[fmt].pillow)) as im:
             exif = im.getexif()
             ifd = exif.get_ifd(_EXIF_IFD)
             raw_date = ifd.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)

@@ -5,35 +5,27 @@ never reach a decoder that would hand it to Ghostscript, and an SVG never the
 SVG loader. Anything not positively recognised here is refused with 415, except
 HEIF boxes with the file's ``ftyp`` box missing (a cut or fuzzed HEIF): that is a
 damaged image of a format we take (422), though no parser ever sees it.
+The signatures and brands are the format table's (media.formats).
 """
 
 from __future__ import annotations
 
-#: formats we accept, in the names the rest of the system uses (storage.keys.EXTENSIONS)
-SUPPORTED = ("jpeg", "png", "gif", "webp", "tiff", "heif", "avif", "bmp")
+from .formats import FORMATS
 
 HEAD_BYTES = 64
 
-_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
-_AVIF_BRANDS = {b"avif", b"avis"}
 #: HEIF-only box types (ISO/IEC 23008-12) a headless fragment may start with
 _HEIF_BOXES = {b"meta", b"iprp", b"ipco", b"ipma", b"iinf", b"iloc", b"pitm", b"iref", b"idat", b"ispe"}
+#: brand families in the order a major brand is looked for (AVIF before the generic HEIF brands)
+_BRANDED = sorted((f for f in FORMATS.values() if f.brands and f.original), key=lambda f: f.name != "avif")
 
 
 def sniff(head: bytes) -> str | None:
-    """The format of a file starting with ``head`` (>= 32 bytes when available), or None."""
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"  # also MPO, whose first image is a plain JPEG
-    if head[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if head[:2] == b"BM" and len(head) >= 26 and head[14:18] in (b"\x0c\x00\x00\x00", b"(\x00\x00\x00", b"@\x00\x00\x00", b"l\x00\x00\x00", b"|\x00\x00\x00"):
-        return "bmp"  # known DIB header sizes (12, 40, 64, 108, 124), so random 'BM' text is not a BMP
+    """The format of a file starting with ``head`` (>= 32 bytes when available), or None.
+    An MPO or Ultra HDR JPEG is "jpeg" (its first image is a plain JPEG)."""
+    for fmt in FORMATS.values():
+        if fmt.original and any(all(head[at:at + len(raw)] == raw for at, raw in sig) for sig in fmt.magic):
+            return fmt.name
     if head[4:8] == b"ftyp":
         return _iso_bmff_brand(head)
     return None
@@ -41,17 +33,12 @@ def sniff(head: bytes) -> str | None:
 
 def _iso_bmff_brand(head: bytes) -> str | None:
     box_size = int.from_bytes(head[:4], "big")
-    brands = [head[8:12]]
     end = min(len(head), box_size if box_size >= 16 else len(head))
-    brands += [head[i:i + 4] for i in range(16, end - 3, 4)]
-    if head[8:12] in _AVIF_BRANDS:
-        return "avif"
-    if head[8:12] in _HEIF_BRANDS:
-        return "heif"
-    if any(b in _AVIF_BRANDS for b in brands):
-        return "avif"
-    if any(b in _HEIF_BRANDS for b in brands):
-        return "heif"
+    compatible = [head[i:i + 4] for i in range(16, end - 3, 4)]
+    for brands in ([head[8:12]], [head[8:12], *compatible]):  # the major brand decides first
+        for fmt in _BRANDED:
+            if any(b in fmt.brands for b in brands):
+                return fmt.name
     return None
 
 

@@ -26,21 +26,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# the extension (URLs, keys) and MIME type of each format: the one format table's
+from media.formats import CONTENT_TYPES, EXTENSIONS, FORMAT_BY_EXT  # noqa: F401
+
 USER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 PHOTO_ID_RE = re.compile(r"^[1-9][0-9]{0,18}$")
 SECRET_RE = re.compile(r"^[0-9a-f]{10}$")
 SIZE_RE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 VERSION_RE = re.compile(r"^[0-9a-f]{8}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-#: extension used in URLs and keys for each stored format
-EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif", "gif": "gif", "tiff": "tif", "heif": "heic", "bmp": "bmp"}
-FORMAT_BY_EXT = {ext: fmt for fmt, ext in EXTENSIONS.items()} | {"jpeg": "jpeg"}
-CONTENT_TYPES = {
-    "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "avif": "image/avif",
-    "gif": "image/gif", "tiff": "image/tiff", "heif": "image/heic", "bmp": "image/bmp",
-}
-
 
 #: key prefixes of each kind of object (the keys themselves come from the functions below)
 USERS_PREFIX = "users/"

@@ -136,12 +136,13 @@ def seed_photo(store, user: str, path: Path, *, photo_id: str | None = None, pri
 
     from PIL import Image, ImageOps
 
+    from media.sniff import HEAD_BYTES, sniff
     from storage.ids import new_secret
     from storage.records import PhotoRecord
 
     data = Path(path).read_bytes()
     with Image.open(path) as im:
-        fmt = {"JPEG": "jpeg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "TIFF": "tiff", "MPO": "jpeg"}.get(im.format, "jpeg")
+        fmt = sniff(data[:HEAD_BYTES]) or "jpeg"
         w, h = ImageOps.exif_transpose(im).size if im.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") else im.size
         pages = getattr(im, "n_frames", 1)
     rec = PhotoRecord(

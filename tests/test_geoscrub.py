@@ -16,7 +16,7 @@ import pillow_heif
 import pytest
 from PIL import Image, PngImagePlugin
 
-from ypws.geoscrub import PatchedReader, apply_patches, location_patches, strip_location
+from media.geoscrub import PatchedReader, apply_patches, location_patches, strip_location
 
 from .helpers import CORPUS
 

@@ -1,4 +1,4 @@
-"""cluster.jpeg: the marker walk ypfs and magickd run before decoding a JPEG."""
+"""media.jpeg: the marker walk ypfs and magickd run before decoding a JPEG."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from cluster.jpeg import MAX_SCANS, JpegStructureError, count_scans
+from media.jpeg import MAX_SCANS, JpegStructureError, count_scans
 
 from .helpers import CORPUS
 from .jpeg_craft import many_scan_jpeg, segment

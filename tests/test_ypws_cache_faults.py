@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 import pytest
 import xxhash
 
+from media.geoscrub import strip_location
 from storage import open_store
 from ypws.app import cache_dir
 from ypws.diskcache import INLINE_MAX, DiskCache
-from ypws.geoscrub import strip_location
 
 from .helpers import CORPUS, Services, cluster_tree, seed_photo
 from .ypws_support import decode, metric, seed_rendition, start_ypws, wait_for

@@ -30,8 +30,9 @@ from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key, timeline_key
 from storage.records import PhotoRecord, original_url, rendition_url
 
 from cluster.pool import background
+from media.formats import SUPPORTED
 from media.probe import ImageRejected, probe
-from media.sniff import SUPPORTED, headless_heif, sniff
+from media.sniff import headless_heif, sniff
 from .spool import Spool
 
 log = logging.getLogger("ypfs.ingest")

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import BinaryIO, Callable
 
-from cluster.config import Config
 from cluster import deadline
+from cluster.config import Config
+from media.geoscrub import PatchedReader, apply_patches, location_patches, strip_location
 from storage import BlobStore, NotFound, StorageError
 from storage.keys import CONTENT_TYPES, EXTENSIONS, ImagePath, InvalidName, PhotoRef, parse_rendition_key
 from storage.readiness import StorageProbe
@@ -26,7 +27,6 @@ from storage.records import PhotoRecord, UserRecord, profile_version
 
 from .conditional import RangeError, http_date, if_range_matches, not_modified, parse_range
 from .diskcache import CorruptEntry, DiskCache, body_digest
-from .geoscrub import PatchedReader, apply_patches, location_patches, strip_location
 from .hotlink import HotlinkPolicy
 from .negotiation import pick_variant
 from .placeholder import placeholder_png
@@ -318,7 +318,7 @@ class ImageService:
         if not self.hotlink_placeholder:
             return self.error(403, "hotlink_denied", "images of this site may not be embedded by other sites")
         body = self._placeholder
-        headers = [("Content-Type", "image/png"), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
+        headers = [("Content-Type", CONTENT_TYPES["png"]), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
                    ("X-Hotlink", "placeholder"), ("X-Served-By", self.node)]
         return Reply(200, headers, b"" if req.method == "HEAD" else body)
 

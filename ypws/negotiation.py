@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from cluster.config import SizeProfile
-from storage.keys import CONTENT_TYPES
+from media.formats import CONTENT_TYPES
 
 #: better formats first; the profile's default format is the fallback
 PREFERENCE = ("avif", "webp")

@@ -2,7 +2,7 @@
 
 Nothing is decoded here, so a 4-gigapixel PNG bomb costs a header parse and is
 refused before any pixel buffer exists; a JPEG's markers are walked too, so a
-scan bomb (cluster.jpeg) is refused before libjpeg spends seconds on it. The
+scan bomb (media.jpeg) is refused before libjpeg spends seconds on it. The
 format is decided by content, not by the record or a file name, and only the
 formats the cluster accepts pass.
 """
@@ -13,24 +13,15 @@ import io
 
 import pyvips
 
-from cluster.jpeg import JpegStructureError, count_scans
-from media.probe import ImageRejected, strict_check
+from media.decode import PILLOW_DECODED, check_budget, register_heif
+from media.errors import ImageRejected
+from media.formats import BY_VIPS_LOADER
+from media.jpeg import JpegStructureError, count_scans
+from media.probe import strict_check
 
 from ..context import RenderContext, Source
 from ..errors import TooLarge, TooManyScans, Undecodable, UnsupportedFormat
 
-#: libvips loaders we trust with originals, and the format each one means
-VIPS_LOADERS = {
-    "jpegload_buffer": "jpeg", "pngload_buffer": "png", "gifload_buffer": "gif",
-    "webpload_buffer": "webp", "tiffload_buffer": "tiff", "heifload_buffer": "avif",
-    # an Ultra HDR JPEG (a gain map in an MPF secondary image): rendered from its SDR base image,
-    # which every viewer shows (scale_on_load reads it with jpegload)
-    "uhdrload_buffer": "jpeg",
-}
-#: formats the pyvips binary cannot decode, read with Pillow instead (Pillow format id -> ours):
-#: HEIC, BMP, and AVIF image sequences (libheif in the pyvips wheel refuses them; the first
-#: frame is rendered, as for every animated original)
-PILLOW_FORMATS = {"HEIF": "heif", "BMP": "bmp", "AVIF": "avif"}
 ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
@@ -40,12 +31,10 @@ def probe(ctx: RenderContext) -> None:
     source = _vips_header(ctx.data) or _pillow_header(ctx.data)
     if source is None:
         raise UnsupportedFormat("the original is not an image in an accepted format")
-    pixels = source.width * source.height * max(1, source.pages)
-    if source.width <= 0 or source.height <= 0:
-        raise Undecodable("the original declares no pixels")
-    if pixels > ctx.options.limits.max_pixels:
-        raise TooLarge(f"{source.width}x{source.height}x{source.pages} pixels is over the limit of "
-                       f"{ctx.options.limits.max_pixels}")
+    try:  # the upload check's budgets (media.decode), against the render pool's pixel limit
+        check_budget(source.width, source.height, source.pages, ctx.options.limits.max_pixels)
+    except ImageRejected as exc:
+        raise (Undecodable if exc.code == "undecodable" else TooLarge)(str(exc)) from None
     if source.fmt == "jpeg":
         try:
             count_scans(ctx.data)
@@ -64,7 +53,7 @@ def _vips_header(data: bytes) -> Source | None:
         loader = image.get("vips-loader")
     except pyvips.Error:
         return None
-    fmt = VIPS_LOADERS.get(loader)
+    fmt = BY_VIPS_LOADER.get(loader)
     if fmt is None:
         raise UnsupportedFormat(f"originals read by {loader} are not accepted")
     if fmt == "avif" and _get(image, "heif-compression", "av1") != "av1":
@@ -74,22 +63,21 @@ def _vips_header(data: bytes) -> Source | None:
     w, h = image.width, image.height
     if orientation in ROTATED:
         w, h = h, w
-    return Source("vips", fmt, w, h, pages, has_icc=bool(image.get_typeof("icc-profile-data")))
+    return Source("vips", fmt, w, h, pages, has_icc=bool(image.get_typeof("icc-profile-data")),
+                  ultra_hdr=loader == "uhdrload_buffer")
 
 
 def _pillow_header(data: bytes) -> Source | None:
     from PIL import Image
 
-    from ..pillow_decode import register_heif
-
     register_heif()
     try:
-        with Image.open(io.BytesIO(data), formats=list(PILLOW_FORMATS)) as im:
+        with Image.open(io.BytesIO(data), formats=list(PILLOW_DECODED)) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
             if orientation in ROTATED:
                 w, h = h, w
-            return Source("pillow", PILLOW_FORMATS[im.format], w, h, getattr(im, "n_frames", 1) or 1)
+            return Source("pillow", PILLOW_DECODED[im.format], w, h, getattr(im, "n_frames", 1) or 1)
     except Exception:  # Pillow raises many types for bad input (see ../shared/corpus/README.md)
         return None
 
