@@ -178,7 +178,7 @@ def seed_rendition_catalog(p: Procs, tmp: Path, tree: dict) -> dict[str, int]:
     from storage.records import PhotoRecord, profile_version
 
     cfg = from_dict(tree)
-    store = open_store(cfg)
+    store = open_store(cfg.storage, cfg.local_root)
     corpus = REPO.parent / "shared" / "corpus"  # beside the repo, never copied into it
     sources = []
     for i, name in enumerate(HIT_SOURCES):
@@ -194,7 +194,7 @@ def seed_rendition_catalog(p: Procs, tmp: Path, tree: dict) -> dict[str, int]:
     node = cfg.magickd.nodes[0]
     magickd = p.start("seed-magickd", procs.python_module("magickd", "serve", "--node", node.name),
                       health=f"{node.url}/healthz", env={"YUPOO_CONFIG": str(cfg_path)})
-    client = RenderClient(cfg)
+    client = RenderClient(cfg.magickd, cfg.cluster.admin_token)
     rendered = []
     for rec in sources:
         renditions = {r.size: store.get(r.key) for r in client.render(rec.ref, sizes=HIT_SIZES)}

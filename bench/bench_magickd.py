@@ -115,7 +115,7 @@ def magickd_core(cfg) -> Callable[[Path], None]:
     from magickd import pipeline
     from magickd.options import Limits, RenderOptions, parse_targets
 
-    options = RenderOptions(parse_targets(cfg, None, None), Limits.from_config(cfg))
+    options = RenderOptions(parse_targets(cfg, None, None), Limits.from_config(cfg.limits, cfg.magickd))
     return lambda path: pipeline.render(path.read_bytes(), options)
 
 

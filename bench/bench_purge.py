@@ -159,7 +159,7 @@ def main() -> None:
         path = tmp / "yupoo.toml"
         path.write_text(dump_toml(tree))
         cfg = load(path)
-        store = open_store(cfg)
+        store = open_store(cfg.storage, cfg.local_root)
         for n in cfg.ypws.nodes:
             nodes.append(procs.start_ready(procs.python_module("ypws", "serve", "--node", n.name), f"{n.url}/readyz",
                                            log=tmp / f"{n.name}.log", env={"YUPOO_CONFIG": str(path)}))

@@ -109,7 +109,7 @@ def main() -> None:
         cfg_path = tmp / "bench.toml"
         cfg_path.write_text(dump_toml(tree))
         cfg = load(cfg_path)
-        store = open_store(cfg)
+        store = open_store(cfg.storage, cfg.local_root)
         tokens = []
         for i in range(sum(RUNS) + 1):  # one user per load-generator thread (concurrency), + the warm-up
             user = UserRecord(f"bench{i}")

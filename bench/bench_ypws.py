@@ -117,7 +117,7 @@ def start_ypws(tmp: Path, body: bytes):
     path = tmp / "yupoo.toml"
     path.write_text(dump_toml(tree))
     cfg = load(path)
-    store = open_store(cfg)
+    store = open_store(cfg.storage, cfg.local_root)
     rec = PhotoRecord(id="1000000001", owner="bench", secret=new_secret(), format="jpeg", width=500, height=375,
                       bytes=len(body), sha256="0" * 64, uploaded_at=time.time())
     rec.save(store)

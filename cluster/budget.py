@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import Config, S3StoreConfig
+    from .config import Config, MagickdSection, S3StoreConfig
 
 
 def storage_retry_seconds(s3: "S3StoreConfig") -> float:
@@ -36,21 +36,12 @@ def storage_operation_seconds(cfg: "Config") -> float:
 
 
 def check_timeout_budget(cfg: "Config") -> None:
-    """Raise ConfigError for the first limit that does not sit inside the next one."""
+    """Raise ConfigError for the first limit that does not sit inside the next one.
+
+    Runs after every section validated itself, so each figure here is already positive."""
     from .config import ConfigError
 
     s3 = cfg.storage.s3
-    for key in ("connect_timeout", "read_timeout", "deadline"):
-        if getattr(s3, key) <= 0:
-            raise ConfigError(f"storage.s3.{key}: must be positive")
-    if s3.retries < 1 or s3.retry_backoff < 0:
-        raise ConfigError("storage.s3.retries: at least 1 (and retry_backoff 0 or more)")
-    for key in ("ypfs.request_deadline", "ypws.request_deadline", "magickd.request_deadline",
-                "magickd.client_timeout", "magickd.render_timeout", "magickd.queue_wait", "hashproxy.read_timeout"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) <= 0:
-            raise ConfigError(f"{key}: must be positive")
-
     retry_sum = storage_retry_seconds(s3)
     storage = min(s3.deadline, retry_sum)
     storage_desc = (f"one storage operation (min(storage.s3.deadline = {s3.deadline:g}, storage.s3.retries x "
@@ -83,6 +74,6 @@ def check_timeout_budget(cfg: "Config") -> None:
                               f"{outer_key} ({outer:g}s)")
 
 
-def magickd_worker_timeout(cfg: "Config") -> int:
+def magickd_worker_timeout(magickd: "MagickdSection") -> int:
     """magickd's gunicorn timeout: a request ends by its deadline, so the worker is killed only if stuck."""
-    return int(cfg.magickd.request_deadline + 10)
+    return int(magickd.request_deadline + 10)

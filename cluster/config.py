@@ -9,13 +9,14 @@ so a typo fails at start-up instead of silently doing nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import os
 import re
 import secrets
 import tomllib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,50 +50,98 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _require(ok: bool, key: str, rule: str) -> None:
+    """Raise ConfigError naming ``key`` (the full dotted key) and the rule it breaks, unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key}: {rule}")
+
+
+def _positive(prefix: str, section: Any, *names: str) -> None:
+    for name in names:
+        _require(getattr(section, name) > 0, f"{prefix}.{name}", "must be positive")
+
+
+def _at_least(prefix: str, section: Any, minimum: float, *names: str) -> None:
+    for name in names:
+        _require(getattr(section, name) >= minimum, f"{prefix}.{name}", f"at least {minimum:g}")
+
+
+# Sections carry no default values: defaults.toml holds them (with their documentation),
+# and the merged tree every Config is built from always has every key. Code that needs
+# a section without a file uses ``defaults().ypws`` and ``dataclasses.replace``.
+
+
 @dataclass(frozen=True)
 class ClusterSection:
-    public_url: str = ""
-    data_dir: str = "var"
-    admin_token: str = ""
-    url_key: str = ""
-    secrets_file: str = ""
+    public_url: str
+    data_dir: str
+    admin_token: str
+    url_key: str
+    secrets_file: str
+
+    def validate(self) -> None:
+        _require(not self.public_url or self.public_url.startswith(("http://", "https://")),
+                 "cluster.public_url", "an http:// or https:// URL, or empty")
+        _require(bool(self.data_dir), "cluster.data_dir", "must not be empty")
 
 
 @dataclass(frozen=True)
 class LocalStoreConfig:
-    root: str = ""
+    root: str
+
+    def validate(self) -> None:
+        """Any path will do (empty: {data_dir}/store); nothing to check."""
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 @dataclass(frozen=True)
 class S3StoreConfig:
-    endpoint: str = "127.0.0.1:8333"
-    access_key: str = ""
-    secret_key: str = ""
-    bucket: str = "yupoo"
-    secure: bool = False
-    region: str = "us-east-1"
-    part_size: int = 16 * 1024 * 1024
-    retries: int = 3
-    retry_backoff: float = 0.2
-    connect_timeout: float = 2.0
-    read_timeout: float = 5.0
-    deadline: float = 8.0
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    secure: bool
+    region: str
+    part_size: int
+    retries: int
+    retry_backoff: float
+    connect_timeout: float
+    read_timeout: float
+    deadline: float
+
+    def validate(self) -> None:
+        _require(bool(self.endpoint) and "://" not in self.endpoint and "/" not in self.endpoint,
+                 "storage.s3.endpoint", f"host:port without a scheme or path (secure = true for TLS), not {self.endpoint!r}")
+        _require(bool(_BUCKET.fullmatch(self.bucket)), "storage.s3.bucket",
+                 f"3..63 lower-case letters, digits, '.' or '-' (an S3 bucket name), not {self.bucket!r}")
+        _require(5 * 1024 * 1024 <= self.part_size <= 5 * 1024 ** 3, "storage.s3.part_size",
+                 "S3 needs parts of at least 5 MiB (and at most 5 GiB)")
+        _positive("storage.s3", self, "connect_timeout", "read_timeout", "deadline")
+        _require(self.retries >= 1 and self.retry_backoff >= 0, "storage.s3.retries",
+                 "at least 1 (and retry_backoff 0 or more)")
 
 
 @dataclass(frozen=True)
 class StorageSection:
-    backend: str = "local"
-    local: LocalStoreConfig = field(default_factory=LocalStoreConfig)
-    s3: S3StoreConfig = field(default_factory=S3StoreConfig)
+    backend: str
+    local: LocalStoreConfig
+    s3: S3StoreConfig
+
+    def validate(self) -> None:
+        _require(self.backend in ("local", "s3"), "storage.backend", "must be 'local' or 's3'")
+        self.local.validate()
+        self.s3.validate()
 
 
 @dataclass(frozen=True)
 class PurgeSection:
-    poll_interval: float = 0.5
-    settle: float = 10.0
-    retention: float = 604800.0
-    push_timeout: float = 2.0
-    cdn_purge_url: str = ""
+    poll_interval: float
+    settle: float
+    retention: float
+    push_timeout: float
+    cdn_purge_url: str
 
     def validate(self) -> None:
         if not 0.05 <= self.poll_interval <= 60:
@@ -109,17 +158,25 @@ class PurgeSection:
 
 @dataclass(frozen=True)
 class LimitsSection:
-    max_upload_bytes: int = 50 * 1024 * 1024
-    max_pixels: int = 100_000_000
-    spool_threshold: int = 1024 * 1024
-    max_title_chars: int = 200
-    decode_timeout: float = 10.0
+    max_upload_bytes: int
+    max_pixels: int
+    spool_threshold: int
+    max_title_chars: int
+    decode_timeout: float
+
+    def validate(self) -> None:
+        _positive("limits", self, "max_upload_bytes", "max_pixels", "spool_threshold", "max_title_chars",
+                  "decode_timeout")
 
 
 @dataclass(frozen=True)
 class IdsSection:
-    epoch_ms: int = 1704067200000
-    node_id: int = 1
+    epoch_ms: int
+    node_id: int
+
+    def validate(self) -> None:
+        _require(self.epoch_ms >= 0, "ids.epoch_ms", "milliseconds since 1970, 0 or more")
+        _require(0 <= self.node_id <= 255, "ids.node_id", "0..255")
 
 
 CROP_MODES = ("none", "attention", "centre")
@@ -149,101 +206,142 @@ class SizeProfile:
 
 @dataclass(frozen=True)
 class YpfsSection:
-    workers: int = 2
-    timeout: int = 60
-    request_deadline: float = 25.0
-    render_after_upload: bool = True
-    render_retries: int = 3
-    nodes: tuple[NodeConfig, ...] = ()
+    workers: int
+    timeout: int
+    request_deadline: float
+    render_after_upload: bool
+    render_retries: int
+    nodes: tuple[NodeConfig, ...]
+
+    def validate(self) -> None:
+        _at_least("ypfs", self, 1, "workers", "timeout")
+        _positive("ypfs", self, "request_deadline")
+        _at_least("ypfs", self, 0, "render_retries")
+
+
+#: hashproxy.image_balance values (hashproxy.balancer.IMAGE_BALANCERS)
+IMAGE_BALANCE_MODES = ("hash", "round-robin")
 
 
 @dataclass(frozen=True)
 class MagickdSection:
-    workers: int = 0
-    queue_size: int = 8
-    render_timeout: float = 20.0
-    failure_ttl: float = 300.0
-    vips_concurrency: int = 1
-    vips_cache_max_mem: int = 0
-    client_timeout: float = 30.0
-    client_retries: int = 2
-    webp_effort: int = 4
-    avif_effort: int = 2
-    queue_wait: float = 10.0
-    request_deadline: float = 25.0
-    nodes: tuple[NodeConfig, ...] = ()
+    workers: int
+    queue_size: int
+    render_timeout: float
+    failure_ttl: float
+    vips_concurrency: int
+    vips_cache_max_mem: int
+    client_timeout: float
+    client_retries: int
+    webp_effort: int
+    avif_effort: int
+    queue_wait: float
+    request_deadline: float
+    nodes: tuple[NodeConfig, ...]
 
     @property
     def effective_workers(self) -> int:
         return self.workers or (os.cpu_count() or 1)
 
+    def validate(self) -> None:
+        _require(self.workers >= 0, "magickd.workers", "at least 1, or 0 for one per CPU core")
+        _at_least("magickd", self, 0, "queue_size", "failure_ttl", "vips_cache_max_mem", "client_retries")
+        _at_least("magickd", self, 1, "vips_concurrency")
+        _positive("magickd", self, "render_timeout", "client_timeout", "queue_wait", "request_deadline")
+        _require(0 <= self.webp_effort <= 6, "magickd.webp_effort", "0..6")
+        _require(0 <= self.avif_effort <= 9, "magickd.avif_effort", "0..9")
+
 
 @dataclass(frozen=True)
 class YpwsSection:
-    workers: int = 2
-    cache_bytes: int = 256 * 1024 * 1024
-    cache_dir: str = ""
-    max_age: int = 31536000
-    original_max_age: int = 86400
-    hotlink_protection: bool = True
-    hotlink_allow: tuple[str, ...] = ()
-    hotlink_action: str = "403"
-    signed_url_max_ttl: int = 604800
-    unversioned_max_age: int = 300
-    client_timeout: float = 10.0
-    max_connections: int = 1000
-    cache_policy: str = "s3fifo+adaptsize"
-    threads: int = 8
-    timeout: int = 60
-    request_deadline: float = 35.0
-    access_log: str = "stderr"
-    upload_url: str = ""
-    cache_retry_seconds: float = 5.0
-    nodes: tuple[NodeConfig, ...] = ()
+    workers: int
+    cache_bytes: int
+    cache_dir: str
+    max_age: int
+    original_max_age: int
+    hotlink_protection: bool
+    hotlink_allow: tuple[str, ...]
+    hotlink_action: str
+    signed_url_max_ttl: int
+    unversioned_max_age: int
+    client_timeout: float
+    max_connections: int
+    cache_policy: str
+    threads: int
+    timeout: int
+    request_deadline: float
+    access_log: str
+    upload_url: str
+    cache_retry_seconds: float
+    nodes: tuple[NodeConfig, ...]
+
+    def validate(self) -> None:
+        _at_least("ypws", self, 1, "workers", "max_connections", "threads", "timeout", "signed_url_max_ttl")
+        _positive("ypws", self, "cache_bytes", "client_timeout", "request_deadline")
+        _at_least("ypws", self, 0, "max_age", "original_max_age", "unversioned_max_age")
+        _require(self.hotlink_action in ("403", "placeholder"), "ypws.hotlink_action", "'403' or 'placeholder'")
+        _require(self.cache_policy in CACHE_POLICIES, "ypws.cache_policy",
+                 f"one of {', '.join(CACHE_POLICIES)}, not {self.cache_policy!r}")
+        _require(bool(self.access_log), "ypws.access_log", "'stderr', 'off' or a file path")
+        _require(0 < self.cache_retry_seconds <= 3600, "ypws.cache_retry_seconds",
+                 "must be above 0 and at most 3600 seconds")
 
 
 @dataclass(frozen=True)
 class HashproxySection:
-    host: str = "127.0.0.1"
-    listen: str = ""
-    port: int = 8080
-    workers: int = 2
-    balance_factor: float = 1.25
-    balance_min_load: int = 8
-    health_interval: float = 1.0
-    health_timeout: float = 1.0
-    fail_threshold: int = 2
-    rampup_seconds: float = 10.0
-    connect_timeout: float = 2.0
-    read_timeout: float = 75.0
-    client_timeout: float = 30.0
-    max_connections: int = 1000
-    max_request_line: int = 8190
-    max_header_bytes: int = 65536
-    image_balance: str = "hash"
-    graceful_timeout: float = 10.0
-    pool_idle_timeout: float = 1.5
-    pool_max_idle: int = 64
-    reuse_port: bool = True
-    upload_deadline: float = 300.0
-    spool_bytes: int = 1073741824
+    host: str
+    listen: str
+    port: int
+    workers: int
+    balance_factor: float
+    balance_min_load: int
+    health_interval: float
+    health_timeout: float
+    fail_threshold: int
+    rampup_seconds: float
+    connect_timeout: float
+    read_timeout: float
+    client_timeout: float
+    max_connections: int
+    max_request_line: int
+    max_header_bytes: int
+    image_balance: str
+    graceful_timeout: float
+    pool_idle_timeout: float
+    pool_max_idle: int
+    reuse_port: bool
+    upload_deadline: float
+    spool_bytes: int
 
     @property
     def bind_host(self) -> str:
         """The address the proxy binds: ``listen``, else ``host``."""
         return self.listen or self.host
 
+    def validate(self) -> None:
+        _require(self.image_balance in IMAGE_BALANCE_MODES, "hashproxy.image_balance",
+                 f"one of {', '.join(IMAGE_BALANCE_MODES)}, not {self.image_balance!r}")
+        _at_least("hashproxy", self, 1, "workers", "fail_threshold", "max_connections")
+        _require(self.balance_factor == 0 or self.balance_factor >= 1, "hashproxy.balance_factor",
+                 "0 (off) or at least 1.0")
+        _at_least("hashproxy", self, 0, "balance_min_load", "rampup_seconds", "graceful_timeout", "pool_max_idle")
+        _positive("hashproxy", self, "health_interval", "health_timeout", "connect_timeout", "read_timeout",
+                  "client_timeout", "pool_idle_timeout", "upload_deadline")
+        _require(self.max_request_line >= 256, "hashproxy.max_request_line", "at least 256 bytes")
+        _require(self.max_header_bytes >= 1024, "hashproxy.max_header_bytes", "at least 1024 bytes")
+        _require(self.spool_bytes >= 1024 * 1024, "hashproxy.spool_bytes", "at least 1 MiB")
+
 
 @dataclass(frozen=True)
 class SuperviseSection:
     """How `cluster run` (and the systemd units `cluster units` writes) restart a node that dies."""
 
-    restart_delay: float = 0.5
-    restart_delay_max: float = 30.0
-    stable_after: float = 10.0
-    burst: int = 5
-    interval: float = 60.0
-    stop_timeout: float = 15.0
+    restart_delay: float
+    restart_delay_max: float
+    stable_after: float
+    burst: int
+    interval: float
+    stop_timeout: float
 
     def validate(self) -> None:
         if not 0 < self.restart_delay <= self.restart_delay_max:
@@ -266,7 +364,7 @@ class Config:
     magickd: MagickdSection
     ypws: YpwsSection
     hashproxy: HashproxySection
-    supervise: SuperviseSection = field(default_factory=SuperviseSection)
+    supervise: SuperviseSection
     source: str = ""  # path of the user file, "" when running on defaults only
 
     # -- derived values ------------------------------------------------------------
@@ -345,10 +443,11 @@ def _build(cls: type, data: dict, where: str) -> Any:
 
 
 def _validate(cfg: Config) -> None:
-    if cfg.storage.backend not in ("local", "s3"):
-        raise ConfigError("storage.backend: must be 'local' or 's3'")
-    if cfg.storage.s3.part_size < 5 * 1024 * 1024:
-        raise ConfigError("storage.s3.part_size: S3 needs parts of at least 5 MiB")
+    """Each section checks its own values, then the checks that span sections run."""
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if hasattr(section, "validate"):
+            section.validate()
     seen: set[str] = set()
     for p in cfg.sizes:
         if p.name in seen or p.name == "original":
@@ -363,6 +462,15 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"sizes.{p.name}: width/height 1..8192 and quality 1..100")
         if p.keep_gain_map and p.crop != "none":
             raise ConfigError(f"sizes.{p.name}.keep_gain_map: only sizes with crop = \"none\" can keep a gain map")
+    _validate_nodes(cfg)
+    _validate_addresses(cfg)
+    from .budget import check_timeout_budget
+
+    check_timeout_budget(cfg)
+
+
+def _validate_nodes(cfg: Config) -> None:
+    """Every role has nodes, named uniquely; ypfs nodes have distinct photo-id node numbers."""
     for role in ("ypfs", "magickd", "ypws"):
         nodes = getattr(cfg, role).nodes
         if not nodes:
@@ -374,20 +482,6 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"ypfs.nodes.{n.name}.node_id: 0..255")
     if len({n.node_id for n in cfg.ypfs.nodes}) != len(cfg.ypfs.nodes):
         raise ConfigError("ypfs.nodes: node_id must be unique per node (photo ids depend on it)")
-    if cfg.ypws.hotlink_action not in ("403", "placeholder"):
-        raise ConfigError("ypws.hotlink_action: '403' or 'placeholder'")
-    if cfg.ypws.cache_policy not in CACHE_POLICIES:
-        raise ConfigError(f"ypws.cache_policy: one of {', '.join(CACHE_POLICIES)}, not {cfg.ypws.cache_policy!r}")
-    if not 0 < cfg.ypws.cache_retry_seconds <= 3600:
-        raise ConfigError("ypws.cache_retry_seconds: must be above 0 and at most 3600 seconds")
-    cfg.purge.validate()
-    if cfg.limits.max_upload_bytes <= 0 or cfg.limits.max_pixels <= 0:
-        raise ConfigError("limits: max_upload_bytes and max_pixels must be positive")
-    _validate_addresses(cfg)
-    cfg.supervise.validate()
-    from .budget import check_timeout_budget
-
-    check_timeout_budget(cfg)
 
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
@@ -434,6 +528,13 @@ def from_dict(tree: dict, source: str = "") -> Config:
     cfg = _build(Config, {**tree, "source": source}, "")
     _validate(cfg)
     return cfg
+
+
+@functools.cache
+def defaults() -> Config:
+    """The config of defaults.toml alone (secrets left empty): where code and tests that build
+    one section by hand start from, e.g. ``dataclasses.replace(defaults().ypws, workers=1)``."""
+    return from_dict(load_dict())
 
 
 def load(path: str | os.PathLike | None = None, *, with_secrets: bool = True) -> Config:

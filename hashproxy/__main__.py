@@ -9,12 +9,12 @@ prints the pinning an operator should see in X-Served-By.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 
 from cluster.config import ConfigError, load
 
-from .app import validate
 from .balancer import HashBalancer, NodeSet
 from .haproxy import READY_PATH, render
 from .health import HealthBoard
@@ -23,11 +23,12 @@ from .urls import BadTarget, Route, classify
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    cfg = load(args.config)
-    validate(cfg.hashproxy)
+    cfg = load(args.config)  # every [hashproxy] value is checked as it loads
+    from .app import counter_names
+    from .server import run_worker
     from .supervisor import Supervisor
 
-    return Supervisor(cfg).run()
+    return Supervisor(cfg.hashproxy, counter_names(cfg), functools.partial(run_worker, cfg)).run()
 
 
 def cmd_route(args: argparse.Namespace) -> int:
@@ -54,7 +55,6 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def cmd_haproxy_config(args: argparse.Namespace) -> int:
     cfg = load(args.config, with_secrets=False)  # the output never holds a secret, so none is read
-    validate(cfg.hashproxy)
     sys.stdout.write(render(cfg, args.check_path))
     return 0
 

@@ -15,7 +15,7 @@ import hmac
 import os
 from typing import TYPE_CHECKING, Iterable
 
-from cluster.config import Config, ConfigError, HashproxySection
+from cluster.config import Config
 
 from . import responses
 from .balancer import IMAGE_BALANCERS, LeastConnections, NodeSet
@@ -32,22 +32,6 @@ if TYPE_CHECKING:
 
 ROLES = ("ypws", "ypfs")
 SPOOL_SLACK = 1024 * 1024  # multipart framing and form fields beyond limits.max_upload_bytes
-
-
-def validate(settings: HashproxySection) -> None:
-    """Reject a [hashproxy] section that cannot work, naming the key."""
-    if settings.image_balance not in IMAGE_BALANCERS:
-        raise ConfigError(f"hashproxy.image_balance: one of {sorted(IMAGE_BALANCERS)}")
-    if settings.workers < 1:
-        raise ConfigError("hashproxy.workers: at least 1")
-    if settings.balance_factor != 0 and settings.balance_factor < 1:
-        raise ConfigError("hashproxy.balance_factor: 0 (off) or at least 1.0")
-    if settings.balance_min_load < 0:
-        raise ConfigError("hashproxy.balance_min_load: 0 or more")
-    if settings.upload_deadline <= 0:
-        raise ConfigError("hashproxy.upload_deadline: more than 0 seconds")
-    if settings.spool_bytes < 1024 * 1024:
-        raise ConfigError("hashproxy.spool_bytes: at least 1 MiB")
 
 
 def counter_names(cfg: Config) -> list[str]:

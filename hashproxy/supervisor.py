@@ -15,12 +15,15 @@ import os
 import signal
 import socket
 import time
+from typing import Callable, Sequence
 
-from cluster.config import Config
+from cluster.config import HashproxySection
 from cluster.lifeline import die_with_parent
 
-from .app import counter_names
 from .loads import SharedCounters
+
+#: a worker's main: (listening socket, shared counters, worker index) -> exit status
+WorkerMain = Callable[[socket.socket, SharedCounters, int], int]
 
 log = logging.getLogger("hashproxy")
 
@@ -55,16 +58,18 @@ def worker_socket(host: str, port: int) -> socket.socket:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+    def __init__(self, settings: HashproxySection, rows: Sequence[str], worker_main: WorkerMain):
+        """``settings``: [hashproxy]; ``rows``: the shared counters' row names (app.counter_names);
+        ``worker_main`` runs one worker in the forked child (server.run_worker bound to the config)."""
+        self.settings, self.rows, self.worker_main = settings, list(rows), worker_main
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
         self.stopping = False
         self.quick_deaths = 0
 
     def run(self) -> int:
-        s = self.cfg.hashproxy
+        s = self.settings
         sock = bind(s.bind_host, s.port, s.reuse_port)
-        self.shared = SharedCounters(s.workers, counter_names(self.cfg))
+        self.shared = SharedCounters(s.workers, self.rows)
         self.sock = sock
 
         def on_signal(signum, frame):
@@ -72,8 +77,8 @@ class Supervisor:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
-        log.info("hashproxy on http://%s:%d (bound to %s): %d workers, %d ypws / %d ypfs nodes, image balance %s",
-                 s.host, s.port, s.bind_host, s.workers, len(self.cfg.ypws.nodes), len(self.cfg.ypfs.nodes), s.image_balance)
+        log.info("hashproxy on http://%s:%d (bound to %s): %d workers, nodes %s, image balance %s",
+                 s.host, s.port, s.bind_host, s.workers, ", ".join(self.rows), s.image_balance)
         for index in range(s.workers):
             self._spawn(index)
         code = 0
@@ -107,8 +112,7 @@ class Supervisor:
                 die_with_parent(master)  # a master killed by SIGKILL must not leave workers serving
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
-                from .server import run_worker
-                code = run_worker(self.cfg, self.sock, self.shared, index)
+                code = self.worker_main(self.sock, self.shared, index)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .client import RenderClient
 
-    store = open_store(cfg)
+    store = open_store(cfg.storage, cfg.local_root)
     pool_width = cfg.magickd.effective_workers * len(cfg.magickd.nodes)
     concurrency = args.concurrency or pool_width
     if args.command == "rerender":
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         job = RerenderJob(size=args.size, user=None if args.all else args.user, since=args.since,
                           concurrency=concurrency, force=args.force, purge=not args.no_purge)
         purger = None if args.no_purge else Purger.from_config(cfg, store, "magickd-rerender")
-        runner = Rerenderer(cfg, store, RenderClient(cfg), purger, progress=not args.no_progress)
+        runner = Rerenderer(cfg, store, RenderClient(cfg.magickd, cfg.cluster.admin_token), purger, progress=not args.no_progress)
         try:
             summary = runner.run(job, restart=args.restart, dry_run=args.dry_run)
         except ValueError as exc:
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from .verify import Verifier, format_reports
 
     purger = Purger.from_config(cfg, store, "magickd-verify") if args.repair else None
-    reports = Verifier(cfg, store, RenderClient(cfg) if args.repair else None, purger).run(
+    reports = Verifier(cfg, store, RenderClient(cfg.magickd, cfg.cluster.admin_token) if args.repair else None, purger).run(
         user=args.user, repair=args.repair, concurrency=concurrency, progress=not args.no_progress)
     text, code = format_reports(reports, args.repair)
     print(text)

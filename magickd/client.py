@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import urllib3
 
-from cluster.config import Config, NodeConfig
+from cluster.config import MagickdSection, NodeConfig
 from cluster.ring import Ring
 from storage.keys import PhotoRef
 
@@ -78,12 +78,14 @@ def node_order(nodes: Sequence[NodeConfig], photo_id: str) -> list[NodeConfig]:
 
 
 class RenderClient:
-    def __init__(self, cfg: Config, pool: urllib3.PoolManager | None = None, timeout: float | None = None):
-        self.nodes = cfg.magickd.nodes
-        self.retries = cfg.magickd.client_retries
-        self.timeout = timeout if timeout is not None else cfg.magickd.client_timeout
+    def __init__(self, magickd: MagickdSection, token: str, pool: urllib3.PoolManager | None = None,
+                 timeout: float | None = None):
+        """A client of the ``[magickd]`` nodes; ``token`` is the service credential (cluster.admin_token)."""
+        self.nodes = magickd.nodes
+        self.retries = magickd.client_retries
+        self.timeout = timeout if timeout is not None else magickd.client_timeout
         self.pool = pool or urllib3.PoolManager(maxsize=8, retries=False)
-        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {cfg.cluster.admin_token}"}
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
 
     def render(
         self, ref: PhotoRef, sizes: Sequence[str] | None = None, formats: Sequence[str] | None = None,

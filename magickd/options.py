@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from cluster.config import Config, LimitsSection, SizeProfile
+from cluster.config import Config, LimitsSection, MagickdSection, SizeProfile
 from storage.records import profile_version
 
 from .errors import BadRequest
@@ -31,14 +31,13 @@ class Target:
 class Limits:
     max_pixels: int
     timeout: float
-    webp_effort: int = 4
-    avif_effort: int = 2
-    upload: LimitsSection = LimitsSection()  # the acceptance check's limits: refuse what ypfs refuses
+    webp_effort: int
+    avif_effort: int
+    upload: LimitsSection  # the acceptance check's limits: refuse what ypfs refuses
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "Limits":
-        m = cfg.magickd
-        return cls(cfg.limits.max_pixels, m.render_timeout, m.webp_effort, m.avif_effort, cfg.limits)
+    def from_config(cls, limits: LimitsSection, magickd: MagickdSection) -> "Limits":
+        return cls(limits.max_pixels, magickd.render_timeout, magickd.webp_effort, magickd.avif_effort, limits)
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,10 @@ def serve(cfg: Config, node: str) -> None:
         from .app import MetricsHooks, create_app
         from .service import RenderService
 
-        service = RenderService.for_node(cfg, node_cfg.name, open_store(cfg), MetricsHooks())
+        service = RenderService.for_node(cfg, node_cfg.name, open_store(cfg.storage, cfg.local_root), MetricsHooks())
         return create_app(service, node_cfg.name)
 
-    run(load_app, node_cfg.bind, workers, timeout=magickd_worker_timeout(cfg),
+    run(load_app, node_cfg.bind, workers, timeout=magickd_worker_timeout(cfg.magickd),
         name=f"magickd-{node_cfg.name}", options={
             "worker_class": "gthread",
             # every ticket holder may sit in one worker, plus room to answer 429s and /healthz

@@ -58,7 +58,7 @@ class RenderService:
         self.admission = admission
         self.failures = failures
         self.hooks = hooks or Hooks()
-        self.limits = Limits.from_config(cfg)
+        self.limits = Limits.from_config(cfg.limits, cfg.magickd)
         self._render = render
 
     @classmethod

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from cluster.config import Config
+from pathlib import Path
+
+from cluster.config import StorageSection
 
 from .base import (
     AlreadyExists, BlobStore, NotFound, ObjectInfo, StorageAuthError, StorageError, StorageUnavailable,
@@ -14,12 +16,14 @@ __all__ = [
 ]
 
 
-def open_store(cfg: Config) -> BlobStore:
-    """The store the config names. Imports the S3 client only when it is used."""
-    if cfg.storage.backend == "local":
+def open_store(storage: StorageSection, local_root: Path) -> BlobStore:
+    """The store ``[storage]`` names; ``local_root`` is where the local backend keeps it
+    (``Config.local_root``: storage.local.root, else {data_dir}/store). Imports the S3 client
+    only when it is used."""
+    if storage.backend == "local":
         from .local import LocalStore
 
-        return LocalStore(cfg.local_root)
+        return LocalStore(local_root)
     from .s3 import S3Store
 
-    return S3Store(cfg.storage.s3)
+    return S3Store(storage.s3)

@@ -6,12 +6,11 @@ import os
 
 import pytest
 
-from cluster.config import S3StoreConfig
 from cluster.seaweed import start_seaweed
 from storage.local import LocalStore
 from storage.s3 import S3Store
 
-from .helpers import Services
+from .helpers import Services, s3_settings
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +35,7 @@ def store(request, tmp_path):
         yield LocalStore(tmp_path / "store")
     else:
         weed = request.getfixturevalue("seaweed")
-        s = S3Store(S3StoreConfig(endpoint=weed.endpoint, access_key=weed.access_key, secret_key=weed.secret_key,
+        s = S3Store(s3_settings(endpoint=weed.endpoint, access_key=weed.access_key, secret_key=weed.secret_key,
                                   bucket=f"contract-{os.urandom(4).hex()}", part_size=5 * 1024 * 1024))
         yield s
         s.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import procs
-from cluster.config import Config, dump_toml, load, load_dict
+from cluster.config import Config, S3StoreConfig, defaults, dump_toml, load, load_dict
 
 REPO = Path(__file__).resolve().parent.parent
 #: the shared test corpora live beside the repository (../shared), never copied into it
@@ -56,6 +57,11 @@ def cluster_tree(tmp_path: Path, *, backend: str = "local", seaweed=None, bucket
             bucket=bucket or f"t-{os.urandom(4).hex()}",
         )
     return deep_update(tree, overrides or {})
+
+
+def s3_settings(**changes: Any) -> S3StoreConfig:
+    """[storage.s3] as defaults.toml has it, with ``changes``: for tests that open an S3Store directly."""
+    return dataclasses.replace(defaults().storage.s3, **changes)
 
 
 def tight_budget(read_timeout: float) -> dict:

@@ -24,7 +24,7 @@ from .helpers import CORPUS, CORPUS2
 
 CORPORA = [CORPUS, CORPUS2]
 CFG = from_dict(load_dict())
-OPTIONS = RenderOptions(parse_targets(CFG, None, None), Limits.from_config(CFG))
+OPTIONS = RenderOptions(parse_targets(CFG, None, None), Limits.from_config(CFG.limits, CFG.magickd))
 
 
 def corpus_files() -> list[Path]:

@@ -312,7 +312,7 @@ def test_default_policy_in_a_real_node_shared_by_workers_and_warm_after_restart(
     services = Services(tmp_path)
     try:
         cfg, config_path = start_ypws(services, tmp_path / "n", tree)
-        store = open_store(cfg)
+        store = open_store(cfg.storage, cfg.local_root)
         base = cfg.ypws.nodes[0].url
         urls = []
         for _ in range(6):

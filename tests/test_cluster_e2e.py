@@ -108,7 +108,7 @@ def test_upload_and_view_through_the_proxy_then_ctrl_c(cluster):
     assert requests.get(photo["urls"]["small"], timeout=60).status_code == 200
 
     # ... and deletes it: every object goes, every URL of it answers 404, from any cache node too
-    store = open_store(cfg)
+    store = open_store(cfg.storage, cfg.local_root)
     ref = PhotoRef("alice", photo["id"], photo["secret"])
     assert store.exists(ref.original_key) and list(store.list(ref.rendition_prefix))
     r = requests.delete(api_url, headers=owner, timeout=30)

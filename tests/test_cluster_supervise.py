@@ -9,6 +9,7 @@ again within 5 s while the other nodes never stop answering.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -21,12 +22,13 @@ import pytest
 import requests
 
 from cluster import procs
-from cluster.config import SuperviseSection
+from cluster.config import defaults
 from cluster.supervise import GIVEN_UP, RUNNING, WAITING, Child, Supervisor
 
 from .helpers import REPO, cluster_tree, write_config
 
-FAST = SuperviseSection(restart_delay=0.1, restart_delay_max=0.4, stable_after=1.0, burst=4, interval=30.0, stop_timeout=5.0)
+FAST = dataclasses.replace(defaults().supervise, restart_delay=0.1, restart_delay_max=0.4, stable_after=1.0, burst=4,
+                           interval=30.0, stop_timeout=5.0)
 
 
 def alive(pid: int) -> bool:
@@ -129,9 +131,9 @@ def test_stop_all_stops_every_child_by_pid(sup):
 
 def test_children_are_stopped_when_the_supervisor_itself_is_killed(tmp_path):
     code = ("import sys, time\n"
-            "from cluster.config import SuperviseSection\n"
+            "from cluster.config import defaults\n"
             "from cluster.supervise import Child, Supervisor\n"
-            "sup = Supervisor(SuperviseSection())\n"
+            "sup = Supervisor(defaults().supervise)\n"
             "child = sup.add(Child('node', [sys.executable, '-c', 'import time; time.sleep(60)']))\n"
             "print(child.pid, flush=True)\n"
             "sup.run()\n")

@@ -169,7 +169,7 @@ class World:
             "magickd": {"workers": 2}, "hashproxy": {"workers": 2, "health_interval": 0.3, "rampup_seconds": 0.0},
         })
         self.cfg, self.path = write_config(tmp, tree)
-        self.store = open_store(self.cfg)
+        self.store = open_store(self.cfg.storage, self.cfg.local_root)
         user = UserRecord("fay")
         self.token = user.new_token()
         user.save(self.store)

@@ -1,4 +1,4 @@
-"""Unit tests of the shared foundation: config, key scheme, photo ids, records, format sniffing."""
+"""Unit tests of the shared foundation: key scheme, photo ids, records, format sniffing (config: test_config.py)."""
 
 from __future__ import annotations
 
@@ -7,67 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from cluster import config as config_mod
-from cluster.config import ConfigError, dump_toml, from_dict, load, load_dict
+from cluster.config import from_dict, load_dict
 from storage import ids
 from storage.keys import InvalidName, PhotoRef, parse_photo_segment, parse_record_key, record_key, valid_user
 from storage.records import PhotoRecord, UserRecord, profile_version, rendition_url
 from media.sniff import headless_heif, sniff
 
 from .helpers import CORPUS
-
-# -- config ------------------------------------------------------------------------------
-
-
-def test_defaults_load_without_any_file(tmp_path, monkeypatch):
-    monkeypatch.delenv("YUPOO_CONFIG", raising=False)
-    tree = load_dict()
-    tree["cluster"]["data_dir"] = str(tmp_path)
-    cfg = config_mod.ensure_secrets(from_dict(tree))
-    assert [p.name for p in cfg.sizes] == ["square", "thumb", "small", "medium", "large", "xlarge"]
-    assert cfg.size("square").crop == "attention" and cfg.size("square").width == 75
-    assert cfg.limits.max_upload_bytes == 50 * 1024 * 1024 and cfg.limits.max_pixels == 100_000_000
-    assert cfg.public_url == "http://127.0.0.1:8080"
-    assert len(cfg.ypws.nodes) == 3
-    # generated secrets are persisted and reused by every later load
-    again = config_mod.ensure_secrets(from_dict(tree))
-    assert cfg.cluster.admin_token and again.cluster.admin_token == cfg.cluster.admin_token
-    assert again.cluster.url_key == cfg.cluster.url_key
-
-
-def test_user_file_overrides_and_is_strict(tmp_path):
-    good = tmp_path / "good.toml"
-    good.write_text('[limits]\nmax_pixels = 5\n[cluster]\ndata_dir = "%s"\n' % tmp_path)
-    assert load(good).limits.max_pixels == 5
-    typo = tmp_path / "typo.toml"
-    typo.write_text("[limits]\nmax_pixel = 5\n")
-    with pytest.raises(ConfigError, match="unknown key.*max_pixel"):
-        load(typo)
-    wrong_type = tmp_path / "type.toml"
-    wrong_type.write_text('[limits]\nmax_pixels = "many"\n')
-    with pytest.raises(ConfigError, match="limits.max_pixels: expected int"):
-        load(wrong_type)
-    with pytest.raises(ConfigError, match="not found"):
-        load(tmp_path / "missing.toml")
-
-
-def test_config_validation_rejects_unsafe_values():
-    tree = load_dict()
-    tree["ypfs"]["nodes"] = [{"name": "a", "port": 1, "node_id": 3}, {"name": "b", "port": 2, "node_id": 3}]
-    with pytest.raises(ConfigError, match="node_id must be unique"):
-        from_dict(tree)
-    tree = load_dict()
-    tree["sizes"][0]["crop"] = "sideways"
-    with pytest.raises(ConfigError, match="crop"):
-        from_dict(tree)
-
-
-def test_dump_toml_round_trips():
-    tree = load_dict()
-    import tomllib
-
-    assert from_dict(tomllib.loads(dump_toml(tree))) == from_dict(tree)
-
 
 # -- key scheme ----------------------------------------------------------------------------
 

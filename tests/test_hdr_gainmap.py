@@ -39,7 +39,7 @@ _GPS_IFD, _MAKE, _MODEL = 0x8825, 0x010F, 0x0110
 
 
 def render(data: bytes, cfg=CFG) -> dict[tuple[str, str], bytes]:
-    options = RenderOptions(parse_targets(cfg, None, list(cfg.sizes[0].formats)), Limits.from_config(cfg))
+    options = RenderOptions(parse_targets(cfg, None, list(cfg.sizes[0].formats)), Limits.from_config(cfg.limits, cfg.magickd))
     return {(o.target.name, o.target.fmt): o.data for o in pipeline.render(data, options)}
 
 
@@ -208,7 +208,7 @@ def test_ypws_serves_the_gain_map_and_a_scrubbed_original(tmp_path):
                               health_url=f"{node.url}/healthz")
         original = tmp_path / "hdr.jpg"
         original.write_bytes(_hdr_original_with_gps())
-        rec = seed_photo(open_store(cfg), "alice", original)
+        rec = seed_photo(open_store(cfg.storage, cfg.local_root), "alice", original)
         base = f"{cfg.node('ypws', 'ypws1').url}{rec.ref.url_path}"
 
         large = requests.get(f"{base}/large.jpg", timeout=60)

@@ -65,7 +65,7 @@ def cluster(tmp_path_factory):
     cfg, path = write_config(tmp, tree)
     services = Services(tmp)
     start_magickd(services, cfg, path)
-    store = open_store(cfg)
+    store = open_store(cfg.storage, cfg.local_root)
     recs = [seed_photo(store, "alice", FORMATS / name) for name in PHOTOS]
     yield {"cfg": cfg, "path": path, "tree": tree, "tmp": tmp, "store": store, "recs": recs,
            "services": services, "recorder": recorder}
@@ -81,7 +81,7 @@ def _cli(path, *args, timeout=300):
 
 def test_verify_finds_missing_and_broken_and_repair_fixes_them(cluster):
     cfg, store, recs = cluster["cfg"], cluster["store"], cluster["recs"]
-    client = RenderClient(cfg)
+    client = RenderClient(cfg.magickd, cfg.cluster.admin_token)
     for rec in recs:
         client.render(rec.ref)
     ok = _cli(cluster["path"], "verify", "--no-progress")
@@ -109,7 +109,7 @@ def test_verify_finds_missing_and_broken_and_repair_fixes_them(cluster):
 
 def test_rerender_after_sharpening_change_writes_new_version_purges_and_drops_the_old(cluster):
     cfg, store, recs, tmp = cluster["cfg"], cluster["store"], cluster["recs"], cluster["tmp"]
-    client = RenderClient(cfg)
+    client = RenderClient(cfg.magickd, cfg.cluster.admin_token)
     old_version = profile_version(cfg.size("medium"))
     old = {}
     for rec in recs:
@@ -192,12 +192,12 @@ def test_rerender_resumes_where_it_stopped_and_reports_failures(cluster):
     hostile = seed_photo(store, "alice", FORMATS / "hopper.jpg")
     store.put(hostile.ref.original_key, (CORPUS / "hostile" / "truncated_jpeg.jpg").read_bytes())
     job = RerenderJob(size="thumb", user="alice", concurrency=1, force=True, purge=False)
-    first = Rerenderer(cfg, store, InterruptingClient(RenderClient(cfg), 3), None, progress=False)
+    first = Rerenderer(cfg, store, InterruptingClient(RenderClient(cfg.magickd, cfg.cluster.admin_token), 3), None, progress=False)
     summary = first.run(job, restart=True)
     assert summary.interrupted and summary.rendered == 2
 
     unlogged = Purger(PurgeLog(Unwritable(store)), [("ypws1", f"http://127.0.0.1:{procs.free_port()}")], "t")
-    second = Rerenderer(cfg, store, RenderClient(cfg), unlogged, progress=False)
+    second = Rerenderer(cfg, store, RenderClient(cfg.magickd, cfg.cluster.admin_token), unlogged, progress=False)
     summary = second.run(job)
     assert not summary.interrupted
     assert summary.seen == len(recs) + 1 - 2  # resumed after the two done photos
@@ -206,6 +206,6 @@ def test_rerender_resumes_where_it_stopped_and_reports_failures(cluster):
     assert len(summary.purge_failures) == summary.rendered  # not logged: reported, not fatal
     assert all("purge not logged" in why for why in summary.purge_failures.values())
 
-    third = Rerenderer(cfg, store, RenderClient(cfg), None, progress=False).run(job)
+    third = Rerenderer(cfg, store, RenderClient(cfg.magickd, cfg.cluster.admin_token), None, progress=False).run(job)
     assert third.seen == 0 and list(third.failures) == [hostile.ref.record_key]  # done; failures kept
     store.delete(hostile.ref.record_key)

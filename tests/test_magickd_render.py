@@ -24,7 +24,7 @@ from .magickd_support import decode, has_metadata, mean_abs_diff, pillow_referen
 
 vips_setup.configure()
 CFG = load(with_secrets=False)
-LIMITS = Limits.from_config(CFG)
+LIMITS = Limits.from_config(CFG.limits, CFG.magickd)
 FORMATS = CORPUS / "formats"
 IPHONE = FORMATS / "iphone_hdr_NO.jpg"  # 3264x2448, GPS in EXIF
 

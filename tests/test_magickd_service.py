@@ -36,7 +36,7 @@ def node(seaweed, tmp_path_factory):
     cfg, path = write_config(tmp, tree)
     services = Services(tmp)
     n = start_magickd(services, cfg, path)
-    store = open_store(cfg)
+    store = open_store(cfg.storage, cfg.local_root)
     yield cfg, store, services, n.url
     services.stop_all()
     store.close()
@@ -65,7 +65,7 @@ def test_health_and_metrics(node):
 def test_render_all_sizes_writes_decodable_renditions_to_s3(node):
     cfg, store, services, url = node
     rec = seed_photo(store, "alice", FORMATS / "gps.jpg")
-    renditions = RenderClient(cfg).render(rec.ref)
+    renditions = RenderClient(cfg.magickd, cfg.cluster.admin_token).render(rec.ref)
     assert [r.size for r in renditions] == [p.name for p in cfg.sizes]
     for r in renditions:
         data = store.get(r.key)
@@ -78,7 +78,7 @@ def test_render_all_sizes_writes_decodable_renditions_to_s3(node):
 def test_render_is_idempotent(node):
     cfg, store, services, url = node
     rec = seed_photo(store, "alice", FORMATS / "DSCN0010.jpg")
-    client = RenderClient(cfg)
+    client = RenderClient(cfg.magickd, cfg.cluster.admin_token)
     first = client.render(rec.ref, ["small", "medium"], ["jpeg", "webp"])
     stamps = {r.key: (store.stat(r.key).mtime, store.get(r.key)) for r in first}
     time.sleep(1.1)
@@ -93,7 +93,7 @@ def test_concurrent_requests_for_one_photo_render_once(node):
     cfg, store, services, url = node
     rec = seed_photo(store, "bob", FORMATS / "iphone_hdr_NO.jpg")
     before = _metric(url, "magickd_renditions_total", size="large", format="jpeg")
-    client = RenderClient(cfg)
+    client = RenderClient(cfg.magickd, cfg.cluster.admin_token)
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda _: client.render(rec.ref, ["large", "small"]), range(3)))
     assert results[0] == results[1] == results[2]
@@ -139,7 +139,7 @@ def test_hostile_originals_get_422_and_are_then_refused_quickly_without_killing_
         assert again.json()["error"] == r.json()["error"]
     assert requests.get(f"{url}/healthz", timeout=5).status_code == 200
     good = seed_photo(store, "mallory", FORMATS / "hopper.jpg")
-    assert RenderClient(cfg).render(good.ref, ["thumb"])[0].width == 100
+    assert RenderClient(cfg.magickd, cfg.cluster.admin_token).render(good.ref, ["thumb"])[0].width == 100
     assert services.log("magickd1").count("Booting worker") == boots  # no worker died and was replaced
 
 
@@ -163,7 +163,7 @@ def test_bad_requests_are_clean_json_errors(node):
     r = requests.get(f"{url}/nowhere", timeout=10)
     assert r.status_code == 404 and r.json()["error"] == "not_found"
     with pytest.raises(RenderError) as info:
-        RenderClient(cfg).render(rec.ref.__class__("dave", "123", rec.secret))
+        RenderClient(cfg.magickd, cfg.cluster.admin_token).render(rec.ref.__class__("dave", "123", rec.secret))
     assert info.value.status == 404
 
 
@@ -175,5 +175,5 @@ def test_client_fails_over_to_the_next_node(node):
     two = cfg.replace(magickd=magickd)
     rec = next(r for r in (seed_photo(store, "erin", FORMATS / "hopper.jpg") for _ in range(20))
                if node_order(two.magickd.nodes, r.id)[0].name == dead.name)
-    renditions = RenderClient(two).render(rec.ref, ["thumb"])
+    renditions = RenderClient(two.magickd, two.cluster.admin_token).render(rec.ref, ["thumb"])
     assert decode(store.get(renditions[0].key)).size == (100, 100)

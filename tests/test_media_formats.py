@@ -41,7 +41,7 @@ PILLOW_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "GIF": "image/gif", "WE
 
 
 def render(data: bytes, max_pixels: int | None = None, sizes=("thumb",)):
-    limits = Limits.from_config(CFG)
+    limits = Limits.from_config(CFG.limits, CFG.magickd)
     if max_pixels is not None:
         limits = dataclasses.replace(limits, max_pixels=max_pixels)
     return pipeline.render(data, RenderOptions(parse_targets(CFG, list(sizes), None), limits))

@@ -66,7 +66,7 @@ def assert_storage_503(r) -> None:
 def test_the_storage_probe_is_cached_and_bounded(tmp_path):
     cfg = dead_s3_config(tmp_path)
     now = [100.0]
-    probe = StorageProbe(open_store(cfg), ttl=1.0, timeout=1.0, clock=lambda: now[0])
+    probe = StorageProbe(open_store(cfg.storage, cfg.local_root), ttl=1.0, timeout=1.0, clock=lambda: now[0])
     assert probe.status(wait=False) == (True, "")  # nothing known yet: an event loop is not made to wait
     t0 = time.monotonic()
     ok, reason = probe.status()
@@ -85,7 +85,7 @@ def test_the_storage_probe_is_cached_and_bounded(tmp_path):
 
 def test_ypfs_readyz_and_every_endpoint_answer_503_when_storage_is_down(tmp_path):
     cfg = dead_s3_config(tmp_path)
-    client = falcon.testing.TestClient(ypfs_app(cfg, open_store(cfg), "ypfs1", next_id=lambda: str(10**18 + 1)))
+    client = falcon.testing.TestClient(ypfs_app(cfg, open_store(cfg.storage, cfg.local_root), "ypfs1", next_id=lambda: str(10**18 + 1)))
     assert client.simulate_get("/healthz").status_code == 200  # liveness touches nothing
     r = client.simulate_get("/readyz")
     assert r.status_code == 503 and r.headers["Retry-After"] and r.headers["Cache-Control"] == "no-store"
@@ -112,7 +112,7 @@ def _multipart(path) -> tuple[bytes, str]:
 
 def test_ypfs_is_ready_with_its_store(tmp_path):
     cfg = write_config(tmp_path, cluster_tree(tmp_path))[0]
-    client = falcon.testing.TestClient(ypfs_app(cfg, open_store(cfg), "ypfs1", next_id=lambda: str(10**18 + 1)))
+    client = falcon.testing.TestClient(ypfs_app(cfg, open_store(cfg.storage, cfg.local_root), "ypfs1", next_id=lambda: str(10**18 + 1)))
     r = client.simulate_get("/readyz")
     assert r.status_code == 200 and r.json == {"status": "ready", "service": "ypfs", "node": "ypfs1"}
 
@@ -122,7 +122,7 @@ def test_ypfs_is_ready_with_its_store(tmp_path):
 
 def test_magickd_readyz_storage_and_a_full_queue(tmp_path):
     cfg = write_config(tmp_path, cluster_tree(tmp_path, overrides={"magickd": {"workers": 1, "queue_size": 1}}))[0]
-    service = RenderService.for_node(cfg, "magickd1", open_store(cfg))
+    service = RenderService.for_node(cfg, "magickd1", open_store(cfg.storage, cfg.local_root))
     client = falcon.testing.TestClient(magickd_app(service, "magickd1"))
     assert client.simulate_get("/readyz").json["status"] == "ready"
     with ExitStack() as held:  # every ticket taken: a request now would get a 429
@@ -134,7 +134,7 @@ def test_magickd_readyz_storage_and_a_full_queue(tmp_path):
     assert client.simulate_get("/readyz").status_code == 200
 
     down = dead_s3_config(tmp_path / "down")
-    service = RenderService.for_node(down, "magickd1", open_store(down))
+    service = RenderService.for_node(down, "magickd1", open_store(down.storage, down.local_root))
     client = falcon.testing.TestClient(magickd_app(service, "magickd1"))
     assert client.simulate_get("/healthz").status_code == 200
     r = client.simulate_get("/readyz")
@@ -149,14 +149,14 @@ def test_magickd_readyz_storage_and_a_full_queue(tmp_path):
 
 def test_ypws_ready_and_storage_failures_on_misses_pages_and_galleries(tmp_path):
     cfg = write_config(tmp_path, cluster_tree(tmp_path))[0]
-    store = open_store(cfg)
+    store = open_store(cfg.storage, cfg.local_root)
     rec = seed_photo(store, "alice", PHOTO)
     app = ypws_app(cfg, "ypws1", store, open_cache(cfg, "ypws1"))
     client = falcon.testing.TestClient(app)
     assert client.simulate_get("/readyz").json == {"status": "ready", "service": "ypws", "node": "ypws1"}
 
     down = dead_s3_config(tmp_path / "down")
-    app = ypws_app(down, "ypws1", open_store(down), open_cache(down, "ypws1"))
+    app = ypws_app(down, "ypws1", open_store(down.storage, down.local_root), open_cache(down, "ypws1"))
     client = falcon.testing.TestClient(app)
     assert client.simulate_get("/healthz").status_code == 200
     r = client.simulate_get("/readyz")

@@ -117,10 +117,9 @@ def test_render_client_sends_the_credential(cfg, store):
         tree["magickd"]["nodes"] = [node]
         good = from_dict(tree)
         rec = seed_photo(store, "alice", CORPUS / "formats" / "hopper.jpg")
-        assert RenderClient(good, timeout=30).render(rec.ref, ["thumb"])[0].width == 100
-        tree["cluster"]["admin_token"] = "someone-else"
+        assert RenderClient(good.magickd, good.cluster.admin_token, timeout=30).render(rec.ref, ["thumb"])[0].width == 100
         with pytest.raises(RenderError) as info:
-            RenderClient(from_dict(tree), timeout=30).render(rec.ref, ["thumb"])
+            RenderClient(good.magickd, "someone-else", timeout=30).render(rec.ref, ["thumb"])
         assert (info.value.status, info.value.code) == (401, "unauthorized")
     finally:
         server.shutdown()

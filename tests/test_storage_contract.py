@@ -8,10 +8,11 @@ import threading
 
 import pytest
 
-from cluster.config import S3StoreConfig
 from storage import AlreadyExists, NotFound, StorageAuthError, StorageError, StorageUnavailable
 from storage.local import LocalStore
 from storage.s3 import S3Store
+
+from .helpers import s3_settings
 
 
 # the ``store`` fixture (local, and S3 on the session's SeaweedFS) lives in conftest.py
@@ -133,14 +134,14 @@ def test_local_store_leaves_no_temp_files_visible(tmp_path):
 
 @pytest.mark.s3
 def test_s3_bad_credentials_is_a_clear_error(seaweed):
-    s = S3Store(S3StoreConfig(endpoint=seaweed.endpoint, access_key="wrong", secret_key="wrong", bucket="nobody"))
+    s = S3Store(s3_settings(endpoint=seaweed.endpoint, access_key="wrong", secret_key="wrong", bucket="nobody"))
     with pytest.raises(StorageAuthError, match="refused the credentials"):
         s.put("x/y", b"1")
 
 
 def test_s3_unreachable_endpoint_is_a_clear_error():
     sleeps: list[float] = []
-    s = S3Store(S3StoreConfig(endpoint="127.0.0.1:1", access_key="a", secret_key="b", bucket="nobody",
+    s = S3Store(s3_settings(endpoint="127.0.0.1:1", access_key="a", secret_key="b", bucket="nobody",
                               retries=3, retry_backoff=0.1, connect_timeout=0.5), sleep=sleeps.append)
     with pytest.raises(StorageUnavailable, match="127.0.0.1:1 unreachable"):
         s.get("x/y")
@@ -149,7 +150,7 @@ def test_s3_unreachable_endpoint_is_a_clear_error():
 
 def test_s3_invalid_bucket_name_is_a_clear_error():
     with pytest.raises(StorageError, match="bucket"):
-        S3Store(S3StoreConfig(endpoint="127.0.0.1:1", bucket="x"))
+        S3Store(s3_settings(endpoint="127.0.0.1:1", bucket="x"))
 
 
 @pytest.mark.s3
@@ -157,7 +158,7 @@ def test_s3_listing_resumes_after_a_transient_failure_instead_of_ending_early(se
     """A connection error in the middle of a listing must not silently truncate it."""
     import urllib3
 
-    s = S3Store(S3StoreConfig(endpoint=seaweed.endpoint, access_key=seaweed.access_key, secret_key=seaweed.secret_key,
+    s = S3Store(s3_settings(endpoint=seaweed.endpoint, access_key=seaweed.access_key, secret_key=seaweed.secret_key,
                               bucket=f"resume-{os.urandom(4).hex()}", retry_backoff=0.01), sleep=lambda _: None)
     keys = [f"l/{i:04d}" for i in range(30)]
     for k in keys:
@@ -187,7 +188,7 @@ def test_s3_listing_crosses_page_boundaries(seaweed, monkeypatch):
     import storage.s3
 
     monkeypatch.setattr(storage.s3, "LIST_PAGE", 7)
-    s = S3Store(S3StoreConfig(endpoint=seaweed.endpoint, access_key=seaweed.access_key, secret_key=seaweed.secret_key,
+    s = S3Store(s3_settings(endpoint=seaweed.endpoint, access_key=seaweed.access_key, secret_key=seaweed.secret_key,
                               bucket=f"pages-{os.urandom(4).hex()}"))
     keys = [f"p/{i:03d}" for i in range(30)] + ["q/other"]
     for k in keys:
@@ -201,7 +202,7 @@ def test_s3_listing_crosses_page_boundaries(seaweed, monkeypatch):
 def test_s3_get_retries_a_body_cut_off_midway(seaweed):
     import urllib3
 
-    s = S3Store(S3StoreConfig(endpoint=seaweed.endpoint, access_key=seaweed.access_key, secret_key=seaweed.secret_key,
+    s = S3Store(s3_settings(endpoint=seaweed.endpoint, access_key=seaweed.access_key, secret_key=seaweed.secret_key,
                               bucket=f"cut-{os.urandom(4).hex()}", retry_backoff=0.01), sleep=lambda _: None)
     payload = os.urandom(100_000)
     s.put("c/x", payload)

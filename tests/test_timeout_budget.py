@@ -10,14 +10,14 @@ import pytest
 
 from cluster import procs
 from cluster.budget import check_timeout_budget, storage_operation_seconds, storage_retry_seconds
-from cluster.config import ConfigError, S3StoreConfig, from_dict, load, load_dict
+from cluster.config import ConfigError, from_dict, load, load_dict
 from magickd.client import RenderClient, RenderUnavailable
 from cluster import deadline
 from storage import StorageUnavailable
 from storage.keys import PhotoRef
 from storage.s3 import S3Store
 
-from .helpers import deep_update
+from .helpers import deep_update, s3_settings
 
 
 def config(**sections):
@@ -94,7 +94,7 @@ def silent_server():
 
 
 def test_s3_deadline_bounds_every_retry_against_a_hung_endpoint(silent_server):
-    store = S3Store(S3StoreConfig(endpoint=f"127.0.0.1:{silent_server}", access_key="a", secret_key="b",
+    store = S3Store(s3_settings(endpoint=f"127.0.0.1:{silent_server}", access_key="a", secret_key="b",
                                   bucket="hung", retries=5, connect_timeout=2.0, read_timeout=5.0, deadline=1.5))
     t0 = time.monotonic()
     with pytest.raises(StorageUnavailable) as err:
@@ -124,7 +124,7 @@ def test_a_render_call_with_a_budget_ends_within_it_whatever_the_nodes_do(tmp_pa
         tree["magickd"]["nodes"] = [{"name": f"m{i}", "host": "127.0.0.1", "port": s.getsockname()[1]}
                                     for i, s in enumerate(silent)]
         cfg = from_dict(tree)
-        client = RenderClient(cfg)
+        client = RenderClient(cfg.magickd, cfg.cluster.admin_token)
         ref = PhotoRef("alice", str(10**18 + 5), "abcdef0123")
         t0 = time.monotonic()
         with pytest.raises(RenderUnavailable) as err:
@@ -136,7 +136,7 @@ def test_a_render_call_with_a_budget_ends_within_it_whatever_the_nodes_do(tmp_pa
         free = procs.free_port()
         tree["magickd"]["nodes"] = [{"name": "gone", "host": "127.0.0.1", "port": free},
                                     {"name": "hung", "host": "127.0.0.1", "port": silent[0].getsockname()[1]}]
-        client = RenderClient(from_dict(tree))
+        client = RenderClient(from_dict(tree).magickd, "")
         with pytest.raises(RenderUnavailable) as err:
             client.render(ref, sizes=["small"], budget=1.5)
         assert "gone:" in str(err.value) and "hung:" in str(err.value)

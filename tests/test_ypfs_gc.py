@@ -77,7 +77,7 @@ def test_gc_command_lists_then_removes(tmp_path):
     cfg, path = write_config(tmp_path, cluster_tree(tmp_path))
     from storage import open_store
 
-    store = open_store(cfg)
+    store = open_store(cfg.storage, cfg.local_root)
     keep, garbage = _garden(store)
     cli = [sys.executable, "-m", "ypfs", "--config", str(path), "gc", "--quiet", "--grace-minutes", "0"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -103,7 +103,7 @@ class Ypfs:
     def __init__(self, cfg, path, proc, recorder):
         self.cfg, self.path, self.proc, self.recorder = cfg, path, proc, recorder
         self.url = cfg.ypfs.nodes[0].url
-        self.store = open_store(cfg)
+        self.store = open_store(cfg.storage, cfg.local_root)
         self.tokens: dict[str, str] = {}
         self._lock = threading.Lock()
 

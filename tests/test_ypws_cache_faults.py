@@ -124,7 +124,7 @@ def node(tmp_path_factory):
     services = Services(tmp)
     try:
         cfg, _ = start_ypws(services, tmp / "n", tree, "ypws1")
-        yield type("Node", (), dict(cfg=cfg, store=open_store(cfg), url=cfg.ypws.nodes[0].url, services=services))
+        yield type("Node", (), dict(cfg=cfg, store=open_store(cfg.storage, cfg.local_root), url=cfg.ypws.nodes[0].url, services=services))
     finally:
         services.stop_all()
 
@@ -338,7 +338,7 @@ def test_a_full_cache_disk_serves_from_storage_and_recovers(tmp_path, services):
                                                      "cluster": {"admin_token": METRICS_TOKEN}})
             cfg, _ = start_ypws(services, tmp_path / "n", tree, "ypws1")
             url = cfg.ypws.nodes[0].url
-            store = open_store(cfg)
+            store = open_store(cfg.storage, cfg.local_root)
             recs = [seed_photo(store, "alice", BIG) for _ in range(3)]
             truths = [strip_location(store.get(r.ref.original_key), "jpeg") for r in recs]
             rendition = seed_rendition(store, cfg, recs[0], "medium")

@@ -49,7 +49,7 @@ def world(tmp_path_factory, seaweed):
         cfg2, path2 = start_ypws(services, tmp / "b", small, "ypws2")
         services.start_module("magickd1", "magickd", "serve", "--node", "magickd1", config_path=path,
                               health_url=f"{cfg.magickd.nodes[0].url}/healthz")
-        store = open_store(cfg)
+        store = open_store(cfg.storage, cfg.local_root)
         photos = {
             "land": seed_photo(store, "alice", CORPUS / "formats" / "DSCN0010.jpg", title="Landscape"),
             "portrait": seed_photo(store, "alice", CORPUS / "orientation" / "Portrait_6.jpg"),

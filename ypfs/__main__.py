@@ -41,9 +41,9 @@ def serve(args: argparse.Namespace) -> int:
         from .app import create_app
         from .notify import RenderNotifier
 
-        notifier = RenderNotifier(RenderClient(cfg), cfg.ypfs.render_retries,
+        notifier = RenderNotifier(RenderClient(cfg.magickd, cfg.cluster.admin_token), cfg.ypfs.render_retries,
                                   on_outcome=lambda o: metrics.RENDER_REQUESTS.labels(outcome=o).inc())
-        store = open_store(cfg)
+        store = open_store(cfg.storage, cfg.local_root)
         return create_app(cfg, store, node.name, notifier=notifier, purger=Purger.from_config(cfg, store, node.name))
 
     run(load_app, node.bind, cfg.ypfs.workers, timeout=cfg.ypfs.timeout, name=f"ypfs-{node.name}")
@@ -55,7 +55,8 @@ def user(args: argparse.Namespace) -> int:
     from storage.keys import InvalidName, parse_user_key, user_key, user_prefix, valid_user
     from storage.records import UserRecord
 
-    store = open_store(load(args.config))
+    cfg = load(args.config)
+    store = open_store(cfg.storage, cfg.local_root)
     if args.action == "list":
         for key in store.list(user_prefix()):
             try:
@@ -106,7 +107,7 @@ def photo(args: argparse.Namespace) -> int:
     from .manage import delete_photo
 
     cfg = load(args.config)
-    store = open_store(cfg)
+    store = open_store(cfg.storage, cfg.local_root)
     try:
         rec = PhotoRecord.load(store, valid_user(args.user), valid_photo_id(args.id))
     except (InvalidName, NotFound):
@@ -127,7 +128,8 @@ def gc(args: argparse.Namespace) -> int:
 
     from .gc import sweep
 
-    store = open_store(load(args.config))
+    cfg = load(args.config)
+    store = open_store(cfg.storage, cfg.local_root)
     with tqdm(unit=" objects", desc="gc", disable=args.quiet) as bar:
         report = sweep(store, args.grace_minutes * 60, dry_run=args.dry_run, on_key=lambda _k: bar.update())
     for key in report.orphans:

@@ -19,6 +19,7 @@ again once its body is in: a slow client's sending is not storage time).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -29,7 +30,7 @@ import falcon
 from cachetools import TTLCache
 
 from cluster import deadline
-from cluster.config import Config
+from cluster.config import Config, LimitsSection
 from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness, require_service_token
 from storage import BlobStore, NotFound, StorageError
 from storage.ids import IdGenerator, claim_slot
@@ -50,6 +51,7 @@ from .spool import Spool, TooLarge, receive
 MULTIPART_SLACK = 64 * 1024
 TRUE_WORDS = {"1", "true", "yes", "on"}
 MAX_EDIT_BYTES = 16 * 1024  # a PATCH body: a title and two flags
+PhotoView = Callable[[PhotoRecord], dict]  # a record -> its public JSON (ingest.photo_view bound to the config)
 
 
 class TokenAuth:
@@ -92,9 +94,9 @@ class TokenAuth:
 
 
 class UploadResource:
-    def __init__(self, cfg: Config, ingestor: Ingestor, auth: TokenAuth, spool_dir: Path,
-                 after_store: Callable[[PhotoRecord], None]):
-        self.cfg = cfg
+    def __init__(self, limits: LimitsSection, request_deadline: float, view: PhotoView, ingestor: Ingestor,
+                 auth: TokenAuth, spool_dir: Path, after_store: Callable[[PhotoRecord], None]):
+        self.limits, self.request_deadline, self.view = limits, request_deadline, view
         self.ingestor = ingestor
         self.auth = auth
         self.spool_dir = spool_dir
@@ -112,7 +114,7 @@ class UploadResource:
 
     def _upload(self, req: falcon.Request, resp: falcon.Response) -> None:
         user = self.auth.user(req)
-        limits = self.cfg.limits
+        limits = self.limits
         if req.content_length is not None and req.content_length > limits.max_upload_bytes + MULTIPART_SLACK:
             raise fail(413, "too_large", f"the upload is {req.content_length} bytes; the limit is {limits.max_upload_bytes}",
                        {"Connection": "close"})
@@ -140,7 +142,7 @@ class UploadResource:
                     private = (part.get_text() or "").strip().lower() in TRUE_WORDS
             if not got_photo:
                 raise fail(400, "missing_photo", "no 'photo' file field in the form")
-            deadline.begin(self.cfg.ypfs.request_deadline)  # storage time starts now, not at the first byte
+            deadline.begin(self.request_deadline)  # storage time starts now, not at the first byte
             try:
                 rec, created = self.ingestor.ingest(user.name, spool, UploadMeta(title, private), user.allow_originals)
             except ImageRejected as exc:
@@ -156,17 +158,19 @@ class UploadResource:
             resp.media = {"error": "already_public",
                           "message": f"these bytes are already your public photo {rec.id}; to make it private, "
                                      f"PATCH {resp.location} with {{\"private\": true}}",
-                          "photo": photo_view(self.cfg, rec)}
+                          "photo": self.view(rec)}
             return
         resp.status = falcon.HTTP_201 if created else falcon.HTTP_200
-        resp.media = photo_view(self.cfg, rec)
+        resp.media = self.view(rec)
         if created:
             self.after_store(rec)
 
 
 class PhotoResource:
-    def __init__(self, cfg: Config, store: BlobStore, auth: TokenAuth, purger: Purger | None):
-        self.cfg, self.store, self.auth, self.purger = cfg, store, auth, purger
+    def __init__(self, store: BlobStore, auth: TokenAuth, purger: Purger | None, view: PhotoView,
+                 max_title_chars: int):
+        self.store, self.auth, self.purger, self.view = store, auth, purger, view
+        self.max_title_chars = max_title_chars
 
     def _load(self, user: str, photo_id: str) -> PhotoRecord:
         try:
@@ -206,7 +210,7 @@ class PhotoResource:
             viewer = self.auth.user(req, required=False)
             if viewer is None or viewer.name != rec.owner:
                 raise fail(404, "not_found", "no such photo")
-        resp.media = photo_view(self.cfg, rec)
+        resp.media = self.view(rec)
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, user: str, photo_id: str) -> None:
         rec = self._owned(req, user, photo_id)
@@ -215,7 +219,7 @@ class PhotoResource:
         if (req.content_length or 0) > MAX_EDIT_BYTES:
             raise fail(413, "too_large", f"an edit is at most {MAX_EDIT_BYTES} bytes of JSON")
         try:
-            changes = PhotoChanges.from_json(req.get_media(), self.cfg.limits.max_title_chars)
+            changes = PhotoChanges.from_json(req.get_media(), self.max_title_chars)
         except BadChanges as exc:
             raise fail(400, "bad_changes", str(exc)) from None
         entry = self._log_purge(rec, "privacy change") if changes.touches_cache else None
@@ -223,7 +227,7 @@ class PhotoResource:
             rec = apply_changes(self.store, rec, changes)
         except StorageError as exc:
             raise fail(503, "storage_unavailable", f"the change was not stored: {exc}", {"Retry-After": "5"}) from None
-        resp.media = {**photo_view(self.cfg, rec), **({"cache": self._push(entry)} if changes.touches_cache else {})}
+        resp.media = {**self.view(rec), **({"cache": self._push(entry)} if changes.touches_cache else {})}
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, user: str, photo_id: str) -> None:
         rec = self._owned(req, user, photo_id)
@@ -242,8 +246,8 @@ class UserPhotosResource:
 
     MAX_LIMIT = 500
 
-    def __init__(self, cfg: Config, store: BlobStore, auth: TokenAuth):
-        self.cfg, self.store, self.auth = cfg, store, auth
+    def __init__(self, store: BlobStore, auth: TokenAuth, view: PhotoView):
+        self.store, self.auth, self.view = store, auth, view
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
         try:
@@ -263,7 +267,7 @@ class UserPhotosResource:
             except (InvalidName, NotFound, ValueError):
                 continue
             if owner or not rec.private:
-                photos.append(photo_view(self.cfg, rec))
+                photos.append(self.view(rec))
             if len(photos) >= limit:
                 break
         resp.media = {"user": user, "photos": photos}
@@ -341,7 +345,7 @@ class MetricsResource:
         resp.data, resp.content_type = metrics_body()
 
 
-def lazy_id_generator(cfg: Config, node_id: int, slot_dir: Path) -> Callable[[], str]:
+def lazy_id_generator(epoch_ms: int, node_id: int, slot_dir: Path) -> Callable[[], str]:
     """An id source that claims its worker slot on first use, i.e. in the worker after fork."""
     state: dict = {}
     lock = threading.Lock()
@@ -350,7 +354,7 @@ def lazy_id_generator(cfg: Config, node_id: int, slot_dir: Path) -> Callable[[],
         with lock:
             if state.get("pid") != os.getpid():
                 slot, fd = claim_slot(slot_dir)
-                state.update(pid=os.getpid(), fd=fd, gen=IdGenerator(node_id, slot, cfg.ids.epoch_ms))
+                state.update(pid=os.getpid(), fd=fd, gen=IdGenerator(node_id, slot, epoch_ms))
         return state["gen"].next_id()
 
     return next_id
@@ -360,7 +364,7 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
                notifier: RenderNotifier | None = None, purger: Purger | None = None) -> falcon.App:
     node_cfg = cfg.node("ypfs", node)
     work_dir = cfg.data_dir / "ypfs" / node
-    next_id = next_id or lazy_id_generator(cfg, node_cfg.node_id, work_dir / "slots")
+    next_id = next_id or lazy_id_generator(cfg.ids.epoch_ms, node_cfg.node_id, work_dir / "slots")
     auth = TokenAuth(store)
 
     def after_store(rec: PhotoRecord) -> None:
@@ -371,9 +375,11 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
     form_opts = app.req_options.media_handlers[falcon.MEDIA_MULTIPART].parse_options
     form_opts.max_body_part_count = 16
     form_opts.max_body_part_buffer_size = 64 * 1024  # small text fields only; the file is streamed
-    app.add_route("/upload", UploadResource(cfg, Ingestor(cfg, store, next_id), auth, work_dir / "spool", after_store))
-    app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(cfg, store, auth, purger))
-    app.add_route("/api/users/{user}/photos", UserPhotosResource(cfg, store, auth))
+    view: PhotoView = functools.partial(photo_view, cfg.public_url, cfg.sizes)
+    app.add_route("/upload", UploadResource(cfg.limits, cfg.ypfs.request_deadline, view,
+                                            Ingestor(cfg.limits, store, next_id), auth, work_dir / "spool", after_store))
+    app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(store, auth, purger, view, cfg.limits.max_title_chars))
+    app.add_route("/api/users/{user}/photos", UserPhotosResource(store, auth, view))
     app.add_route("/api/openapi.json", OpenApiResource(cfg))
     app.add_sink(PurgeSink(cfg.cluster.admin_token, purger), IMAGE_PATH_PREFIX)
     app.add_route("/healthz", HealthResource(node, store))

@@ -21,9 +21,9 @@ import logging
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
-from cluster.config import Config
+from cluster.config import LimitsSection, SizeProfile
 from storage import BlobStore, NotFound, StorageError
 from storage.ids import new_secret
 from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key, timeline_key
@@ -50,8 +50,9 @@ class UploadMeta:
 
 
 class Ingestor:
-    def __init__(self, cfg: Config, store: BlobStore, next_id: Callable[[], str], clock: Callable[[], float] = time.time):
-        self.cfg = cfg
+    def __init__(self, limits: LimitsSection, store: BlobStore, next_id: Callable[[], str],
+                 clock: Callable[[], float] = time.time):
+        self.limits = limits
         self.store = store
         self.next_id = next_id
         self.clock = clock
@@ -70,7 +71,7 @@ class Ingestor:
         ref = PhotoRef(user, self.next_id(), new_secret())
         stored = _beside(self._put_original, ref, spool, fmt)
         try:
-            info = probe(spool.source, fmt, self.cfg.limits)
+            info = probe(spool.source, fmt, self.limits)
             existing = lookup.result()
         except BaseException:
             self._take_back(ref, stored)
@@ -123,12 +124,14 @@ class Ingestor:
             return None
 
 
-def photo_view(cfg: Config, rec: PhotoRecord) -> dict:
-    """The public JSON of a photo: what the upload answer and the API return. No GPS, ever."""
+def photo_view(public_url: str, sizes: Sequence[SizeProfile], rec: PhotoRecord) -> dict:
+    """The public JSON of a photo: what the upload answer and the API return. No GPS, ever.
+
+    ``public_url`` is Config.public_url and ``sizes`` the profiles its rendition URLs name."""
     ref = rec.ref
-    urls = {p.name: rendition_url(cfg.public_url, ref, p) for p in cfg.sizes}
+    urls = {p.name: rendition_url(public_url, ref, p) for p in sizes}
     if rec.original_public:
-        urls["original"] = original_url(cfg.public_url, ref, rec.format)
+        urls["original"] = original_url(public_url, ref, rec.format)
     return {
         "id": rec.id, "owner": rec.owner, "secret": rec.secret, "title": rec.title,
         "width": rec.width, "height": rec.height, "format": rec.format, "bytes": rec.bytes, "sha256": rec.sha256,

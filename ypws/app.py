@@ -360,9 +360,9 @@ def get_app(cfg: Config, node: str) -> NodeApp:
     from magickd.client import RenderClient
     from storage import open_store
 
-    store, cache = open_store(cfg), open_cache(cfg, node)
+    store, cache = open_store(cfg.storage, cfg.local_root), open_cache(cfg, node)
     cache.connect()
-    service = ImageService(cfg, node, store, cache, RenderClient(cfg))
+    service = ImageService(cfg, node, store, cache, RenderClient(cfg.magickd, cfg.cluster.admin_token))
     boot = os.environ.get(BOOT_ENV) or f"ppid-{os.getppid()}"  # `ypws serve` sets one per run
     p = cfg.purge
     service.gate = SyncGate(cache.root, boot, p.poll_interval)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-from cluster.config import Config
+from cluster.config import YpwsSection
 
 _MEMO_MAX = 4096
 
@@ -36,8 +36,9 @@ class HotlinkPolicy:
         self._decided = lru_cache(maxsize=_MEMO_MAX)(self._decide)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "HotlinkPolicy":
-        return cls(cfg.ypws.hotlink_protection, hostname(cfg.public_url), cfg.ypws.hotlink_allow)
+    def from_config(cls, ypws: YpwsSection, public_url: str) -> "HotlinkPolicy":
+        """The policy of ``[ypws]``; ``public_url`` (Config.public_url) names the cluster's own host."""
+        return cls(ypws.hotlink_protection, hostname(public_url), ypws.hotlink_allow)
 
     def allows(self, referer: str | None, host: str | None) -> bool:
         if not self.enabled or not referer:

@@ -158,7 +158,7 @@ class ImageService:
         self.max_age = y.max_age
         self.client_timeout = y.client_timeout  # read by the worker's connection sweep
         self.max_connections = y.max_connections  # read by the worker as connections arrive
-        self.hotlink = HotlinkPolicy.from_config(cfg)
+        self.hotlink = HotlinkPolicy.from_config(cfg.ypws, cfg.public_url)
         self.hotlink_placeholder = y.hotlink_action == "placeholder"
         self.profiles = {p.name: p for p in cfg.sizes}
         self.versions = {p.name: profile_version(p) for p in cfg.sizes}
