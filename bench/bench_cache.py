@@ -7,8 +7,10 @@
    The goal, at 1/5/10% on the three traces: the default's object hit ratio within 1 point of
    the best of LRU, S4LRU, SIEVE and S3-FIFO, its byte hit ratio not below LRU's, and no fall
    of either ratio as the cache grows (checked on the 1% grid of the real traces). AdaptSize's
-   coins are pseudo-random, so the default is also replayed with three other coin streams: the
-   spread shows how much of a figure is luck.
+   coins are pseudo-random, so S3-FIFO+AdaptSize is also replayed with three other coin streams:
+   the spread shows how much of its figures is luck. The default's nth-miss admission has no
+   coin but one constant (c as a share of the cache); the World Cup grid is replayed with other
+   values of it, to show how much room the goal leaves.
 2. Placement. The default policy, on the real traces, with the same total bytes as one cache,
    as four caches behind hashproxy's rendezvous hash (``cluster.ring``, keyed by object), and as four caches
    taking requests in turn (round-robin).
@@ -26,17 +28,19 @@ from bench.results import record, table
 from cluster.config import load_dict
 from cluster.ring import Ring
 from ypws import traces
-from ypws.policies import make_cache
-from ypws.simulate import access, object_sizes, replay, zipf_trace
+from ypws.policies import NTHMISS_C, make_cache
+from ypws.simulate import access, object_sizes, zipf_trace
 
 DEFAULT = load_dict()["ypws"]["cache_policy"]
 BASELINES = ("lru", "s4lru", "sieve", "s3fifo")
-CANDIDATES = (*BASELINES, "lru+adaptsize", "sieve+adaptsize", "s3fifo+adaptsize")
+CANDIDATES = (*BASELINES, "lru+adaptsize", "sieve+adaptsize", "s3fifo+adaptsize", "sieve+nthmiss", "s3fifo+nthmiss")
 GOAL_POINTS = (1, 5, 10)          # % of the working set
 GRID = tuple(range(1, 11))        # % of the working set, for the real traces
 ZIPF = {"objects": 20_000, "requests": 200_000, "alpha": 0.9, "seed": 7}
 NODES = 4
-SALTS = ("/1", "/2", "/3")        # other AdaptSize coin streams for the default
+SALTS = ("/1", "/2", "/3")        # other AdaptSize coin streams
+COIN_POLICY = "s3fifo+adaptsize"  # the policy replayed with them
+NTHMISS_C_FRACTIONS = (0.12, 0.14, 0.145, 0.155, 0.17, 0.2)  # other values of nth-miss's c (NTHMISS_C), World Cup grid
 
 _WORKLOADS: dict[str, tuple[list[int], list[int]]] = {}
 
@@ -51,10 +55,23 @@ def load_workloads() -> dict[str, tuple[list[int], list[int]]]:
 
 
 def _replay(job: tuple[str, str, int, str]) -> tuple[tuple[str, str, int, str], float, float]:
-    name, policy, pct, salt = job
+    """One replay; ``variant`` is an AdaptSize coin salt ("/1") or an nth-miss c fraction ("c=0.12")."""
+    name, policy, pct, variant = job
     trace, sizes = _WORKLOADS[name]
-    r = replay(policy, sum(sizes) * pct // 100, trace, sizes, coin_salt=salt)
-    return job, 100 * r.hit_ratio, 100 * r.byte_hit_ratio
+    maxsize = sum(sizes) * pct // 100
+    cache = make_cache(policy, maxsize, getsizeof=int)
+    if variant.startswith("c="):
+        cache.nthmiss_c = float(variant[2:]) * maxsize
+    else:
+        cache.coin_salt = variant
+    hits = bytes_hit = requested = 0
+    for obj in trace:
+        size = sizes[obj]
+        requested += size
+        if access(cache, obj, size):
+            hits += 1
+            bytes_hit += size
+    return job, 100 * hits / len(trace), 100 * bytes_hit / requested
 
 
 def _placement(job: tuple[str, int]) -> tuple[tuple[str, int], dict[str, dict[str, float]]]:
@@ -86,13 +103,49 @@ def largest_fall(series: list[float]) -> tuple[float, int]:
     return max(drops) if drops else (0.0, 0)
 
 
+def _falls(by_pct: dict) -> dict:
+    """The largest falls of one policy's object and byte hit ratio over the grid."""
+    obj_fall, obj_at = largest_fall([by_pct[f"{g}pct"]["object_hit"] for g in GRID])
+    byte_fall, byte_at = largest_fall([by_pct[f"{g}pct"]["byte_hit"] for g in GRID])
+    return {"object_points": obj_fall, "object_at_pct": obj_at, "byte_points": byte_fall, "byte_at_pct": byte_at}
+
+
+def goal_points(policy: str, eviction: dict, falls: dict, only: tuple[str, ...] = ()) -> tuple[list[dict], list[str]]:
+    """The goal at each point for ``policy``: (one row per trace and size, the misses in words)."""
+    points, misses = [], []
+    for name in only or tuple(eviction):
+        for pct in GOAL_POINTS:
+            at = f"{pct}pct"
+            best_p = max(BASELINES, key=lambda p: eviction[name][p][at]["object_hit"])
+            d, best, lru = eviction[name][policy][at], eviction[name][best_p][at], eviction[name]["lru"][at]
+            point = {"trace": name, "cache_pct": pct, "object_hit": d["object_hit"], "best_baseline": best_p,
+                     "best_object_hit": best["object_hit"], "object_gap": round(best["object_hit"] - d["object_hit"], 2),
+                     "byte_hit": d["byte_hit"], "lru_byte_hit": lru["byte_hit"],
+                     "byte_margin": round(d["byte_hit"] - lru["byte_hit"], 2)}
+            point["met"] = point["object_gap"] <= 1.0 and point["byte_margin"] >= 0
+            points.append(point)
+            if point["object_gap"] > 1.0:
+                misses.append(f"{name} {pct}%: object hit ratio {point['object_gap']:.2f} points below {best_p}'s")
+            if point["byte_margin"] < 0:
+                misses.append(f"{name} {pct}%: byte hit ratio {-point['byte_margin']:.2f} points below LRU's")
+    for name in only or traces.HIT_RATIO_TRACES:
+        f = falls[name][policy]
+        for kind in ("object", "byte"):
+            if f[f"{kind}_points"]:
+                misses.append(f"{name}: {kind} hit ratio falls by {f[f'{kind}_points']} points "
+                              f"at {f[f'{kind}_at_pct']}% of the working set")
+    return points, misses
+
+
 def run() -> dict:
     global _WORKLOADS
     _WORKLOADS = load_workloads()
     policies = CANDIDATES if DEFAULT in CANDIDATES else (*CANDIDATES, DEFAULT)
     jobs = [(name, p, pct, "") for name in _WORKLOADS for p in policies
             for pct in (GOAL_POINTS if name == "zipf" else GRID)]
-    jobs += [(name, DEFAULT, pct, salt) for name in _WORKLOADS for pct in GOAL_POINTS for salt in SALTS]
+    jobs += [(name, COIN_POLICY, pct, salt) for name in _WORKLOADS for pct in GOAL_POINTS for salt in SALTS]
+    if DEFAULT.endswith("+nthmiss"):
+        jobs += [("wc98_day6", DEFAULT, pct, f"c={f}") for f in NTHMISS_C_FRACTIONS for pct in GRID]
     place_jobs = [(name, pct) for name in traces.HIT_RATIO_TRACES for pct in GOAL_POINTS]
     t0 = time.monotonic()
     with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
@@ -124,10 +177,8 @@ def run() -> dict:
     fall_rows = []
     for name in traces.HIT_RATIO_TRACES:
         for p in policies:
-            obj_fall, obj_at = largest_fall([eviction[name][p][f"{g}pct"]["object_hit"] for g in GRID])
-            byte_fall, byte_at = largest_fall([eviction[name][p][f"{g}pct"]["byte_hit"] for g in GRID])
-            falls.setdefault(name, {})[p] = {"object_points": obj_fall, "object_at_pct": obj_at,
-                                             "byte_points": byte_fall, "byte_at_pct": byte_at}
+            falls.setdefault(name, {})[p] = _falls(eviction[name][p])
+            obj_fall, obj_at, byte_fall, byte_at = falls[name][p].values()
             fall_rows.append({"trace": name, "policy": p + ("*" if p == DEFAULT else ""),
                               "object_fall": f"{obj_fall:.1f} (to {obj_at}%)" if obj_fall else "none",
                               "byte_fall": f"{byte_fall:.1f} (to {byte_at}%)" if byte_fall else "none"})
@@ -135,37 +186,41 @@ def run() -> dict:
     print(table(fall_rows, ["trace", "policy", "object_fall", "byte_fall"]))
 
     # -- the goal --------------------------------------------------------------------------------
-    points, misses = [], []
-    for name in _WORKLOADS:
-        for pct in GOAL_POINTS:
-            at = f"{pct}pct"
-            best_p = max(BASELINES, key=lambda p: eviction[name][p][at]["object_hit"])
-            d, best, lru = eviction[name][DEFAULT][at], eviction[name][best_p][at], eviction[name]["lru"][at]
-            spread = [results[(name, DEFAULT, pct, s)] for s in SALTS]
-            point = {"trace": name, "cache_pct": pct, "object_hit": d["object_hit"], "best_baseline": best_p,
-                     "best_object_hit": best["object_hit"], "object_gap": round(best["object_hit"] - d["object_hit"], 2),
-                     "byte_hit": d["byte_hit"], "lru_byte_hit": lru["byte_hit"],
-                     "byte_margin": round(d["byte_hit"] - lru["byte_hit"], 2),
-                     "other_coins_object": [round(o, 2) for o, _ in spread],
-                     "other_coins_byte": [round(b, 2) for _, b in spread]}
-            point["met"] = point["object_gap"] <= 1.0 and point["byte_margin"] >= 0
-            points.append(point)
-            if point["object_gap"] > 1.0:
-                misses.append(f"{name} {pct}%: object hit ratio {point['object_gap']:.2f} points below {best_p}'s")
-            if point["byte_margin"] < 0:
-                misses.append(f"{name} {pct}%: byte hit ratio {-point['byte_margin']:.2f} points below LRU's")
-    for name in traces.HIT_RATIO_TRACES:
-        f = falls[name][DEFAULT]
-        for kind in ("object", "byte"):
-            if f[f"{kind}_points"]:
-                misses.append(f"{name}: {kind} hit ratio falls by {f[f'{kind}_points']} points "
-                              f"at {f[f'{kind}_at_pct']}% of the working set")
+    points, misses = goal_points(DEFAULT, eviction, falls)
     print(f"\nGoal for the default ({DEFAULT}) at 1/5/10%: object hit ratio within 1 point of the best of "
           f"{', '.join(BASELINES)}; byte hit ratio >= LRU's; no fall as the cache grows")
-    print(table([{k: (str(v) if isinstance(v, list) else v) for k, v in p.items()} for p in points],
-                ["trace", "cache_pct", "object_hit", "best_baseline", "best_object_hit", "object_gap",
-                 "byte_hit", "lru_byte_hit", "byte_margin", "other_coins_object", "other_coins_byte", "met"]))
+    print(table(points, ["trace", "cache_pct", "object_hit", "best_baseline", "best_object_hit", "object_gap",
+                         "byte_hit", "lru_byte_hit", "byte_margin", "met"]))
     print("goal met everywhere" if not misses else "goal NOT met: " + "; ".join(misses))
+
+    # -- the noise of AdaptSize's coins --------------------------------------------------------
+    coin_spread: dict = {}
+    for name in _WORKLOADS:
+        for pct in GOAL_POINTS:
+            own = eviction[name][COIN_POLICY][f"{pct}pct"]
+            runs = [(own["object_hit"], own["byte_hit"])] + [results[(name, COIN_POLICY, pct, s)] for s in SALTS]
+            coin_spread.setdefault(name, {})[f"{pct}pct"] = {
+                "object_hit": [round(min(o for o, _ in runs), 2), round(max(o for o, _ in runs), 2)],
+                "byte_hit": [round(min(b for _, b in runs), 2), round(max(b for _, b in runs), 2)]}
+    print(f"\n{COIN_POLICY} with {len(SALTS) + 1} coin streams (min..max, %):")
+    print(table([{"trace": n, "cache": at, "object_hit": "{:.1f}..{:.1f}".format(*v["object_hit"]),
+                  "byte_hit": "{:.1f}..{:.1f}".format(*v["byte_hit"])}
+                 for n, by in coin_spread.items() for at, v in by.items()], ["trace", "cache", "object_hit", "byte_hit"]))
+
+    # -- how much room the default's constant has ------------------------------------------------
+    sensitivity: dict = {}
+    if DEFAULT.endswith("+nthmiss"):
+        for f in NTHMISS_C_FRACTIONS:
+            ev = {name: dict(by) for name, by in eviction.items()}
+            ev["wc98_day6"] = {**eviction["wc98_day6"], DEFAULT: {
+                f"{g}pct": dict(zip(("object_hit", "byte_hit"), (round(v, 2) for v in results[("wc98_day6", DEFAULT, g, f"c={f}")])))
+                for g in GRID}}
+            fall = {"wc98_day6": {DEFAULT: _falls(ev["wc98_day6"][DEFAULT])}}
+            _, missed = goal_points(DEFAULT, ev, fall, only=("wc98_day6",))
+            sensitivity[str(f)] = {"eviction": ev["wc98_day6"][DEFAULT], "not_met": missed}
+        print(f"\n{DEFAULT} on World Cup with another c (default {NTHMISS_C} of the cache):")
+        print(table([{"c": f, "goal on World Cup": "met" if not v["not_met"] else "; ".join(v["not_met"])}
+                     for f, v in sensitivity.items()], ["c", "goal on World Cup"]))
 
     # -- placement -------------------------------------------------------------------------------
     place_rows, place_out = [], {}
@@ -183,6 +238,8 @@ def run() -> dict:
                       for name, (t, s) in _WORKLOADS.items()},
         "zipf": ZIPF, "eviction": eviction, "largest_fall": falls,
         "goal": {"met": not misses, "not_met": misses, "points": points},
+        "coin_spread": {"policy": COIN_POLICY, "salts": len(SALTS) + 1, "by_trace": coin_spread},
+        "nthmiss_c_sensitivity": {"default_c": NTHMISS_C, "trace": "wc98_day6", "by_c": sensitivity},
         "placement": {"nodes": NODES, "policy": DEFAULT, "by_trace": place_out},
         "replay_seconds": round(elapsed, 1),
     }

@@ -182,7 +182,7 @@ class IdsSection:
 CROP_MODES = ("none", "attention", "centre")
 OUTPUT_FORMATS = ("jpeg", "webp", "png", "avif")
 #: ypws.cache_policy values: the policies ypws's shared index runs (ypws.index.INDEX_POLICIES)
-CACHE_POLICIES = ("lru", "s2lru", "s4lru", "sieve", "sieve+adaptsize", "s3fifo", "s3fifo+adaptsize")
+CACHE_POLICIES = ("lru", "s2lru", "s4lru", "sieve", "sieve+adaptsize", "sieve+nthmiss", "s3fifo", "s3fifo+adaptsize", "s3fifo+nthmiss")
 
 
 @dataclass(frozen=True)

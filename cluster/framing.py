@@ -1,4 +1,4 @@
-"""Request framing rules shared by the two hand-written HTTP servers (hashproxy, ypws).
+"""Request framing rules the HTTP/1.1 core (cluster/http1, run by ypws and hashproxy) holds every head to.
 
 httptools (llhttp) already refuses most desync shapes: CL with TE, duplicate or
 comma-joined Content-Length, a TE list not ending in ``chunked``, obs-fold, bare CR

@@ -1,6 +1,6 @@
 """One request on a client connection: a local reply, or a request proxied to a node.
 
-The client protocol (protocol.py) parses and routes; a cycle answers. A
+The client protocol (protocol.py, on the shared core cluster/http1) parses and routes; a cycle answers. A
 ProxyCycle streams both ways without holding a body: request chunks go to the
 node as they arrive (client reading paused past BODY_HIGH buffered bytes, node
 writes awaited with drain), response chunks are written to the client from the
@@ -22,6 +22,8 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from cluster.http1 import Cycle as HTTP1Cycle
 
 from . import responses
 from .balancer import ImageBalancer, NodeSet
@@ -73,7 +75,7 @@ class ClientTimeout(Exception):
     """The client stopped sending its request body."""
 
 
-class Cycle:
+class Cycle(HTTP1Cycle):
     """Base: the request body is read and dropped; subclasses answer in start()."""
 
     __slots__ = ("proto", "req", "keep_alive")
@@ -82,24 +84,6 @@ class Cycle:
         self.proto = proto
         self.req = req
         self.keep_alive = True
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def feed_body(self, data: bytes) -> None:
-        pass
-
-    def end_body(self) -> None:
-        pass
-
-    def client_paused(self) -> None:
-        pass
-
-    def client_resumed(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        """The client went away."""
 
 
 class Reply(Cycle):
@@ -191,6 +175,9 @@ class ProxyCycle(Cycle):
     def client_resumed(self) -> None:
         if self.conn is not None and not self.conn.closed:
             self.conn.transport.resume_reading()
+
+    def responding(self) -> bool:
+        return self.started
 
     def abort(self) -> None:
         """The client went away: drop the node's connection (mid-response it cannot be reused)."""

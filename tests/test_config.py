@@ -135,7 +135,7 @@ def test_sections_carry_no_default_values_of_their_own():
 def test_defaults_helper_gives_each_section_for_tests_and_code_without_a_file():
     base = defaults()
     assert base is defaults()  # read once
-    assert base.ypws.cache_policy == "s3fifo+adaptsize" and base.supervise.burst == 5
+    assert base.ypws.cache_policy == "s3fifo+nthmiss" and base.supervise.burst == 5
     tuned = dataclasses.replace(base.ypws, workers=1)
     assert tuned.workers == 1 and tuned.cache_bytes == base.ypws.cache_bytes
 

@@ -1,5 +1,7 @@
-"""Request smuggling: every desync shape, byte by byte, against hashproxy's and ypws's HTTP servers.
+"""Request smuggling: every desync shape, byte by byte, against the HTTP/1.1 core and both services on it.
 
+The matrix runs three times: against the bare core (cluster/http1, with an echo
+handler: tests/http1_support.py), against hashproxy's protocol and against ypws's.
 The protocol objects are driven as uvicorn's tests drive theirs: built, given a
 fake transport with ``connection_made``, fed raw bytes with ``data_received``;
 then what they wrote back is parsed, and what reached the other side is counted.
@@ -32,6 +34,7 @@ from ypws.worker import HttpProtocol
 
 from .hashproxy_support import ProxyCluster
 from .fake_transport import FakeTransport
+from .http1_support import echo
 from .helpers import cluster_tree
 
 SMUGGLED = b"GET /photos/bob/1000_abcdef0123/medium.jpg HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -215,22 +218,6 @@ def proxy(tmp_path):
         loop.close()
 
 
-@pytest.mark.parametrize("name", sorted(DESYNC))
-def test_hashproxy_refuses_every_desync_shape_and_forwards_nothing(proxy, name):
-    run, seen = proxy
-    transport, _ = run(DESYNC[name])
-    assert_refused(transport)
-    assert [s for s in seen if "url" in s] == [], f"{name}: a node saw {seen}"
-
-
-@pytest.mark.parametrize("name", sorted(UPGRADES))
-def test_hashproxy_answers_upgrades_like_ypws(proxy, name):
-    run, seen = proxy
-    transport, _ = run(UPGRADES[name])
-    assert assert_refused(transport, "upgrade_unsupported")["message"] == UPGRADE_MESSAGE
-    assert seen == []
-
-
 UPGRADE_MESSAGE = "protocol upgrades (WebSocket, h2c) are not supported"
 
 
@@ -282,40 +269,12 @@ def test_a_get_with_a_body_that_looks_like_a_request_stays_one_request(proxy):
     assert [a[2] for a in parse_responses(transport.out)] == [b"/u/alice"]
 
 
-def test_pipelined_requests_are_forwarded_and_answered_in_order(proxy):
-    run, seen = proxy
-    raw = b"".join(b"GET /u/p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(4))
-    transport, _ = run(raw, done=answered(4))
-    assert [a[2] for a in parse_responses(transport.out)] == [b"/u/p%d" % i for i in range(4)]
-    assert [s["url"] for s in seen] == [b"/u/p%d" % i for i in range(4)]
-    assert not transport.closed
-
-
-def test_a_malformed_request_behind_a_good_one_is_answered_after_it(proxy):
-    run, seen = proxy
-    transport, _ = run(b"GET /u/first HTTP/1.1\r\nHost: x\r\n\r\n" + DESYNC["te_gzip_chunked"])
-    answers = parse_responses(transport.out)
-    assert [a[0] for a in answers] == [200, 400]
-    assert answers[0][2] == b"/u/first"
-    assert [s["url"] for s in seen] == [b"/u/first"]
-    assert transport.closed
-
-
-def test_chunk_extension_flood_is_cut_and_the_node_never_gets_a_whole_request(proxy):
-    run, seen = proxy
-    flood = b"1;" + b"x" * 4000 + b"\r\na\r\n"  # 1 byte of data per 4 KB of extension
-    transport, _ = run(POST + b"Transfer-Encoding: chunked\r\n\r\n", *([flood] * 40))
-    error = assert_refused(transport, "bad_framing")
-    assert "extension" in error["message"]
-    assert [s for s in seen if "url" in s] == []  # the node saw a truncated request, then a closed socket
-
-
 def test_chunked_body_past_the_upload_limit_is_refused(proxy):
     """A chunk size larger than any body we take is cut as soon as the limit is crossed."""
     run, seen = proxy
     proto = ProxyProtocol(run.app)
     proto.connection_made(FakeTransport())
-    proto._max_chunked = 1000
+    proto._max_body = 1000
     transport, _ = run(POST + b"Transfer-Encoding: chunked\r\n\r\nffffffffffff\r\n" + b"z" * 2000, proto=proto)
     assert_refused_status(transport, 413, "body_too_large")
     assert [s for s in seen if "url" in s] == []
@@ -327,7 +286,7 @@ def assert_refused_status(transport: FakeTransport, status: int, code: str) -> N
     assert transport.closed
 
 
-# -- ypws: its own httptools server in front of the WSGI app ------------------------------------------------
+# -- ypws: the core in front of the WSGI app ------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -368,31 +327,6 @@ def ypws():
         loop.close()
 
 
-@pytest.mark.parametrize("name", sorted(DESYNC))
-def test_ypws_refuses_every_desync_shape_and_runs_nothing(ypws, name):
-    run, calls = ypws
-    transport = run(DESYNC[name])
-    assert_refused(transport)
-    assert calls == []
-
-
-@pytest.mark.parametrize("name", sorted(UPGRADES))
-def test_ypws_answers_upgrades_like_hashproxy(ypws, name):
-    run, calls = ypws
-    transport = run(UPGRADES[name])
-    assert assert_refused(transport, "upgrade_unsupported")["message"] == UPGRADE_MESSAGE
-    assert calls == []
-
-
-def test_ypws_answers_a_refusal_after_the_responses_before_it(ypws):
-    run, calls = ypws
-    transport = run(b"GET /u/first HTTP/1.1\r\nHost: x\r\n\r\n" + DESYNC["cl_comma_joined"])
-    answers = parse_responses(transport.out)
-    assert [a[0] for a in answers] == [200, 400]
-    assert answers[0][2] == b"/u/first"
-    assert calls == [("GET", "/u/first", b"")]
-
-
 def test_ypws_pipelined_requests_and_a_get_body_stay_separate(ypws):
     run, calls = ypws
     raw = (b"GET /u/a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(SMUGGLED), SMUGGLED)
@@ -402,13 +336,112 @@ def test_ypws_pipelined_requests_and_a_get_body_stay_separate(ypws):
     assert [a[2] for a in parse_responses(transport.out)] == [b"/u/a", b"/u/b"]
 
 
-def test_ypws_cuts_a_chunk_extension_flood(ypws):
-    run, calls = ypws
-    flood = b"1;" + b"x" * 4000 + b"\r\na\r\n"
-    transport = run(b"PURGE /photos/a/1_s/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-                    *([flood] * 40))
+# -- the matrix, against the core and both services ----------------------------------------------------
+
+
+@pytest.fixture
+def core():
+    """(run, reached) for the bare core with an echo handler: reached() lists the requests its handler got."""
+    loop = asyncio.new_event_loop()
+    protos = []
+
+    def run(*parts: bytes, done=None) -> FakeTransport:
+        proto, transport = echo(loop, *parts)
+        protos.append(proto)
+        loop.run_until_complete(settle(lambda: (done or closed)(transport), timeout=1.0))
+        return transport
+
+    try:
+        yield run, lambda: [(url, body) for p in protos for _, url, body in p.handled]
+    finally:
+        loop.close()
+
+
+@pytest.fixture(params=["core", "hashproxy", "ypws"])
+def server(request):
+    """(run, reached): run(*parts, done=...) -> transport; reached() -> [(target, body)] that got past the HTTP layer."""
+    if request.param == "core":
+        return request.getfixturevalue("core")
+    if request.param == "hashproxy":
+        run, seen = request.getfixturevalue("proxy")
+        return (lambda *parts, done=None: run(*parts, done=done)[0]), \
+            (lambda: [(s["url"], s["body"]) for s in seen if "url" in s])
+    run, calls = request.getfixturevalue("ypws")
+    return run, lambda: [(path.encode(), body) for _, path, body in calls]
+
+
+@pytest.mark.parametrize("name", sorted(DESYNC))
+def test_every_desync_shape_is_refused_and_reaches_nothing(server, name):
+    run, reached = server
+    transport = run(DESYNC[name])
+    assert_refused(transport)
+    assert reached() == [], f"{name}: got past the HTTP layer: {reached()}"
+
+
+@pytest.mark.parametrize("name", sorted(UPGRADES))
+def test_upgrades_are_refused_alike(server, name):
+    run, reached = server
+    transport = run(UPGRADES[name])
+    assert assert_refused(transport, "upgrade_unsupported")["message"] == UPGRADE_MESSAGE
+    assert reached() == []
+
+
+@pytest.mark.parametrize("hop", [b"content-length", b"Content-Length, close", b"keep-alive, content-length",
+                                 b"transfer-encoding, host"])
+def test_a_connection_header_naming_framing_headers_changes_no_framing(server, hop):
+    run, reached = server
+    raw = (b"POST /u/x HTTP/1.1\r\nHost: x\r\nConnection: " + hop + b"\r\nContent-Length: %d\r\n\r\n%s"
+           % (len(SMUGGLED), SMUGGLED) + b"GET /u/after HTTP/1.1\r\nHost: x\r\n\r\n")
+    closing = b"close" in hop  # then the answer to the POST is the last one
+    transport = run(raw, done=answered(1 if closing else 2))
+    got = reached()
+    assert len(got) == (1 if closing else 2), got  # the body stayed a body: never a request of its own
+    assert got[0] == (b"/u/x", SMUGGLED)
+    assert [a[2] for a in parse_responses(transport.out)] == [b"/u/x"] + ([] if closing else [b"/u/after"])
+    assert transport.closed == closing
+
+
+def test_pipelined_requests_are_answered_in_order(server):
+    run, reached = server
+    raw = b"".join(b"GET /u/p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(4))
+    transport = run(raw, done=answered(4))
+    assert [a[2] for a in parse_responses(transport.out)] == [b"/u/p%d" % i for i in range(4)]
+    assert len(reached()) == 4
+    assert not transport.closed
+
+
+@pytest.mark.parametrize("name", ["te_gzip_chunked", "cl_comma_joined", "bare_lf_header"])
+def test_a_refusal_behind_a_good_request_is_answered_after_it(server, name):
+    run, reached = server
+    transport = run(b"GET /u/first HTTP/1.1\r\nHost: x\r\n\r\n" + DESYNC[name])
+    answers = parse_responses(transport.out)
+    assert [a[0] for a in answers] == [200, 400]
+    assert answers[0][2] == b"/u/first"
+    assert len(reached()) == 1
+    assert transport.closed
+
+
+def test_a_chunk_extension_flood_is_cut(server):
+    run, reached = server
+    flood = b"1;" + b"x" * 4000 + b"\r\na\r\n"  # 1 byte of data per 4 KB of extension
+    transport = run(POST + b"Transfer-Encoding: chunked\r\n\r\n", *([flood] * 40))
     assert "extension" in assert_refused(transport, "bad_framing")["message"]
-    assert calls == []
+    assert reached() == []  # a node saw at most a truncated request, then a closed socket
+
+
+def _without_date_and_via(data: bytes) -> bytes:
+    return b"".join(line for line in bytes(data).splitlines(keepends=True)
+                    if not line.lower().startswith((b"date:", b"via:")))
+
+
+@pytest.mark.parametrize("name", sorted(DESYNC) + sorted(UPGRADES))
+def test_both_services_refuse_with_the_same_bytes(proxy, ypws, name):
+    """One refusal writer: hashproxy and ypws answer a bad request byte for byte alike (but Date and Via)."""
+    raw = {**DESYNC, **UPGRADES}[name]
+    from_proxy = proxy[0](raw)[0].out
+    from_ypws = ypws[0](raw).out
+    assert _without_date_and_via(from_proxy) == _without_date_and_via(from_ypws)
+    assert b"\r\nDate: " in from_proxy and b"\r\nDate: " in from_ypws
 
 
 # -- end to end: a real hashproxy, a stub node, a pooled connection ---------------------------------------

@@ -109,14 +109,14 @@ def test_a_client_that_never_reads_stops_being_answered_and_read(node):
     assert transport.paused and not transport.reading
     assert transport.buffered <= HIGH + BODY + 1024  # one answer past the mark, no more
     assert len(service.answered) <= HIGH // BODY + 2
-    assert len(proto.pending) == n - len(service.answered)
+    assert len(proto.pipeline) == n - len(service.answered)
     rounds = 0
-    while proto.pending and rounds < n:  # the client reads, a buffer at a time
+    while proto.pipeline and rounds < n:  # the client reads, a buffer at a time
         transport.drain()
         rounds += 1
         assert transport.buffered <= HIGH + BODY + 1024
     transport.drain()
-    assert not proto.pending and transport.reading
+    assert not proto.pipeline and transport.reading
     assert service.answered == ["/photos/a/1_0123456789/small.jpg"] * n
     assert statuses(transport.delivered) == [200] * n
 
@@ -127,7 +127,7 @@ def test_reading_resumes_once_the_client_catches_up(node):
     assert not transport.reading
     transport.drain()
     transport.drain()
-    assert transport.reading and not proto.pending
+    assert transport.reading and not proto.pipeline
     proto.data_received(b"GET /photos/a/1_0123456789/small.jpg HTTP/1.1\r\nHost: x\r\n\r\n")
     transport.drain()
     assert statuses(transport.delivered) == [200] * 21

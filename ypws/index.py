@@ -9,9 +9,11 @@ counter orders every move) and, for S3-FIFO, a hit credit count (``freq``).
 
 * ``SegmentedIndex``: segmented LRU ("lru", "s2lru", "s4lru").
 * ``SieveIndex``: SIEVE (``freq`` is the visited bit, the hand's place is a tick in
-  ``meta``), with optional AdaptSize admission ("sieve+adaptsize").
+  ``meta``), with optional AdaptSize or nth-miss admission ("sieve+adaptsize", "sieve+nthmiss").
 * ``S3FIFOIndex``: S3-FIFO (``seg`` 0 is the small FIFO, 1 the main one; the ghost
-  FIFO is its own table), with optional AdaptSize admission ("s3fifo+adaptsize").
+  FIFO is its own table), with optional AdaptSize or nth-miss admission ("s3fifo+adaptsize",
+  "s3fifo+nthmiss"). Nth-miss admission counts the misses of keys not yet admitted in the
+  ``rejected`` table (at most ``NTHMISS_MEMORY`` rows, oldest first out).
 
 The index is only written on fills, purges, and batched hit reports (workers
 queue their hits and send them every fraction of a second), never per request.
@@ -25,10 +27,12 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
-from .policies import ADAPTSIZE_C, S3FIFO_MAX_FREQ, S3FIFO_SMALL, SEGMENTS, adaptsize_admits, split_policy
+from .policies import (ADAPTSIZE_C, NTHMISS_C, NTHMISS_MEMORY, S3FIFO_MAX_FREQ, S3FIFO_SMALL, SEGMENTS,
+                       adaptsize_admits, nthmiss_needed, split_policy)
 
 #: the policies the shared index runs (``ypws.cache_policy``; cluster.config.CACHE_POLICIES)
-INDEX_POLICIES = (*SEGMENTS, "sieve", "sieve+adaptsize", "s3fifo", "s3fifo+adaptsize")
+INDEX_POLICIES = (*SEGMENTS, "sieve", "sieve+adaptsize", "sieve+nthmiss", "s3fifo", "s3fifo+adaptsize",
+                  "s3fifo+nthmiss")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -42,6 +46,8 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) 
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ghost (key TEXT PRIMARY KEY, tick INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ghost_by_age ON ghost (tick);
+CREATE TABLE IF NOT EXISTS rejected (key TEXT PRIMARY KEY, misses INTEGER NOT NULL, tick INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rejected_by_age ON rejected (tick);
 """
 
 
@@ -49,12 +55,12 @@ def open_index(path: str | os.PathLike, max_bytes: int, policy: str, busy_timeou
     """The shared index for a policy name of the config."""
     if policy not in INDEX_POLICIES:
         raise ValueError(f"cache policy {policy!r} does not run in the shared index; one of {', '.join(INDEX_POLICIES)}")
-    eviction, adaptsize = split_policy(policy)
+    eviction, admission = split_policy(policy)
     if eviction in SEGMENTS:
         return SegmentedIndex(path, max_bytes, SEGMENTS[eviction], busy_timeout)
     if eviction == "sieve":
-        return SieveIndex(path, max_bytes, adaptsize, busy_timeout)
-    return S3FIFOIndex(path, max_bytes, adaptsize, busy_timeout)
+        return SieveIndex(path, max_bytes, admission, busy_timeout)
+    return S3FIFOIndex(path, max_bytes, admission, busy_timeout)
 
 
 class Index:
@@ -132,9 +138,8 @@ class Index:
         raise NotImplementedError
 
     def _admits(self, db: sqlite3.Connection, key: str, size: int) -> bool:
-        """AdaptSize's decision (when on), drawn as the in-memory policy draws it."""
-        c = getattr(self, "adaptsize_c", None)
-        return c is None or adaptsize_admits(key, size, self._next(db, "decisions"), c)
+        """Admit-all for segmented LRU; see ``WholeCacheIndex`` for the admission rules."""
+        return True
 
     # Per-queue byte totals are kept in ``meta`` (bytes0, bytes1, ...) and loaded into a
     # list for the length of one transaction, so no move has to sum a queue.
@@ -324,8 +329,39 @@ class SegmentedIndex(Index):
 
 
 class WholeCacheIndex(Index):
-    """SIEVE and S3-FIFO: any entry up to the whole cache, filled behind the admission rule;
-    a subclass says only where an admitted entry goes (``_place``)."""
+    """SIEVE and S3-FIFO: any entry up to the whole cache, filled behind the admission rule
+    ("" admits all, "adaptsize", "nthmiss"); a subclass says only where an admitted entry goes
+    (``_place``)."""
+
+    def __init__(self, path: str | os.PathLike, max_bytes: int, admission: str = "", busy_timeout: float = 30.0):
+        super().__init__(path, max_bytes, busy_timeout)
+        if admission not in ("", "adaptsize", "nthmiss"):
+            raise ValueError(f"unknown admission rule {admission!r}")
+        self.admission = admission
+        self.adaptsize_c = ADAPTSIZE_C * max_bytes
+        self.nthmiss_c = NTHMISS_C * max_bytes
+
+    def _admits(self, db: sqlite3.Connection, key: str, size: int) -> bool:
+        """The admission decision, made as the in-memory policy makes it (same coins, same counts)."""
+        if not self.admission:
+            return True
+        decision = self._next(db, "decisions")
+        if self.admission == "adaptsize":
+            return adaptsize_admits(key, size, decision, self.adaptsize_c)
+        row = db.execute("SELECT misses FROM rejected WHERE key = ?", (key,)).fetchone()
+        misses = (row[0] if row else 0) + 1
+        if misses >= nthmiss_needed(size, self.nthmiss_c):
+            if row:
+                db.execute("DELETE FROM rejected WHERE key = ?", (key,))
+            return True
+        if row:  # a key remembered keeps its place: a FIFO of first misses
+            db.execute("UPDATE rejected SET misses = ? WHERE key = ?", (misses, key))
+            return False
+        db.execute("INSERT INTO rejected (key, misses, tick) VALUES (?, 1, ?)", (key, self._next_tick(db)))
+        excess = db.execute("SELECT COUNT(*) FROM rejected").fetchone()[0] - NTHMISS_MEMORY  # at most 1025 rows
+        if excess > 0:
+            db.execute("DELETE FROM rejected WHERE key IN (SELECT key FROM rejected ORDER BY tick LIMIT ?)", (excess,))
+        return False
 
     def insert(self, key: str, size: int) -> list[str] | None:
         if size > self.max_bytes:
@@ -350,15 +386,11 @@ class WholeCacheIndex(Index):
 
 
 class SieveIndex(WholeCacheIndex):
-    """SIEVE, optionally behind AdaptSize admission: the moves of ``ypws.policies.SieveCache``.
+    """SIEVE, optionally behind an admission rule: the moves of ``ypws.policies.SieveCache``.
 
     Entries are in insertion order (``tick``); the hand is the tick of the last entry it
     looked at (0: start from the oldest). A hit sets the visited bit, so batches are exact.
     """
-
-    def __init__(self, path: str | os.PathLike, max_bytes: int, adaptsize: bool = False, busy_timeout: float = 30.0):
-        super().__init__(path, max_bytes, busy_timeout)
-        self.adaptsize_c = ADAPTSIZE_C * max_bytes if adaptsize else None
 
     def _place(self, db: sqlite3.Connection, key: str, size: int, seg_bytes: list[int]) -> None:
         db.execute("INSERT INTO entries (key, size, seg, tick, freq) VALUES (?, ?, 0, ?, 0)", (key, size, self._next_tick(db)))
@@ -397,7 +429,7 @@ class SieveIndex(WholeCacheIndex):
 
 
 class S3FIFOIndex(WholeCacheIndex):
-    """S3-FIFO, optionally behind AdaptSize admission: the moves of ``ypws.policies.S3FIFOCache``.
+    """S3-FIFO, optionally behind an admission rule: the moves of ``ypws.policies.S3FIFOCache``.
 
     A hit only raises the entry's credit count (capped), so a batch of hits has exactly the
     effect of the same hits one by one, whatever their order.
@@ -407,10 +439,9 @@ class S3FIFOIndex(WholeCacheIndex):
     #: the state loaded for one transaction: bytes per queue, then entries held and keys in the ghost
     STATE = ("bytes0", "bytes1", "entries", "ghost_entries")
 
-    def __init__(self, path: str | os.PathLike, max_bytes: int, adaptsize: bool = False, busy_timeout: float = 30.0):
-        super().__init__(path, max_bytes, busy_timeout)
+    def __init__(self, path: str | os.PathLike, max_bytes: int, admission: str = "", busy_timeout: float = 30.0):
+        super().__init__(path, max_bytes, admission, busy_timeout)
         self.small_target = int(max_bytes * S3FIFO_SMALL)
-        self.adaptsize_c = ADAPTSIZE_C * max_bytes if adaptsize else None
 
     def _place(self, db: sqlite3.Connection, key: str, size: int, seg_bytes: list[int]) -> None:
         seg = 0

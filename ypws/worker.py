@@ -3,27 +3,22 @@
 gunicorn's own workers parse HTTP in Python and build a WSGI environ per
 request; that costs more CPU than a whole cache hit should. This worker keeps
 gunicorn for what it does well (the master: binding, forking, heartbeats,
-restarts, graceful stops) and serves connections on uvloop with the httptools
-parser. For each GET/HEAD of an image it first asks ``ImageService.respond(...,
-fast=True)``: a cache hit is answered right there from one cache file read, with
-no environ and no thread. A miss, a page, PURGE or anything else goes, as WSGI,
-to the falcon app on a thread pool; the connection waits (requests pipelined
-behind it are queued) and its reading is paused meanwhile. Likewise while the
-client is not reading its answers (the transport's write buffer is past its high
-water mark): reading is paused and parsed requests wait in the queue, so a client
-that pipelines hits and never reads holds a few small request objects, not
-megabytes of answers.
-
-Framing follows the same strict rules as hashproxy (cluster/framing.py): an
-ambiguous head, an Upgrade, or a chunked body whose framing outweighs its data is
-refused with a JSON 400 and the connection closed; a refusal that follows requests
-still being answered is written after their responses, never before.
+restarts, graceful stops) and serves connections on uvloop with the cluster's
+HTTP/1.1 core (cluster/http1: httptools parsing, limits, strict framing,
+pipelining, flow control, deadlines, refusals; the same core hashproxy runs).
+This module supplies only the request handler. For each GET/HEAD of an image it
+first asks ``ImageService.respond(..., fast=True)``: a cache hit is answered right
+there from one cache file read, with no environ and no thread. A miss, a page,
+PURGE or anything else goes, as WSGI, to the falcon app on a thread pool; the
+connection waits (requests pipelined behind it are queued) and its reading is
+paused meanwhile. While the client is not reading its answers the core pauses
+reading and starts no further request, so a client that pipelines hits and never
+reads holds a few small request objects, not megabytes of answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http
 import io
 import json
 import os
@@ -31,14 +26,15 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote_to_bytes
 
 import httptools
 from gunicorn.workers import base
 
-from cluster.framing import CHUNK_OVERHEAD_REFUSAL, ChunkBudget, check_head
+from cluster.http1 import Cycle, HTTP1Protocol, Limits
+from cluster.http1.date import date_header
+from cluster.http1.refusal import NOSNIFF, STATUS_LINES
 
 from .accesslog import AccessLog
 from .diskcache import CorruptEntry
@@ -56,33 +52,56 @@ IMAGE_HEADERS = {
     b"if-modified-since": "if_modified_since", b"range": "range", b"if-range": "if_range",
 }
 LOGGED_HEADERS = {**IMAGE_HEADERS, b"user-agent": "ua"}
-#: headers that make a request head worth the full framing check (cluster.framing.check_head)
-FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 HEAD_MEMO_MAX = 4096
-STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 
 
-SHED_LINGER = 1.0  # seconds a refused connection may take to close its side
-UPGRADE_REFUSAL = (400, "upgrade_unsupported", "protocol upgrades (WebSocket, h2c) are not supported")
-NOSNIFF = b"X-Content-Type-Options: nosniff\r\n"
+def node_limits(max_connections: int, keepalive: float = 5.0, client_timeout: float = 10.0) -> Limits:
+    """The HTTP core's limits for a ypws node: small heads and bodies, ``ypws.client_timeout`` for a whole
+    request (from its first byte) and for a client that leaves its answers unread, gunicorn's keepalive idle."""
+    return Limits(max_request_line=MAX_URL, max_header_bytes=MAX_HEADER_BYTES, max_headers=MAX_HEADERS,
+                  max_body=MAX_BODY, max_connections=max_connections, write_high_water=WRITE_HIGH_WATER,
+                  idle_timeout=keepalive, head_timeout=client_timeout, request_timeout=client_timeout,
+                  write_stall_timeout=client_timeout)
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        self.status, self.code, self.message = status, code, message
+class _Request(Cycle):
+    """One request: answered on the loop (a hit) or by the WSGI app on a thread, once it is whole and its turn."""
 
+    __slots__ = ("proto", "method", "url", "headers", "version", "keep_alive", "parts", "body", "fields", "whole",
+                 "turn", "started")
 
-class _Refusal(tuple):
-    """A refusal queued behind pipelined requests: (status, code, message)."""
+    def __init__(self, proto: "HttpProtocol", method: bytes, url: bytes, headers: list, version: str,
+                 keep_alive: bool):
+        self.proto, self.method, self.url, self.headers = proto, method, url, headers
+        self.version, self.keep_alive = version, keep_alive
+        self.parts: list[bytes] | None = None
+        self.whole = self.turn = False  # body, fields and started are set once it is whole
 
+    def feed_body(self, data: bytes) -> None:
+        if self.parts is None:
+            self.parts = [data]
+        else:
+            self.parts.append(data)
 
-class _Request:
-    __slots__ = ("method", "url", "headers", "fields", "body", "keep_alive", "version", "started")
+    def end_body(self) -> None:
+        self.whole = True
+        parts = self.parts
+        if parts is None:
+            self.body = b""
+        else:
+            self.body = b"".join(parts)
+            self.parts = None
+        self.started = time.perf_counter()
+        if self.turn:
+            self.proto._handle(self)
 
-    def __init__(self, method: bytes, url: bytes, headers: list, fields: dict, body: bytes, keep_alive: bool,
-                 version: str, started: float):
-        self.method, self.url, self.headers, self.fields, self.body = method, url, headers, fields, body
-        self.keep_alive, self.version, self.started = keep_alive, version, started
+    def start(self) -> None:
+        self.turn = True
+        if self.whole:
+            self.proto._handle(self)
+
+    def abort(self) -> None:
+        self.turn = False  # never handled; one already on a thread finds the connection gone
 
 
 class FileWrapper:
@@ -99,162 +118,55 @@ class FileWrapper:
         self.fh.close()
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(HTTP1Protocol):
+    """The shared HTTP/1.1 core (cluster/http1) with ypws's handler: hits on the loop, the rest on threads."""
+
     def __init__(self, worker: "YpwsWorker"):
+        limits = getattr(worker, "limits", None) or node_limits(worker.max_connections)
+        super().__init__(worker.loop, worker.connections, limits)
         self.worker = worker
-        self.loop = worker.loop
         self.service = worker.service
         self.log = worker.access
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.peer = ("", 0)
-        self.pending: deque[_Request] = deque()
-        self.busy = False
-        self.write_paused = False  # the client is not reading: answer nothing more until it does
-        self.shed = False  # refused at the connection cap: incoming data is dropped
-        self.last_active = self.loop.time()
-        self.started: float | None = None  # when the request being received sent its first byte
-        self.chunks: ChunkBudget | None = None  # framing spent by the chunked body being received
-        self.can_write = threading.Event()
+        self.can_write = threading.Event()  # a WSGI thread writes only while the client reads
         self.can_write.set()
-        self._reset()
 
-    def _reset(self) -> None:
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.fields: dict[str, str] = {}  # the headers named in LOGGED_HEADERS, decoded
-        self.body: list[bytes] = []
-        self.header_bytes = 0
-        self.body_bytes = 0
-        self.framing = False  # a framing header or a second Host was seen: check_head runs
+    # -- the core's hooks ------------------------------------------------------------------------
+    def handle_head(self, method: bytes, url: bytes, headers: list, version: str, keep_alive: bool) -> _Request:
+        return _Request(self, method, url, headers, version, keep_alive)
 
-    # -- asyncio callbacks -------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        self.peer = transport.get_extra_info("peername") or ("", 0)
-        if len(self.worker.connections) >= self.worker.max_connections:
-            # file descriptors are finite: shed the newest rather than fail accept() for everyone
-            self._refuse(503, "overloaded", "too many open connections; try again shortly", b"Retry-After: 1\r\n",
-                         linger=True)
-            return
-        self.worker.connections.add(self)
+    def on_refused(self, status: int, nbytes: int) -> None:
+        if self.log.enabled:
+            self.log.write(b"-", self.url[:200], status, nbytes, "-", 0.0, None, None, self.peer[0])
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.worker.connections.discard(self)
-        self.transport = None
+        super().connection_lost(exc)
         self.can_write.set()  # a thread waiting to write finds the connection gone
 
     def pause_writing(self) -> None:
         self.can_write.clear()
-        self.write_paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        super().pause_writing()
 
     def resume_writing(self) -> None:
         self.can_write.set()
-        self.write_paused = False
-        if self.transport is not None and not self.busy:
-            self.transport.resume_reading()
-            self._drain()
-
-    def data_received(self, data: bytes) -> None:
-        if self.shed:
-            return  # read and dropped: closing with unread data would reset the connection
-        self.last_active = self.loop.time()
-        chunks = self.chunks
-        if chunks is not None:
-            chunks.raw += len(data)
-        try:
-            self.parser.feed_data(data)
-        except _Refused as exc:
-            self._refuse_in_order(exc.status, exc.code, exc.message)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _Refused):
-                self._refuse_in_order(cause.status, cause.code, cause.message)
-            else:
-                self._refuse_in_order(400, "bad_request", "malformed HTTP request")
-        except httptools.HttpParserUpgrade:
-            self._refuse_in_order(*UPGRADE_REFUSAL)
-        except httptools.HttpParserError:
-            self._refuse_in_order(400, "bad_request", "malformed HTTP request")
-        else:
-            if chunks is not None and chunks is self.chunks and chunks.exceeded():
-                self._refuse_in_order(*CHUNK_OVERHEAD_REFUSAL)  # all of data went to one body
-
-    # -- httptools callbacks -----------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._reset()
-        self.started = self.loop.time()
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > MAX_URL:
-            raise _Refused(414, "uri_too_long", "the request line is too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value)
-        if self.header_bytes > MAX_HEADER_BYTES or len(self.headers) >= MAX_HEADERS:
-            raise _Refused(431, "headers_too_large", "the request headers are too large")
-        self.headers.append((name, value))
-        lname = name.lower()
-        field = LOGGED_HEADERS.get(lname)
-        if field is not None:
-            if field in self.fields:  # a repeated Host (or any logged header): let check_head judge
-                self.framing = True
-            self.fields[field] = value.decode("latin-1")
-        elif lname in FRAMING_HEADERS:
-            self.framing = True
-
-    def on_headers_complete(self) -> None:
-        p = self.parser
-        if p.should_upgrade():
-            raise _Refused(*UPGRADE_REFUSAL)
-        if self.framing:  # the hit path (no body, one Host) skips the full check
-            refusal = check_head(self.headers, p.get_http_version() == "1.0")
-            if refusal is not None:
-                raise _Refused(*refusal)
-
-    def on_chunk_header(self) -> None:
-        if self.chunks is None:
-            self.chunks = ChunkBudget()
-
-    def on_body(self, body: bytes) -> None:
-        if self.chunks is not None:
-            self.chunks.data += len(body)
-        self.body_bytes += len(body)
-        if self.body_bytes > MAX_BODY:
-            raise _Refused(413, "body_too_large", "ypws takes no request bodies this large")
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.started = None
-        self.chunks = None
-        p = self.parser
-        req = _Request(p.get_method(), self.url, self.headers, self.fields, b"".join(self.body), p.should_keep_alive(),
-                       p.get_http_version(), time.perf_counter())
-        if self.busy or self.pending or self.write_paused:
-            self.pending.append(req)
-        else:
-            self._handle(req)
+        super().resume_writing()
 
     # -- requests ----------------------------------------------------------------------------
     def _handle(self, req: _Request) -> None:
-        if req.__class__ is _Refusal:
-            self._refuse(*req)
-            return
+        req.fields = fields = {}
+        for name, value in req.headers:
+            field = LOGGED_HEADERS.get(name.lower())
+            if field is not None:
+                fields[field] = value.decode("latin-1")
         if self.service is not None and req.method in (b"GET", b"HEAD") and (
                 req.url.startswith(b"/photos/") or req.url == b"/readyz"):
             reply = self._fast(req) if req.url != b"/readyz" else self._ready()
             if reply is not None:
                 sent = self._send(req, reply)
                 if self.log.enabled:
-                    f = req.fields
-                    self.log.write(req.method, req.url, reply.status, sent, reply.cache, time.perf_counter() - req.started,
-                                   f.get("referer"), f.get("ua"), self.peer[0])
-                if not req.keep_alive and self.transport is not None:
-                    self.transport.close()
+                    self.log.write(req.method, req.url, reply.status, sent, reply.cache,
+                                   time.perf_counter() - req.started, fields.get("referer"), fields.get("ua"),
+                                   self.peer[0])
+                self.cycle_done(req, req.keep_alive)
                 return
         self._dispatch(req)
 
@@ -296,7 +208,7 @@ class HttpProtocol(asyncio.Protocol):
             if len(memo) >= HEAD_MEMO_MAX:
                 memo.clear()
             memo[headers] = block
-        head = [STATUS_LINES[reply.status], block, self.worker.date_header()]
+        head = [STATUS_LINES[reply.status], block, date_header()]
         if not req.keep_alive:
             head.append(b"Connection: close\r\n")
         head.append(b"\r\n")
@@ -308,49 +220,13 @@ class HttpProtocol(asyncio.Protocol):
         transport.writelines(head)
         return 0
 
-    def _refuse_in_order(self, status: int, code: str, message: str) -> None:
-        """Refuse now, or, when earlier requests are still being answered, right after their responses."""
-        if self.busy or self.pending:
-            self.shed = True  # nothing more is read from this connection
-            if self.transport is not None:
-                self.transport.pause_reading()
-            self.pending.append(_Refusal((status, code, message)))
-            return
-        self._refuse(status, code, message)
-
-    def _refuse(self, status: int, code: str, message: str, extra: bytes = b"", linger: bool = False) -> None:
-        """Answer a request we could not even parse (or take), then close.
-
-        ``linger``: for a connection refused before its request was read. Its request is
-        then still coming in, and closing on unread data would make the kernel reset the
-        connection, losing the answer: so our side is shut for writing, what arrives is
-        dropped, and the connection is closed when the client closes it (or in a second)."""
-        if self.transport is None:
-            return
-        body = json.dumps({"error": code, "message": message}).encode()
-        self.transport.writelines([
-            STATUS_LINES[status], b"Content-Type: application/json\r\nContent-Length: ", str(len(body)).encode(),
-            b"\r\nConnection: close\r\n", NOSNIFF, extra, self.worker.date_header(), b"\r\n", body,
-        ])
-        if self.log.enabled:
-            self.log.write(b"-", self.url[:200], status, len(body), "-", 0.0, None, None, self.peer[0])
-        if linger and self.transport.can_write_eof():
-            self.shed = True
-            self.transport.write_eof()
-            self.loop.call_later(SHED_LINGER, self.transport.close)
-        else:
-            self.transport.close()
-
     # -- the WSGI route ------------------------------------------------------------------------
     def _dispatch(self, req: _Request) -> None:
-        self.busy = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self.pause_reading("wsgi")
         fut = self.loop.run_in_executor(self.worker.executor, self._run_wsgi, req)
         fut.add_done_callback(lambda f: self._wsgi_done(req, f))
 
     def _wsgi_done(self, req: _Request, fut: asyncio.Future) -> None:
-        self.busy = False
         try:
             status, sent, cache, keep = fut.result()
         except Exception:  # the app raised past falcon's handlers: nothing sensible can follow
@@ -360,19 +236,8 @@ class HttpProtocol(asyncio.Protocol):
             f = req.fields
             self.log.write(req.method, req.url, status, sent, cache, time.perf_counter() - req.started,
                            f.get("referer"), f.get("ua"), self.peer[0])
-        if self.transport is None:
-            return
-        if not keep:
-            self.transport.close()
-            return
-        if not self.write_paused:
-            self.transport.resume_reading()
-        self._drain()
-
-    def _drain(self) -> None:
-        """Answer queued requests until one goes to a thread, the client stops reading, or none is left."""
-        while self.pending and not self.busy and not self.write_paused and self.transport is not None:
-            self._handle(self.pending.popleft())
+        self.resume_reading("wsgi")
+        self.cycle_done(req, keep)
 
     def _write_from_thread(self, data: bytes) -> bool:
         """Queue bytes for the loop to write, waiting while the transport's buffer is full."""
@@ -441,7 +306,7 @@ class HttpProtocol(asyncio.Protocol):
             lines.append(f"{name}: {value}\r\n".encode("latin-1"))
         if not has_length and req.method != b"HEAD" and status not in (204, 304) and status >= 200:
             keep = False  # no length: the end of the body is the end of the connection
-        lines.append(self.worker.date_header())
+        lines.append(date_header())
         lines.append(b"Server: ypws\r\n")
         if not keep:
             lines.append(b"Connection: close\r\n")
@@ -495,7 +360,7 @@ class YpwsWorker(base.Worker):
         self.max_connections = self.cfg.worker_connections  # the node's own limit once the app is loaded
         self.servers: list = []
         self.head_memo: dict[tuple, bytes] = {}  # encoded header blocks of recent replies
-        self._date = (0, b"")
+        self.limits: Limits | None = None  # the HTTP core's, once the app is loaded
 
     def init_process(self) -> None:
         try:
@@ -513,6 +378,8 @@ class YpwsWorker(base.Worker):
         self.cache = getattr(self.wsgi, "cache", None)
         self.max_connections = int(getattr(self.service, "max_connections", self.cfg.worker_connections))
         self.access = getattr(self.wsgi, "access_log", None) or AccessLog.off()
+        self.limits = node_limits(self.max_connections, max(1.0, float(self.cfg.keepalive)),
+                                  float(getattr(self.service, "client_timeout", 10.0)))
         self.executor = ThreadPoolExecutor(max(1, self.cfg.threads), thread_name_prefix="ypws-wsgi")
 
     def init_signals(self) -> None:
@@ -534,14 +401,6 @@ class YpwsWorker(base.Worker):
     def _stop(self) -> None:
         self.alive = False
 
-    def date_header(self) -> bytes:
-        now = int(time.time())
-        if now != self._date[0]:
-            from email.utils import formatdate
-
-            self._date = (now, f"Date: {formatdate(now, usegmt=True)}\r\n".encode())
-        return self._date[1]
-
     def run(self) -> None:
         try:
             self.loop.run_until_complete(self._serve())
@@ -561,8 +420,6 @@ class YpwsWorker(base.Worker):
             server = await self.loop.create_server(lambda: HttpProtocol(self), sock=sock.sock, backlog=self.cfg.backlog)
             self.servers.append(server)
         self.sockname = self.sockets[0].sock.getsockname()[:2] if self.sockets else ("", 0)
-        keepalive = max(1.0, float(self.cfg.keepalive))
-        head_timeout = float(getattr(self.service, "client_timeout", 10.0))
         next_beat = 0.0
         while self.alive:
             now = self.loop.time()
@@ -571,14 +428,8 @@ class YpwsWorker(base.Worker):
                 if self.ppid != os.getppid():
                     self.log.info("parent changed, shutting down: %s", self)
                     break
-                for conn in list(self.connections):
-                    if conn.busy or conn.transport is None:
-                        continue
-                    if conn.started is not None and now - conn.started > head_timeout:
-                        # slow loris: a request trickled in byte by byte never goes idle
-                        conn._refuse(408, "request_timeout", "the request was not received in time")
-                    elif now - conn.last_active > keepalive:  # idle keep-alive connections
-                        conn.transport.close()
+                for conn in list(self.connections):  # idle, slow-loris and unread-answer limits
+                    conn.check_timers(now)
                 next_beat = now + 1.0
             self._housekeeping()
             await asyncio.sleep(self.TICK)
@@ -597,11 +448,9 @@ class YpwsWorker(base.Worker):
             server.close()
         deadline = self.loop.time() + self.cfg.graceful_timeout
         for conn in list(self.connections):
-            if not conn.busy and conn.transport is not None:
-                conn.transport.close()
+            conn.shutdown()  # idle ones close now, the others once their answers are written
         while any(c.busy for c in self.connections) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
         self._housekeeping()
