@@ -67,6 +67,8 @@ class PhotoRecord:
     pages: int = 1               # frames of an animation / pages of a TIFF
     private: bool = False        # served only through signed URLs
     original_public: bool = True  # the owner lets anyone fetch the original
+    thumbhash: str | None = None  # base64 ThumbHash (media/placeholders.py); None: not made yet (older records)
+    color: str | None = None      # dominant colour "#rrggbb", the box's background until the image loads
 
     @property
     def ref(self) -> PhotoRef:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -173,3 +174,115 @@ def test_upload_through_the_page_then_see_the_thumbnail_in_the_gallery(tmp_path,
             page.screenshot(path=str(shots / f"{name}-{width}x{height}.png"), full_page=True)
             assert page.evaluate("() => document.documentElement.scrollWidth") <= width  # nothing wider
     page.close()
+
+
+def _photo(size: tuple[int, int], top: tuple[int, int, int], bottom: tuple[int, int, int]) -> bytes:
+    """A JPEG of two bands with some grain (what a placeholder has to show: colours and layout)."""
+    w, h = size
+    im = Image.new("RGB", size, bottom)
+    im.paste(top, (0, 0, w, h * 2 // 3))
+    grain = Image.effect_noise(size, 12).convert("RGB")
+    buf = io.BytesIO()
+    Image.blend(im, grain, 0.08).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _rgb(css: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in css[css.index("(") + 1:css.index(")")].split(",")[:3])
+
+
+def _mean(png: bytes, inset: int = 4) -> list[float]:
+    from PIL import ImageStat
+
+    im = Image.open(io.BytesIO(png)).convert("RGB")
+    return ImageStat.Stat(im.crop((inset, inset, im.width - inset, im.height - inset))).mean
+
+
+def _near(a, b, tol: float) -> bool:
+    return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+BOXES = """sel => [...document.querySelectorAll(sel)].map(i => { const r = i.getBoundingClientRect(), cs = getComputedStyle(i);
+    return {id: i.dataset.photo || '', x: r.x, y: r.y, w: r.width, h: r.height, color: cs.backgroundColor,
+            image: cs.backgroundImage, loaded: i.complete && i.naturalWidth > 0}; })"""
+
+
+def test_placeholders_show_until_the_images_arrive(tmp_path, services, browser):
+    """Each image's box has its photo's shape, its dominant colour and its ThumbHash before a byte of
+    the image arrives (image responses held back with page.route), and shows the image after."""
+    import fast_thumbhash
+
+    cfg, path = write_config(tmp_path, cluster_tree(tmp_path))
+    for role in ("magickd", "ypfs", "ypws"):
+        node = getattr(cfg, role).nodes[0]
+        services.start_module(node.name, role, "serve", "--node", node.name, config_path=path,
+                              health_url=f"{node.url}/{'readyz' if role == 'ypws' else 'healthz'}", timeout=90)
+    token = subprocess.run([sys.executable, "-m", "ypfs", "--config", str(path), "user", "add", "alice"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO, check=True).stdout.strip()
+    photos = {}
+    for name, data in (("sea", _photo((960, 640), (40, 90, 200), (230, 210, 150))),
+                       ("poppy", _photo((600, 900), (210, 30, 40), (40, 120, 50)))):
+        r = requests.post(f"{cfg.ypfs.nodes[0].url}/upload", headers={"Authorization": f"Bearer {token}"},
+                          files={"photo": (f"{name}.jpg", data, "image/jpeg")}, data={"title": name}, timeout=60)
+        assert r.status_code == 201, r.text
+        photos[r.json()["id"]] = r.json()
+    site = cfg.ypws.nodes[0].url
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(60_000)
+    # the reference decoder shipped in the page draws exactly what the official implementation draws
+    page.goto(f"{site}/u/alice", wait_until="load")
+    for p in photos.values():
+        w, h, rgba = page.evaluate("h => { const r = thumbHashToRGBA(Uint8Array.from(atob(h), c => c.charCodeAt(0)));"
+                                   " return [r.w, r.h, Array.from(r.rgba)]; }", p["thumbhash"])
+        assert (w, h, rgba) == tuple(fast_thumbhash.thumb_hash_to_rgba(base64.b64decode(p["thumbhash"])))
+
+    for url, selector in ((f"{site}/u/alice", "img.thumb"), (f"{site}/p/alice/{next(iter(photos))}", "img.photo")):
+        held, release = [], []
+
+        def hold(route) -> None:  # every image request waits here until released
+            (route.continue_() if release else held.append(route))
+
+        page.route("**/photos/**", hold)
+        page.goto(url, wait_until="domcontentloaded")
+        deadline = time.monotonic() + 30
+        while len(held) < page.eval_on_selector_all(selector, "is => is.length") and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        page.wait_for_function("sel => [...document.querySelectorAll(sel)].every("
+                               "i => getComputedStyle(i).backgroundImage.startsWith('url(\"data:image/png'))", arg=selector)
+        before = page.evaluate(BOXES, selector)
+        assert before and held
+        shots = REPO / "var" / "screenshots"  # for a person to look at: the page before its images arrive
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / f"placeholders-{selector.split('.')[1]}.png"))
+        for i, box in enumerate(before):
+            p = photos[box["id"]] if box["id"] else next(iter(photos.values()))
+            assert not box["loaded"]  # nothing of the image has arrived
+            assert abs(box["w"] / box["h"] - p["width"] / p["height"]) < 0.03, (box, p["width"], p["height"])
+            assert _rgb(box["color"]) == tuple(int(p["color"][k:k + 2], 16) for k in (1, 3, 5))
+            # what shows is the ThumbHash's picture: its colours, not the page's grey
+            shown = _mean(page.locator(selector).nth(i).screenshot())
+            w, h, rgba = fast_thumbhash.thumb_hash_to_rgba(base64.b64decode(p["thumbhash"]))
+            assert _near(shown, _mean(_png(Image.frombytes("RGBA", (w, h), bytes(rgba))), 0), 14), shown
+        release.append(True)
+        for route in held:
+            route.continue_()
+        page.wait_for_function("sel => [...document.querySelectorAll(sel)].every(i => i.complete && i.naturalWidth > 0)",
+                               arg=selector)
+        page.unroute("**/photos/**")
+        after = page.evaluate(BOXES, selector)
+        for box, was in zip(after, before):
+            assert box["image"] == "none" and box["loaded"]  # the placeholder is gone
+            # no layout shift (under a pixel: a rendition's whole-pixel size rounds its aspect ratio)
+            assert _near((box["x"], box["y"], box["w"], box["h"]), (was["x"], was["y"], was["w"], was["h"]), 1), (box, was)
+        for i, box in enumerate(after):
+            src = page.locator(selector).nth(i).evaluate("i => i.currentSrc")
+            served = decode(requests.get(src, timeout=30).content).convert("RGB")
+            assert _near(_mean(page.locator(selector).nth(i).screenshot()), _mean(_png(served)), 14)
+    page.close()
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "PNG")
+    return buf.getvalue()

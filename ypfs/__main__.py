@@ -8,6 +8,7 @@
     python -m ypfs photo delete USER ID     take a photo down (admin): storage, then the caches
     python -m ypfs gc [--grace-minutes N] [--dry-run]
                                             remove objects no photo record reaches (crash leftovers)
+    python -m ypfs placeholders [--user U]  give photos stored before placeholders their ThumbHash and colour
 """
 
 from __future__ import annotations
@@ -140,6 +141,29 @@ def gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def placeholders(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from storage import open_store
+    from storage.keys import InvalidName, valid_user
+
+    from .backfill import backfill
+
+    cfg = load(args.config)
+    try:
+        user = valid_user(args.user) if args.user else None
+    except InvalidName:
+        print(f"not a user name: {args.user!r}", file=sys.stderr)
+        return 2
+    with tqdm(unit=" photos", desc="placeholders", disable=args.quiet) as bar:
+        report = backfill(cfg.limits, open_store(cfg.storage, cfg.local_root), user, on_photo=lambda _k: bar.update())
+    for line in report.failed:
+        print(f"no placeholder for {line}")
+    print(f"{report.examined} photos examined: {report.filled} given a placeholder, {report.had_one} had one, "
+          f"{report.changed_meanwhile} changed while this ran (run again), {len(report.failed)} failed")
+    return 1 if report.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ypfs", description="ypfs: the upload server and its admin commands")
     ap.add_argument("--config", default=None, help="cluster TOML (default: $YUPOO_CONFIG, else built-in defaults)")
@@ -163,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=gc)
+    pl = sub.add_parser("placeholders", help="give photos stored before placeholders existed their ThumbHash and "
+                                             "dominant colour (photos that have them are left alone)")
+    pl.add_argument("--user", help="only this user's photos (default: everyone's)")
+    pl.add_argument("--quiet", action="store_true", help="no progress bar")
+    pl.set_defaults(func=placeholders)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

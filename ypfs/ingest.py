@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from cluster.config import LimitsSection, SizeProfile
-from storage import BlobStore, NotFound, StorageError
+from storage import BlobStore, NotFound, StorageError, deadline
 from storage.ids import new_secret
 from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key, timeline_key
 from storage.records import PhotoRecord, original_url, rendition_url
 
 from cluster.pool import background
 from media.formats import SUPPORTED
+from media.placeholders import placeholder_for
 from media.probe import ImageRejected, probe
 from media.sniff import headless_heif, sniff
 from .spool import Spool
@@ -79,12 +80,19 @@ class Ingestor:
         if existing is not None:
             self._take_back(ref, stored)
             return existing, False
+        # the placeholder's tiny decode runs while the original's PUT may still be going;
+        # only an accepted image gets this far, so a hostile one never reaches it. It is
+        # best effort: at most half the request's time left, so the record still gets written
+        left = deadline.remaining()
+        budget = self.limits.decode_timeout if left is None else min(self.limits.decode_timeout, left / 2)
+        placeholder = placeholder_for(spool.source, fmt, budget) if budget > 0.05 else None
         stored.result()  # StorageError if the original could not be stored
         rec = PhotoRecord(
             id=ref.photo_id, owner=user, secret=ref.secret, format=fmt, width=info.width, height=info.height,
             bytes=spool.size, sha256=spool.sha256, uploaded_at=self.clock(), title=meta.title,
             taken_at=info.taken_at, camera=info.camera, exposure=info.exposure, pages=info.pages, private=meta.private,
             original_public=allow_originals,
+            thumbhash=placeholder.thumbhash if placeholder else None, color=placeholder.color if placeholder else None,
         )
         # The dedupe and timeline entries are written beside the record: a dedupe entry
         # whose record is missing reads as "no duplicate" (see _existing), a timeline entry
@@ -136,7 +144,7 @@ def photo_view(public_url: str, sizes: Sequence[SizeProfile], rec: PhotoRecord) 
         "id": rec.id, "owner": rec.owner, "secret": rec.secret, "title": rec.title,
         "width": rec.width, "height": rec.height, "format": rec.format, "bytes": rec.bytes, "sha256": rec.sha256,
         "pages": rec.pages, "taken_at": rec.taken_at, "camera": rec.camera, "exposure": rec.exposure,
-        "private": rec.private,
+        "private": rec.private, "thumbhash": rec.thumbhash, "color": rec.color,
         "original_public": rec.original_public, "uploaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.uploaded_at)),
         "urls": urls,
     }

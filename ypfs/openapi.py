@@ -61,7 +61,7 @@ def document(cfg: Config) -> dict:
                 "Photo": {
                     "type": "object",
                     "required": ["id", "owner", "secret", "title", "width", "height", "format", "bytes", "sha256",
-                                 "pages", "private", "original_public", "uploaded_at", "urls"],
+                                 "pages", "private", "original_public", "uploaded_at", "urls", "thumbhash", "color"],
                     "properties": {
                         "id": {"type": "string", "pattern": PHOTO_ID_RE.pattern},
                         "owner": {"type": "string", "pattern": USER_RE.pattern},
@@ -74,6 +74,13 @@ def document(cfg: Config) -> dict:
                         "taken_at": nullable_str, "camera": nullable_str, "exposure": nullable_str,
                         "private": {"type": "boolean"}, "original_public": {"type": "boolean"},
                         "uploaded_at": {"type": "string"},
+                        "thumbhash": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9+/]+={0,2}$",
+                                      "description": "ThumbHash (https://evanw.github.io/thumbhash/) of the photo, "
+                                                     "base64: a blurred preview to show until the image loads; "
+                                                     "null for photos stored before placeholders existed"},
+                        "color": {"type": ["string", "null"], "pattern": "^#[0-9a-f]{6}$",
+                                  "description": "the photo's dominant colour, a box's background until the "
+                                                 "image loads; null like thumbhash"},
                         "urls": {"type": "object", "additionalProperties": {"type": "string"},
                                  "description": "one URL per size name, plus 'original' when the owner allows it"},
                         "cache": cache_report,

@@ -10,6 +10,7 @@ rendition that is sharp enough.
 from __future__ import annotations
 
 import json
+import re
 from html import escape
 
 from cluster.config import Config, SizeProfile
@@ -34,13 +35,32 @@ ul.files{list-style:none;padding:0}ul.files li{margin:.5em 0}ul.files img{displa
 
 
 def _page(title: str, body: str) -> str:
+    # the placeholder script last: every image it dresses is parsed by then
+    script = f"<script>{PLACEHOLDER_SCRIPT}</script>" if "data-thumbhash=" in body else ""
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n"
         "<body><header><a href=\"/\">Photos</a><a href=\"/upload\">Upload</a></header>\n"
-        f"<main>{body}</main></body></html>\n"
+        f"<main>{body}</main>{script}</body></html>\n"
     )
+
+
+_COLOR = re.compile(r"#[0-9a-f]{6}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def _placeholder(record: PhotoRecord, style: str = "") -> str:
+    """Attributes that dress an <img> as its photo's placeholder until the image loads: the
+    dominant colour as its background at once (no script needed), the ThumbHash for
+    PLACEHOLDER_SCRIPT to paint over it. Nothing for records made before placeholders."""
+    parts = [style] if style else []
+    if record.color and _COLOR.fullmatch(record.color):
+        parts.append(f"background-color:{record.color}")
+    attrs = f' style="{escape(";".join(parts))}"' if parts else ""
+    if record.thumbhash and _BASE64.fullmatch(record.thumbhash):
+        attrs += f' data-thumbhash="{escape(record.thumbhash)}"'
+    return attrs
 
 
 def _srcset(cfg: Config, record: PhotoRecord, names: tuple[str, ...]) -> tuple[str, SizeProfile | None, tuple[int, int]]:
@@ -73,7 +93,7 @@ def _thumbs(cfg: Config, records: list[PhotoRecord], paged: bool, owners: bool =
             f'<li><a href="/p/{escape(rec.owner)}/{escape(rec.id)}">'
             f'<img class="thumb" src="{escape(rendition_url("", rec.ref, small))}" srcset="{escape(srcset)}" '
             f'sizes="240px" width="{box.out_w}" height="{box.out_h}" alt="{escape(title)}" loading="lazy" '
-            f'data-photo="{escape(rec.id)}"></a><div>{escape(title)}{by}</div></li>'
+            f'data-photo="{escape(rec.id)}"{_placeholder(rec)}></a><div>{escape(title)}{by}</div></li>'
         )
     empty = "No older photos." if paged else "No photos yet."
     return f'<ul class="gallery">{"".join(items)}</ul>' if items else f'<p class="meta">{empty}</p>'
@@ -113,9 +133,11 @@ def photo_html(cfg: Config, record: PhotoRecord, original_allowed: bool) -> str:
         # the image is shown at most min(viewport width, its own width, 85vh x its aspect) wide;
         # `sizes` says the same, so the browser never fetches more pixels than it shows
         fit = f"min(100vw, {w}px, calc(85vh * {w} / {h}))"
+        # its box has that width and the photo's aspect ratio before a byte of it arrives
+        box = _placeholder(record, f"width:{fit};aspect-ratio:{w}/{h}")
         img = (f'<figure><img class="photo" src="{escape(rendition_url("", record.ref, largest))}" '
-               f'srcset="{escape(srcset)}" sizes="{escape(fit)}" width="{w}" height="{h}" alt="{escape(title)}">'
-               f'</figure>')
+               f'srcset="{escape(srcset)}" sizes="{escape(fit)}" width="{w}" height="{h}" alt="{escape(title)}"'
+               f'{box}></figure>')
     sizes = []
     for profile in cfg.sizes:
         box = box_for(profile, record.width, record.height)
@@ -170,6 +192,77 @@ OWNER_SCRIPT = r"""
     if (!confirm('Delete this photo for good?')) return;
     call('DELETE', null, function () { location.href = '/u/' + encodeURIComponent(box.dataset.owner); });
   };
+})();
+"""
+
+
+#: paints each <img data-thumbhash> with its ThumbHash, decoded to a small picture, until the image
+#: has loaded; then takes the placeholder away (an image with transparency shows no ghost behind it).
+#: The decoder is Evan Wallace's reference thumbHashToRGBA (MIT, https://evanw.github.io/thumbhash/),
+#: written out compactly; a canvas turns its pixels into a data: URL (the CSP allows inline scripts
+#: and data: images: cluster/web.py sets only frame-ancestors).
+PLACEHOLDER_SCRIPT = r"""
+(function () {
+  function thumbHashToRGBA(hash) {
+    var PI = Math.PI, min = Math.min, max = Math.max, cos = Math.cos, round = Math.round;
+    var h24 = hash[0] | (hash[1] << 8) | (hash[2] << 16), h16 = hash[3] | (hash[4] << 8);
+    var lDc = (h24 & 63) / 63, pDc = ((h24 >> 6) & 63) / 31.5 - 1, qDc = ((h24 >> 12) & 63) / 31.5 - 1;
+    var lScale = ((h24 >> 18) & 31) / 31, hasAlpha = h24 >> 23;
+    var pScale = ((h16 >> 3) & 63) / 63, qScale = ((h16 >> 9) & 63) / 63, landscape = h16 >> 15;
+    var lx = max(3, landscape ? (hasAlpha ? 5 : 7) : h16 & 7), ly = max(3, landscape ? h16 & 7 : (hasAlpha ? 5 : 7));
+    var aDc = hasAlpha ? (hash[5] & 15) / 15 : 1, aScale = (hash[5] >> 4) / 15;
+    var start = hasAlpha ? 6 : 5, index = 0;
+    function channel(nx, ny, scale) {
+      var ac = [];
+      for (var cy = 0; cy < ny; cy++)
+        for (var cx = cy ? 0 : 1; cx * ny < nx * (ny - cy); cx++, index++)
+          ac.push((((hash[start + (index >> 1)] >> ((index & 1) << 2)) & 15) / 7.5 - 1) * scale);
+      return ac;
+    }
+    var lAc = channel(lx, ly, lScale), pAc = channel(3, 3, pScale * 1.25), qAc = channel(3, 3, qScale * 1.25);
+    var aAc = hasAlpha ? channel(5, 5, aScale) : null;
+    var ratio = (landscape ? (hasAlpha ? 5 : 7) : hash[3] & 7) / (landscape ? hash[3] & 7 : (hasAlpha ? 5 : 7));
+    var w = round(ratio > 1 ? 32 : 32 * ratio), h = round(ratio > 1 ? 32 / ratio : 32);
+    var rgba = new Uint8Array(w * h * 4), fx = [], fy = [];
+    for (var y = 0, i = 0; y < h; y++) {
+      for (var x = 0; x < w; x++, i += 4) {
+        var l = lDc, p = pDc, q = qDc, a = aDc, j, cx, cy, fy2, f;
+        for (cx = 0; cx < max(lx, hasAlpha ? 5 : 3); cx++) fx[cx] = cos(PI / w * (x + 0.5) * cx);
+        for (cy = 0; cy < max(ly, hasAlpha ? 5 : 3); cy++) fy[cy] = cos(PI / h * (y + 0.5) * cy);
+        for (cy = 0, j = 0; cy < ly; cy++)
+          for (cx = cy ? 0 : 1, fy2 = fy[cy] * 2; cx * ly < lx * (ly - cy); cx++, j++) l += lAc[j] * fx[cx] * fy2;
+        for (cy = 0, j = 0; cy < 3; cy++)
+          for (cx = cy ? 0 : 1, fy2 = fy[cy] * 2; cx < 3 - cy; cx++, j++) {
+            f = fx[cx] * fy2; p += pAc[j] * f; q += qAc[j] * f;
+          }
+        if (hasAlpha)
+          for (cy = 0, j = 0; cy < 5; cy++)
+            for (cx = cy ? 0 : 1, fy2 = fy[cy] * 2; cx < 5 - cy; cx++, j++) a += aAc[j] * fx[cx] * fy2;
+        var b = l - 2 / 3 * p, r = (3 * l - b + q) / 2, g = r - q;
+        rgba[i] = max(0, 255 * min(1, r)); rgba[i + 1] = max(0, 255 * min(1, g));
+        rgba[i + 2] = max(0, 255 * min(1, b)); rgba[i + 3] = max(0, 255 * min(1, a));
+      }
+    }
+    return {w: w, h: h, rgba: rgba};
+  }
+  function thumbHashToDataURL(hash) {
+    var img = thumbHashToRGBA(hash), canvas = document.createElement('canvas');
+    canvas.width = img.w; canvas.height = img.h;
+    var ctx = canvas.getContext('2d'), data = ctx.createImageData(img.w, img.h);
+    data.data.set(img.rgba); ctx.putImageData(data, 0, 0);
+    return canvas.toDataURL();
+  }
+  window.thumbHashToRGBA = thumbHashToRGBA;  // for tests/test_ypws_browser.py, which holds it to the reference
+  document.querySelectorAll('img[data-thumbhash]').forEach(function (img) {
+    if (img.complete && img.naturalWidth) return;
+    img.addEventListener('load', function () { img.style.background = 'none'; }, {once: true});
+    try {
+      var bin = atob(img.dataset.thumbhash), bytes = new Uint8Array(bin.length);
+      for (var k = 0; k < bin.length; k++) bytes[k] = bin.charCodeAt(k);
+      img.style.backgroundImage = 'url(' + thumbHashToDataURL(bytes) + ')';
+      img.style.backgroundSize = '100% 100%';
+    } catch (e) { /* a damaged hash: the colour alone stays */ }
+  });
 })();
 """
 
