@@ -18,7 +18,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from cluster.config import Config, SizeProfile
-from cluster.purge import Purger
+from storage.purge import Purger
 from storage import StorageError
 from storage.base import BlobStore
 from storage.keys import EXTENSIONS, FORMAT_BY_EXT, PhotoRef
@@ -91,7 +91,7 @@ class Rerenderer:
                 return result
             ref = record.ref
             version = profile_version(profile)
-            existing = catalog.rendition_versions(self.store, ref.rendition_prefix, profile.name)
+            existing = catalog.rendition_versions(self.store, ref, profile.name)
             formats = [profile.format] + sorted(
                 FORMAT_BY_EXT[ext] for exts in existing.values() for ext in exts
                 if FORMAT_BY_EXT.get(ext) in profile.variants and FORMAT_BY_EXT[ext] != profile.format)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Sequence
 
 from cluster.config import Config
-from storage import NotFound, StorageError, deadline
+from cluster import deadline
+from storage import NotFound, StorageError
 from storage.base import BlobStore
 from storage.keys import CONTENT_TYPES, InvalidName, PhotoRef
 from storage.records import PhotoRecord

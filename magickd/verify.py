@@ -19,11 +19,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from cluster.config import Config
-from cluster.purge import Purger
 from media.formats import pillow_ids
 from storage import NotFound, StorageError
 from storage.base import BlobStore
 from storage.keys import PhotoRef
+from storage.purge import Purger
 from storage.records import PhotoRecord, profile_version
 
 from . import catalog

@@ -19,7 +19,7 @@ from functools import lru_cache
 from cluster.config import SizeProfile
 
 from .base import BlobStore
-from .keys import EXTENSIONS, PhotoRef, record_key, user_key, valid_user
+from .keys import PhotoRef, record_key, user_key, valid_user
 
 #: bump when the render pipeline changes its output for unchanged profile parameters
 PIPELINE_REVISION = 2  # 2: sharpening kernels exact on libvips' vector path (no 6% brightening)
@@ -46,7 +46,7 @@ def rendition_url(public_url: str, ref: PhotoRef, profile: SizeProfile, fmt: str
 
 
 def original_url(public_url: str, ref: PhotoRef, fmt: str) -> str:
-    return f"{public_url}{ref.url_path}/original.{EXTENSIONS.get(fmt, 'bin')}"
+    return f"{public_url}{ref.original_url_path(fmt)}"
 
 
 @dataclass

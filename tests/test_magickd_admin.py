@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from cluster import procs
-from cluster.purge import Purger
+from storage.purge import Purger
 from magickd.client import RenderClient
 from magickd.rerender import Rerenderer, RerenderJob
 from storage import StorageUnavailable, open_store

@@ -99,7 +99,7 @@ class AppYpfs:
     def __init__(self, tmp_path: Path, recorder: RenderRecorder):
         from falcon import testing
 
-        from cluster.purge import Purger
+        from storage.purge import Purger
         from magickd.client import RenderClient
         from storage import open_store
         from ypfs.app import create_app
