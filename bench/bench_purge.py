@@ -26,7 +26,7 @@ from bench.results import record, table
 from cluster import procs
 from cluster.config import dump_toml, load, load_dict
 from cluster.profiles import profile_version
-from cluster.purge import Purger
+from storage.purge import Purger
 from cluster.seaweed import start_seaweed
 from storage import open_store
 from storage.ids import new_secret

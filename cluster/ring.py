@@ -27,6 +27,7 @@ names, so the mapping is identical across workers and restarts.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import xxhash
@@ -47,23 +48,16 @@ class Ring:
         self._seeds = tuple(xxhash.xxh64_intdigest(n.encode()) for n in self.names)
         # an independent draw per (node, key) for the ramp-up admission test
         self._ramp_seeds = tuple(xxhash.xxh64_intdigest(b"ramp\0" + n.encode()) for n in self.names)
-        self._memo: dict[str, tuple[int, ...]] = {}
+        self.order = lru_cache(maxsize=_MEMO_MAX)(self._order)  # hot URLs repeat
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def order(self, key: str) -> tuple[int, ...]:
-        """Node indices from the key's first choice to its last."""
-        memo = self._memo.get(key)
-        if memo is not None:
-            return memo
+    def _order(self, key: str) -> tuple[int, ...]:
+        """Node indices from the key's first choice to its last (``order``, memoised)."""
         data = key.encode()
         scored = sorted(((xxhash.xxh64_intdigest(data, seed), i) for i, seed in enumerate(self._seeds)), reverse=True)
-        order = tuple(i for _, i in scored)
-        if len(self._memo) >= _MEMO_MAX:
-            self._memo.clear()
-        self._memo[key] = order
-        return order
+        return tuple(i for _, i in scored)
 
     def owner(self, key: str) -> str:
         return self.names[self.order(key)[0]]

@@ -6,7 +6,7 @@ exceptions (500, logged with a traceback, never the traceback in the body).
 A storage failure that no resource turned into an answer of its own is a 503
 with Retry-After, never a 500: whatever a request was doing when the store
 failed, the client may retry it shortly. ``RequestDeadline`` gives every
-request's storage calls one shared deadline (storage.deadline).
+request's storage calls one shared deadline (cluster.deadline).
 
 Every response also carries ``X-Content-Type-Options: nosniff`` (a browser never
 guesses a type from bytes, e.g. HTML inside an "image"), and HTML pages a CSP with
@@ -26,9 +26,8 @@ from typing import Any, Callable
 
 import falcon
 
-from storage import deadline
-from storage.base import NotFound, StorageError
-
+from . import deadline
+from .errors import BackendError, BackendMissing
 from .lifeline import die_with_parent
 
 log = logging.getLogger("cluster.web")
@@ -62,13 +61,13 @@ def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, para
 STORAGE_RETRY_AFTER = "5"
 
 
-def storage_failed(exc: StorageError) -> falcon.HTTPError:
+def storage_failed(exc: BackendError) -> falcon.HTTPError:
     """The answer to a storage failure: 503 + Retry-After (the store's message names no secret)."""
     return fail(503, "storage_unavailable", f"storage failed: {exc}", {"Retry-After": STORAGE_RETRY_AFTER})
 
 
-def _storage_error(req: falcon.Request, resp: falcon.Response, exc: StorageError, params: dict) -> None:
-    if isinstance(exc, NotFound):  # a read that found nothing, not caught where it was made
+def _storage_error(req: falcon.Request, resp: falcon.Response, exc: BackendError, params: dict) -> None:
+    if isinstance(exc, BackendMissing):  # a read that found nothing, not caught where it was made
         raise fail(404, "not_found", "no such object")
     log.warning("storage failed on %s %s: %s", req.method, req.path, exc)
     raise storage_failed(exc)
@@ -90,7 +89,7 @@ class SecurityHeaders:
 def json_errors(app: falcon.App) -> falcon.App:
     app.set_error_serializer(_serialize)
     app.add_error_handler(Exception, _unexpected)
-    app.add_error_handler(StorageError, _storage_error)
+    app.add_error_handler(BackendError, _storage_error)
     app.add_middleware(SecurityHeaders())
     return app
 

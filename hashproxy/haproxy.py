@@ -7,7 +7,7 @@ one address pin each URL to the same node (see `_server_ids`).
 
 What maps to what:
 
-* Image URLs are hashed on the same routing key as ours (urls.image_key: the path
+* Image URLs are hashed on the same routing key as ours (storage.keys.image_route_key: the path
   without query and extension, ``/photos/u/id_s/small``), so every format and version
   of one size lands on one node; ``hash-type consistent`` and ``hash-balance-factor``
   (``hashproxy.balance_factor`` x 100) give bounded loads. HAProxy's own hash ring
@@ -34,12 +34,11 @@ from typing import Sequence
 import xxhash
 
 from cluster.config import Config, ConfigError, HashproxySection, NodeConfig
+from storage.keys import IMAGE_ROUTE_REGEX
 
 #: what the health checks ask for; /healthz is liveness only (see the README)
 READY_PATH = "/readyz"
 
-#: an image path, as urls.image_key accepts it: /photos/{user}/{id}_{secret}/{name}, name not starting with "."
-IMAGE_PATH_REGEX = r"^/photos/[^/]+/[^/]+/[^/.][^/]*$"
 #: a '..' segment, also percent-encoded (urls.normalise_path refuses them)
 DOTDOT_REGEX = "(^|/)([.]|%2[eE])([.]|%2[eE])(/|$)"
 #: the routing key from the path: drop the extension (from the last dot of the last segment)
@@ -199,7 +198,7 @@ def render(cfg: Config, check_path: str = READY_PATH) -> str:
         "    http-request return status 400 content-type application/json string "
         f"'{_json('bad_path', 'dot-dot segments are not allowed in a path')}' if {{ path_reg -- {DOTDOT_REGEX} }}",
         "    acl photos path_beg /photos/",
-        f"    acl image path_reg {IMAGE_PATH_REGEX}",
+        f"    acl image path_reg {IMAGE_ROUTE_REGEX}",
         "    acl purge method PURGE",
         "    http-request return status 405 content-type application/json string "
         f"'{_json('method_not_allowed', 'GET, HEAD or PURGE on /photos/')}' if photos !METH_GET !purge",
@@ -211,7 +210,7 @@ def render(cfg: Config, check_path: str = READY_PATH) -> str:
         "    default_backend ypws_pages",
         "",
         "backend ypws_images",
-        "    # the routing key: urls.image_key (path without query and extension)",
+        "    # the routing key: storage.keys.image_route_key (path without query and extension)",
         f"    http-request set-var(txn.route_key) {ROUTE_KEY_EXPR}",
         "    balance hash var(txn.route_key),xxh64",
         "    hash-type consistent",

@@ -40,9 +40,6 @@ class SharedCounters:
     def total(self, node: int, field: int) -> int:
         return sum(self.cells[self.index(w, node, field)] for w in range(self.workers))
 
-    def per_worker(self, node: int, field: int) -> list[int]:
-        return [self.cells[self.index(w, node, field)] for w in range(self.workers)]
-
     def role(self, worker: int, first: int, count: int) -> "RoleCounters":
         return RoleCounters(self, worker, first, count)
 

@@ -181,9 +181,6 @@ class UpstreamPool:
             raise ConnectFailed(f"connect to {host}:{port}: closed by the node at once")
         return conn
 
-    async def acquire(self, node: int) -> UpstreamConnection:
-        return self.idle(node) or await self.connect(node)
-
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
         conn.detach()
         idle = self._idle[conn.node]

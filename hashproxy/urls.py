@@ -1,6 +1,6 @@
 """Request targets to routes: normalisation and the routing key. Pure: no sockets, no HTTP objects.
 
-The routing key is what the ring hashes. For an image URL
+The routing key is what the ring hashes (storage.keys.image_route_key builds it). For an image URL
 ``/photos/{user}/{id}_{secret}/{size}.{ext}?v=...`` it is ``/photos/{user}/{id}_{secret}/{size}``:
 the query (version, signature) and the extension are dropped, so every format of
 one size (jpg/webp/avif chosen by Accept) and every version of it live on one node.
@@ -19,6 +19,8 @@ import enum
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
+
+from storage.keys import IMAGE_PATH_PREFIX, image_route_key
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -117,20 +119,6 @@ def _normalise_escapes(raw: bytes) -> bytes:
     return bytes(out)
 
 
-def image_key(path: str) -> str | None:
-    """The routing key of an image path (``/photos/u/id_s/size``), or None if it is not one."""
-    parts = path.split("/")
-    if len(parts) != 5 or parts[1] != "photos" or not parts[2] or not parts[3] or not parts[4]:
-        return None
-    name = parts[4]
-    dot = name.rfind(".")
-    if dot == 0:
-        return None
-    if dot > 0:
-        name = name[:dot]
-    return f"/photos/{parts[2]}/{parts[3]}/{name}"
-
-
 _IMAGE_METHODS = frozenset({"GET", "HEAD", "PURGE"})
 
 
@@ -142,12 +130,12 @@ def classify(method: str, raw_target: bytes) -> Target:
         query = raw_query.decode("utf-8")
     except UnicodeDecodeError:
         raise BadTarget(400, "bad_encoding", "the query string is not valid UTF-8") from None
-    if path.startswith("/photos/"):
+    if path.startswith(IMAGE_PATH_PREFIX):
         if method not in _IMAGE_METHODS:
             raise BadTarget(405, "method_not_allowed", f"{method} is not allowed on /photos/ (GET, HEAD, PURGE)")
         if method == "PURGE":  # ypfs checks the token and the path, and logs the purge
             return Target(Route.YPFS, path, query)
-        key = image_key(path)
+        key = image_route_key(path)
         if key is not None:
             return Target(Route.IMAGE, path, query, key)
         return Target(Route.PAGE, path, query)

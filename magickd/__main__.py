@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     pool_width = cfg.magickd.effective_workers * len(cfg.magickd.nodes)
     concurrency = args.concurrency or pool_width
     if args.command == "rerender":
-        from cluster.purge import Purger
+        from storage.purge import Purger
         from .rerender import Rerenderer, RerenderJob, format_summary
 
         job = RerenderJob(size=args.size, user=None if args.all else args.user, since=args.since,
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         return 1 if summary.failures else 0
 
-    from cluster.purge import Purger
+    from storage.purge import Purger
     from .verify import Verifier, format_reports
 
     purger = Purger.from_config(cfg, store, "magickd-verify") if args.repair else None

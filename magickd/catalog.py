@@ -6,7 +6,7 @@ from typing import Iterator
 
 from storage import NotFound
 from storage.base import BlobStore
-from storage.keys import InvalidName, parse_record_key, photo_prefix
+from storage.keys import InvalidName, PhotoRef, parse_record_key, parse_rendition_key, photo_prefix
 from storage.records import PhotoRecord
 
 
@@ -29,12 +29,14 @@ def load_record(store: BlobStore, key: str) -> PhotoRecord | None:
         return None
 
 
-def rendition_versions(store: BlobStore, prefix: str, size: str) -> dict[str, set[str]]:
-    """{version: {ext, ...}} of one size's renditions under a photo's rendition prefix."""
+def rendition_versions(store: BlobStore, ref: PhotoRef, size: str) -> dict[str, set[str]]:
+    """{version: {ext, ...}} of one size's renditions of a photo (keys outside the scheme skipped)."""
     found: dict[str, set[str]] = {}
-    for key in store.list(prefix):
-        name = key[len(prefix):]
-        parts = name.split(".")
-        if len(parts) == 3 and parts[0] == size:
-            found.setdefault(parts[1], set()).add(parts[2])
+    for key in store.list(ref.size_prefix(size)):
+        try:
+            rendition = parse_rendition_key(key)
+        except InvalidName:
+            continue
+        if rendition.size == size:
+            found.setdefault(rendition.version, set()).add(rendition.ext)
     return found

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from cluster.config import Config
 from cluster.profiles import SizeProfile, profile_version
-from cluster.purge import Purger
+from storage.purge import Purger
 from storage import StorageError
 from storage.base import BlobStore
 from storage.keys import EXTENSIONS, FORMAT_BY_EXT, PhotoRef
@@ -92,7 +92,7 @@ class Rerenderer:
                 return result
             ref = record.ref
             version = profile_version(profile)
-            existing = catalog.rendition_versions(self.store, ref.rendition_prefix, profile.name)
+            existing = catalog.rendition_versions(self.store, ref, profile.name)
             if not profile.eager and not existing:  # an on-demand size never viewed: its first view renders it
                 result.skipped = True
                 return result

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Sequence
 
 from cluster.config import Config
+from cluster import deadline
 from cluster.profiles import box_for
-from storage import NotFound, StorageError, deadline
+from storage import NotFound, StorageError
 from storage.base import BlobStore
 from storage.keys import CONTENT_TYPES, InvalidName, PhotoRef
 from storage.records import PhotoRecord

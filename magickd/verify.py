@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from cluster.config import Config
 from cluster.profiles import box_for, profile_version
-from cluster.purge import Purger
 from media.formats import pillow_ids
 from storage import NotFound, StorageError
 from storage.base import BlobStore
 from storage.keys import PhotoRef
+from storage.purge import Purger
 from storage.records import PhotoRecord
 
 from . import catalog

@@ -14,15 +14,17 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
+from cluster.errors import BackendError, BackendMissing
+
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
 MAX_KEY_LEN = 512
 
 
-class StorageError(Exception):
-    """Base class of storage failures."""
+class StorageError(BackendError):
+    """Base class of storage failures (a BackendError: the web layer answers 503 unless caught)."""
 
 
-class NotFound(StorageError, KeyError):
+class NotFound(StorageError, BackendMissing, KeyError):
     def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
         return str(self.args[0]) if self.args else "not found"
 

@@ -102,11 +102,3 @@ class IdGenerator:
 def first_id_at(unix_ms: int, epoch_ms: int) -> int:
     """The smallest id issued at ``unix_ms``: every later id is larger."""
     return ID_OFFSET + (max(0, unix_ms - epoch_ms) << TIME_SHIFT)
-
-
-def id_time_ms(photo_id: str, epoch_ms: int) -> int:
-    """Unix time in ms at which an id was issued (ids from before ``ID_OFFSET`` had none)."""
-    value = int(photo_id)
-    if value >= ID_OFFSET:
-        value -= ID_OFFSET
-    return (value >> TIME_SHIFT) + epoch_ms

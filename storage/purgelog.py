@@ -5,7 +5,7 @@ committed when its entry is stored here, not when some proxy managed to reach
 some nodes: every ypws node applies the log from its own checkpoint
 (ypws/purgeapply.py), so a node that was down, or that a front never heard of,
 still applies every purge before it serves again. Pushing the purge to the nodes
-directly stays as the fast path (cluster/purge.py).
+directly stays as the fast path (storage/purge.py).
 
 Entries are small JSON objects under ``purgelog/`` with time-ordered keys
 (storage/keys.py). Time order across writers needs care: an entry becomes
@@ -29,11 +29,9 @@ from dataclasses import dataclass
 from typing import Callable, Container, Iterator, Sequence
 
 from .base import BlobStore, NotFound, StorageUnavailable
-from .keys import (FORMAT_BY_EXT, PURGE_LOG_PREFIX, InvalidName, PhotoRef, parse_photo_segment, purge_log_floor,
-                   purge_log_key, purge_log_time, valid_size)
+from .keys import (IMAGE_PATH_PREFIX, PURGE_LOG_PREFIX, InvalidName, parse_image_path, purge_log_floor, purge_log_key,
+                   purge_log_time)
 
-#: ``PURGE`` paths an entry may hold: a whole photo, a size, a URL, or every cached image
-ALL_IMAGES = "/photos/"
 MAX_PATHS = 64
 MAX_PATH_LEN = 300
 MAX_ENTRY_BYTES = 64 * 1024
@@ -52,20 +50,12 @@ class PurgeEntry:
 def check_path(path: str) -> str:
     """A purge path: ``/photos/`` (everything), ``/photos/{user}/{id}_{secret}/`` (a photo),
     ``.../{size}`` (every format of a size) or ``.../{size}.{ext}`` (one URL); ValueError otherwise."""
-    if not isinstance(path, str) or len(path) > MAX_PATH_LEN or not path.startswith(ALL_IMAGES):
+    if not isinstance(path, str) or len(path) > MAX_PATH_LEN or not path.startswith(IMAGE_PATH_PREFIX):
         raise ValueError("a purge path starts with /photos/")
-    if path == ALL_IMAGES:
+    if path == IMAGE_PATH_PREFIX:
         return path
-    parts = path[len(ALL_IMAGES):].split("/")
     try:
-        if len(parts) != 3:
-            raise InvalidName("wrong number of segments")
-        PhotoRef(parts[0], *parse_photo_segment(parts[1]))
-        if parts[2]:
-            name, dot, ext = parts[2].partition(".")
-            valid_size(name)
-            if dot and ext not in FORMAT_BY_EXT:
-                raise InvalidName(f"unknown extension {ext!r}")
+        parse_image_path(path, bare_size=True, whole_photo=True)
     except InvalidName as exc:
         raise ValueError(f"not a purge path ({exc}): /photos/, /photos/{{user}}/{{id}}_{{secret}}/ or "
                          "/photos/{user}/{id}_{secret}/{size}[.{ext}]") from None

@@ -4,7 +4,7 @@ Readiness probes arrive every second from every proxy worker; answering each one
 with a storage round trip would hammer the store exactly when it is struggling.
 So one stat of a fixed key (absent is fine: an answer is what counts) runs at most
 once per ``ttl``, bounded by ``timeout`` through the request deadline
-(storage.deadline), and every caller in between gets the last answer. Callers that
+(cluster.deadline), and every caller in between gets the last answer. Callers that
 must not block (an event loop) ask with ``wait=False``: a stale answer then starts
 a probe on a thread and the last known answer is returned (before the first probe
 has answered: reachable).
@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Callable
 
-from . import deadline
+from cluster import deadline
 from .base import BlobStore, NotFound
 
 PROBE_KEY = "health/readiness-probe"

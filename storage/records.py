@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from cluster.profiles import SizeProfile
 
 from .base import BlobStore
-from .keys import EXTENSIONS, PhotoRef, record_key, user_key, valid_user
+from .keys import PhotoRef, record_key, user_key, valid_user
 
 def rendition_url(public_url: str, ref: PhotoRef, profile: SizeProfile, fmt: str | None = None) -> str:
     """Public URL of one rendition, carrying its version so caches can keep it for long."""
@@ -27,7 +27,7 @@ def rendition_url(public_url: str, ref: PhotoRef, profile: SizeProfile, fmt: str
 
 
 def original_url(public_url: str, ref: PhotoRef, fmt: str) -> str:
-    return f"{public_url}{ref.url_path}/original.{EXTENSIONS.get(fmt, 'bin')}"
+    return f"{public_url}{ref.original_url_path(fmt)}"
 
 
 @dataclass

@@ -7,7 +7,7 @@
 - Transient failures (connection errors, timeouts, 5xx, SlowDown) are retried with
   exponential back-off; seekable bodies are rewound for the retry.
 - Every operation, retries included, ends within ``deadline`` seconds (and within the
-  calling request's deadline, storage.deadline): each HTTP call's connect and read
+  calling request's deadline, cluster.deadline): each HTTP call's connect and read
   timeouts are cut to the time left, and no retry starts that could not finish, so
   an unreachable or hung endpoint becomes StorageUnavailable (a 503) in seconds.
 - Bad credentials raise StorageAuthError, an unreachable endpoint
@@ -30,7 +30,7 @@ from minio.error import MinioException, S3Error, ServerError
 
 from cluster.config import S3StoreConfig
 
-from . import deadline as request_deadline
+from cluster import deadline as request_deadline
 from .base import (
     AlreadyExists, BlobStore, Data, NotFound, ObjectInfo, StorageAuthError, StorageError,
     StorageUnavailable, as_stream, check_key, check_prefix,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -108,11 +109,15 @@ class Services:
         proc = procs.start(argv, log=self.tmp_path / f"{name}.log", env=full_env, cwd=str(REPO))
         self.procs[name] = proc
         if health_url:
-            try:
-                procs.wait_http(health_url, timeout=timeout, proc=proc)
-            except Exception:
-                raise RuntimeError(f"{name} did not become healthy; log:\n{self.log(name)[-3000:]}")
+            self.wait_healthy(name, health_url, timeout)
         return proc
+
+    def wait_healthy(self, name: str, health_url: str, timeout: float = 60.0) -> None:
+        """Wait (bounded) until a started process answers ``health_url``; its log tail if not."""
+        try:
+            procs.wait_http(health_url, timeout=timeout, proc=self.procs[name])
+        except Exception:
+            raise RuntimeError(f"{name} did not become healthy; log:\n{self.log(name)[-3000:]}")
 
     def start_module(self, name: str, module: str, *args: str, **kw) -> subprocess.Popen:
         return self.start(name, procs.python_module(module, *args), **kw)
@@ -125,9 +130,17 @@ class Services:
         proc = self.procs.pop(name, None)
         return procs.stop(proc, timeout) if proc else None
 
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
+    def stop_all(self, timeout: float = 10.0) -> None:
+        """SIGTERM every process at once, then wait for each (SIGKILL once ``timeout`` has
+        passed): their graceful stops overlap instead of adding up."""
+        running = list(self.procs.values())
+        self.procs.clear()
+        for proc in running:
+            if proc.poll() is None:
+                procs.signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in running:
+            procs.stop(proc, max(0.1, deadline - time.monotonic()))
 
 
 def seed_photo(store, user: str, path: Path, *, photo_id: str | None = None, private: bool = False,

@@ -5,7 +5,7 @@
 - ``%2F`` in a path is refused with 400 by hashproxy and ypws alike (ypws decoded it and served
   an image the proxy had routed as an unpinned page);
 - ``X-Content-Type-Options: nosniff`` on every response, ``frame-ancestors 'none'`` on HTML.
-(``/metrics/`` and the private re-upload are in test_service_auth.py and test_ypfs_upload.py.)
+(``/metrics/`` and the private re-upload are in test_service_auth.py and test_ypfs_accepts.py.)
 """
 
 from __future__ import annotations

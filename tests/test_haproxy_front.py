@@ -22,8 +22,8 @@ from PIL import Image
 
 from cluster import procs
 from cluster.config import ConfigError, NodeConfig
-from hashproxy.haproxy import IMAGE_PATH_REGEX, READY_PATH, ROUTE_KEY_HEADER, render
-from hashproxy.urls import image_key
+from hashproxy.haproxy import READY_PATH, ROUTE_KEY_HEADER, render
+from storage.keys import IMAGE_ROUTE_REGEX, image_route_key
 
 from .helpers import CORPUS, REPO, cluster_tree, deep_update, write_config
 from .ypws_support import access_lines, raw_http, wait_for
@@ -146,10 +146,10 @@ def test_image_paths_and_routing_key_match_urls_module():
     for path in ["/photos/alice/100_abcdef0123/small.jpg", "/photos/alice/100_abcdef0123/small",
                  "/photos/alice/100_abcdef0123/medium.tar.webp", "/photos/a/b/.hidden", "/photos/a/b/",
                  "/photos/a/b/c/d.jpg", "/photos/a//x.jpg", "/u/alice", "/photos/alice/1_s/original.jpeg"]:
-        is_image = re.match(IMAGE_PATH_REGEX, path) is not None
-        assert is_image == (image_key(path) is not None), path
+        is_image = re.match(IMAGE_ROUTE_REGEX, path) is not None
+        assert is_image == (image_route_key(path) is not None), path
         if is_image:
-            assert strip.sub("", path, count=1) == image_key(path), path
+            assert strip.sub("", path, count=1) == image_route_key(path), path
 
 
 def test_cli_prints_the_config_without_secrets(tmp_path):
@@ -229,7 +229,7 @@ def test_real_cluster_behind_haproxy(tmp_path, services):
         assert again.status_code == 200 and again.headers["X-Served-By"] == first.headers["X-Served-By"]
         if size != "original":
             assert again.headers["X-Cache"] == "HIT"
-        key = image_key(url.split(front, 1)[1].split("?", 1)[0])
+        key = image_route_key(url.split(front, 1)[1].split("?", 1)[0])
         assert first.headers[ROUTE_KEY_HEADER] == key
         served_by[size] = first.headers["X-Served-By"]
     assert set(served_by.values()) <= {n.name for n in cfg.ypws.nodes}

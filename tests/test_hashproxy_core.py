@@ -10,7 +10,8 @@ from hashproxy.balancer import HashBalancer, LeastConnections, NodeSet, RoundRob
 from hashproxy.health import HealthBoard
 from hashproxy.loads import INFLIGHT, SharedCounters
 from cluster.ring import Ring
-from hashproxy.urls import BadTarget, Route, classify, image_key, normalise_path
+from hashproxy.urls import BadTarget, Route, classify, normalise_path
+from storage.keys import image_route_key
 
 KEYS = [f"/photos/u{i % 37}/{100000 + i}_abcdef0123/{('small', 'medium', 'large')[i % 3]}" for i in range(20000)]
 
@@ -95,9 +96,9 @@ def test_methods_not_allowed():
 
 
 def test_image_key_needs_the_full_shape():
-    assert image_key("/photos/a/1_s") is None
-    assert image_key("/photos/a/1_s/") is None
-    assert image_key("/photos/a/1_s/x/y.jpg") is None
+    assert image_route_key("/photos/a/1_s") is None
+    assert image_route_key("/photos/a/1_s/") is None
+    assert image_route_key("/photos/a/1_s/x/y.jpg") is None
 
 
 # -- the ring -------------------------------------------------------------------------------------

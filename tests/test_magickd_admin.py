@@ -12,7 +12,7 @@ import pytest
 
 from cluster import procs
 from cluster.profiles import profile_version
-from cluster.purge import Purger
+from storage.purge import Purger
 from magickd.client import RenderClient
 from magickd.rerender import Rerenderer, RerenderJob
 from storage import StorageUnavailable, open_store

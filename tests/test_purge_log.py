@@ -421,7 +421,7 @@ class Recorder:
 
 
 def test_the_push_reports_each_node_and_a_401_is_a_failure_not_a_success(tmp_path):
-    from cluster.purge import Purger
+    from storage.purge import Purger
 
     good, refusing, cdn = Recorder(200), Recorder(401), Recorder(200)
     down = f"http://127.0.0.1:{procs.free_port()}"

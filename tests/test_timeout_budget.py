@@ -12,7 +12,8 @@ from cluster import procs
 from cluster.budget import check_timeout_budget, storage_operation_seconds, storage_retry_seconds
 from cluster.config import ConfigError, from_dict, load, load_dict
 from magickd.client import RenderClient, RenderUnavailable
-from storage import StorageUnavailable, deadline
+from cluster import deadline
+from storage import StorageUnavailable
 from storage.keys import PhotoRef
 from storage.s3 import S3Store
 

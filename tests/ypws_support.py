@@ -87,10 +87,118 @@ def raw_http(port: int, request: bytes, timeout: float = 5.0) -> bytes:
         return b"".join(chunks)
 
 
-def start_ypws(services: Services, tmp: Path, tree: dict, node: str = "ypws1", name: str | None = None):
-    """Write ``tree`` as a config and start one ypws node of it; returns (cfg, config path)."""
+def start_ypws(services: Services, tmp: Path, tree: dict, node: str = "ypws1", name: str | None = None,
+               wait: bool = True):
+    """Write ``tree`` as a config and start one ypws node of it; returns (cfg, config path).
+    ``wait=False``: return at once (the caller waits on ``/readyz``, e.g. for several nodes together)."""
     tmp.mkdir(parents=True, exist_ok=True)
     cfg, path = write_config(tmp, tree)
     url = cfg.node("ypws", node).url
-    services.start_module(name or node, "ypws", "serve", "--node", node, config_path=path, health_url=f"{url}/readyz")
+    services.start_module(name or node, "ypws", "serve", "--node", node, config_path=path,
+                          health_url=f"{url}/readyz" if wait else None)
     return cfg, path
+
+
+# -- in-process nodes: falcon's TestClient over create_app(...) ---------------------------------------
+class InProcessRenderer:
+    """The real magickd ``RenderService``, called in-process the way ypws calls ``RenderClient``:
+    the same arguments, and its failures turned into the client's errors as the wire would
+    (429/5xx: RenderUnavailable; other 4xx: RenderError). Counts the calls that rendered."""
+
+    def __init__(self, service):
+        self.service = service
+        self.calls = 0
+
+    def render(self, ref, sizes=None, formats=None, timeout=None, force=False, budget=None):
+        from magickd.client import RenderError, RenderUnavailable
+        from magickd.errors import RenderFailure
+
+        self.calls += 1
+        try:
+            return self.service.render(ref.user, ref.photo_id, ref.secret, sizes=sizes, formats=formats, force=force)
+        except RenderFailure as exc:
+            if exc.status == 429 or exc.status >= 500:
+                raise RenderUnavailable(f"in-process magickd: {exc.status} {exc.code}") from None
+            raise RenderError(exc.status, exc.code, exc.message) from None
+
+
+class AppNode:
+    """One ypws node in-process: the app behind falcon's TestClient, over a real LocalStore,
+    a real DiskCache and (``render=True``) the real magickd render service."""
+
+    def __init__(self, cfg: Config, store, tmp: Path, node: str = "ypws1", *, cache_bytes: int | None = None,
+                 render: bool = True):
+        from falcon import testing
+
+        from magickd.service import RenderService
+        from ypws.app import create_app
+        from ypws.diskcache import DiskCache
+
+        self.cfg, self.store, self.node = cfg, store, node
+        self.cache = DiskCache(tmp / "cache" / node, cache_bytes or cfg.ypws.cache_bytes, cfg.ypws.cache_policy)
+        self.renderer = InProcessRenderer(RenderService.for_node(cfg, "magickd1", store)) if render else None
+        self.client = testing.TestClient(create_app(cfg, node, store, self.cache, renderer=self.renderer))
+
+    def get(self, path: str, headers: dict | None = None, method: str = "GET"):
+        """``path`` may carry its query (``/photos/...?v=...``)."""
+        path, _, query = path.partition("?")
+        return self.client.simulate_request(method, path, query_string=query or None, headers=headers or {})
+
+
+def app_config(tmp: Path, **overrides):
+    """A cluster config for in-process nodes (data under ``tmp``), with fixed secrets."""
+    from cluster.config import from_dict
+
+    from .helpers import cluster_tree, deep_update
+
+    secrets = {"cluster": {"admin_token": "test-admin-token", "url_key": "test-url-key"}}
+    return from_dict(cluster_tree(tmp, overrides=deep_update(secrets, overrides)))
+
+
+def seed_photos(store) -> dict:
+    """The photos the ypws serving tests share: a landscape camera photo (with GPS), a portrait
+    one (EXIF orientation 6), a small one, a private one, and one whose original is not public."""
+    from .helpers import CORPUS, seed_photo
+
+    return {
+        "land": seed_photo(store, "alice", CORPUS / "formats" / "DSCN0010.jpg", title="Landscape"),
+        "portrait": seed_photo(store, "alice", CORPUS / "orientation" / "Portrait_6.jpg"),
+        "small": seed_photo(store, "alice", CORPUS / "formats" / "hopper.jpg"),
+        "private": seed_photo(store, "alice", CORPUS / "formats" / "hopper.jpg", private=True),
+        "noorig": seed_photo(store, "bob", CORPUS / "formats" / "hopper.jpg", original_public=False),
+    }
+
+
+def image_path(cfg: Config, rec: PhotoRecord, size: str, ext: str = "jpg", v: bool = True) -> str:
+    """The path (and ``?v=`` query, for a rendition) of one image of ``rec``."""
+    query = f"?v={profile_version(cfg.size(size))}" if v and size != "original" else ""
+    return f"{rec.ref.url_path}/{size}.{ext}{query}"
+
+
+def assert_original_without_location(store, rec: PhotoRecord, served: bytes) -> None:
+    """The stored original (which has GPS) served with its GPS IFD emptied and nothing else changed."""
+    import hashlib
+
+    stored = store.get(rec.ref.original_key)
+    assert hashlib.sha256(stored).hexdigest() == rec.sha256  # storage keeps it all
+    with Image.open(io.BytesIO(stored)) as a, Image.open(io.BytesIO(served)) as b:
+        assert dict(a.getexif().get_ifd(0x8825)) and dict(b.getexif().get_ifd(0x8825)) == {}
+        assert b.getexif()[0x010F] == a.getexif()[0x010F]  # the camera stays
+        assert a.convert("RGB").tobytes() == b.convert("RGB").tobytes()
+    assert len(served) == len(stored) and served != stored
+
+
+class AppWorld:
+    """A shared store with ``seed_photos`` in it, and in-process nodes over it."""
+
+    def __init__(self, tmp: Path, **overrides):
+        from storage.local import LocalStore
+
+        self.tmp = tmp
+        self.cfg = app_config(tmp, **overrides)
+        self.store = LocalStore(self.cfg.local_root)
+        self.photos = seed_photos(self.store)
+        self.node = AppNode(self.cfg, self.store, tmp)
+
+    def path(self, key: str, size: str, ext: str = "jpg", v: bool = True) -> str:
+        return image_path(self.cfg, self.photos[key], size, ext, v)

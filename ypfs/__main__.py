@@ -35,7 +35,7 @@ def serve(args: argparse.Namespace) -> int:
         # and the upload's other work (the original's PUT) has the other core
         pyvips.concurrency_set(1)
         from cluster.profiles import eager_sizes
-        from cluster.purge import Purger
+        from storage.purge import Purger
         from magickd.client import RenderClient
         from storage import open_store
 
@@ -55,14 +55,17 @@ def serve(args: argparse.Namespace) -> int:
 
 def user(args: argparse.Namespace) -> int:
     from storage import NotFound, open_store
-    from storage.keys import InvalidName, user_key, user_prefix, valid_user
+    from storage.keys import InvalidName, parse_user_key, user_key, user_prefix, valid_user
     from storage.records import UserRecord
 
     cfg = load(args.config)
     store = open_store(cfg.storage, cfg.local_root)
     if args.action == "list":
         for key in store.list(user_prefix()):
-            print(key[len(user_prefix()):-len(".json")])
+            try:
+                print(parse_user_key(key))
+            except InvalidName:
+                continue  # not a user record of ours
         return 0
     try:
         name = valid_user(args.name or "")
@@ -99,7 +102,7 @@ def user(args: argparse.Namespace) -> int:
 
 def photo(args: argparse.Namespace) -> int:
     """An operator's takedown: the owner's DELETE, without the owner's token."""
-    from cluster.purge import Purger
+    from storage.purge import Purger
     from storage import NotFound, open_store
     from storage.keys import InvalidName, valid_photo_id, valid_user
     from storage.records import PhotoRecord

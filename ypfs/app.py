@@ -27,15 +27,17 @@ from pathlib import Path
 from typing import Callable
 
 import falcon
+from cachetools import TTLCache
 
+from cluster import deadline
 from cluster.config import Config, LimitsSection
-from cluster.purge import Purger
 from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness, require_service_token
-from storage import BlobStore, NotFound, StorageError, deadline
-from storage.readiness import StorageProbe
+from storage import BlobStore, NotFound, StorageError
 from storage.ids import IdGenerator, claim_slot
-from storage.keys import InvalidName, parse_record_key, photo_prefix, valid_photo_id, valid_user
+from storage.keys import IMAGE_PATH_PREFIX, InvalidName, parse_record_key, photo_prefix, valid_photo_id, valid_user
+from storage.purge import Purger
 from storage.purgelog import PurgeEntry, check_paths
+from storage.readiness import StorageProbe
 from storage.records import PhotoRecord, UserRecord
 
 from . import metrics, openapi
@@ -61,18 +63,16 @@ class TokenAuth:
 
     def __init__(self, store: BlobStore, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic):
         self.store = store
-        self.ttl = ttl
-        self.clock = clock
-        self._cache: dict[str, tuple[float, UserRecord]] = {}
+        self._cache: TTLCache[str, UserRecord] = TTLCache(maxsize=10_000, ttl=ttl, timer=clock)
+        self._lock = threading.Lock()  # a worker's threads share the cache; cachetools' are not thread-safe
 
     def _load(self, name: str) -> UserRecord:
-        hit = self._cache.get(name)
-        if hit and self.clock() - hit[0] < self.ttl:
-            return hit[1]
-        rec = UserRecord.load(self.store, name)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[name] = (self.clock(), rec)
+        with self._lock:
+            rec = self._cache.get(name)
+        if rec is None:
+            rec = UserRecord.load(self.store, name)  # outside the lock: a store read may be slow
+            with self._lock:
+                self._cache[name] = rec
         return rec
 
     def user(self, req: falcon.Request, required: bool = True) -> UserRecord | None:
@@ -381,7 +381,7 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
     app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(store, auth, purger, view, cfg.limits.max_title_chars))
     app.add_route("/api/users/{user}/photos", UserPhotosResource(store, auth, view))
     app.add_route("/api/openapi.json", OpenApiResource(cfg))
-    app.add_sink(PurgeSink(cfg.cluster.admin_token, purger), "/photos/")
+    app.add_sink(PurgeSink(cfg.cluster.admin_token, purger), IMAGE_PATH_PREFIX)
     app.add_route("/healthz", HealthResource(node, store))
     app.add_route("/readyz", ReadyResource(node, StorageProbe(store)))
     app.add_route("/metrics", MetricsResource(cfg.cluster.admin_token))

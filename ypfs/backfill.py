@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 from cluster.config import LimitsSection
 from media.placeholders import placeholder_for
 from storage import BlobStore, NotFound
-from storage.keys import InvalidName, parse_record_key, photo_prefix, user_prefix
+from storage.keys import InvalidName, parse_record_key, parse_user_key, photo_prefix, user_prefix
 from storage.records import PhotoRecord
 
 
@@ -40,9 +40,11 @@ class BackfillReport:
 
 
 def _users(store: BlobStore) -> Iterator[str]:
-    prefix = user_prefix()
-    for key in store.list(prefix):
-        yield key[len(prefix):-len(".json")]
+    for key in store.list(user_prefix()):
+        try:
+            yield parse_user_key(key)
+        except InvalidName:
+            continue  # not a user record of ours
 
 
 def backfill(limits: LimitsSection, store: BlobStore, user: str | None = None,

@@ -19,10 +19,11 @@ from functools import lru_cache
 from typing import Callable, Iterator
 
 from storage import BlobStore, NotFound
-from storage.keys import InvalidName, parse_timeline_key, photo_of_key, record_key
+from storage.keys import (DEDUPE_PREFIX, ORIGINALS_PREFIX, RENDITIONS_PREFIX, TIMELINE_PREFIX, InvalidName,
+                          parse_dedupe_key, parse_timeline_key, photo_of_key, record_key)
 from storage.records import PhotoRecord
 
-PREFIXES = ("originals/", "renditions/", "dedupe/", "timeline/")
+PREFIXES = (ORIGINALS_PREFIX, RENDITIONS_PREFIX, DEDUPE_PREFIX, TIMELINE_PREFIX)
 
 
 @dataclass
@@ -78,7 +79,7 @@ def _record_secrets(store: BlobStore) -> Callable[[str, str], str | None]:
 
 
 def _is_garbage(store: BlobStore, key: str, secret_of: Callable[[str, str], str | None]) -> bool:
-    if key.startswith("timeline/"):  # a home-page entry of a photo that is gone or private now
+    if key.startswith(TIMELINE_PREFIX):  # a home-page entry of a photo that is gone or private now
         try:
             photo_id, user = parse_timeline_key(key)
             return PhotoRecord.load(store, user, photo_id).private
@@ -86,11 +87,14 @@ def _is_garbage(store: BlobStore, key: str, secret_of: Callable[[str, str], str 
             return True
         except (InvalidName, ValueError, TypeError):
             return False  # not ours to judge
-    if key.startswith("dedupe/"):
-        parts = key.split("/")
+    if key.startswith(DEDUPE_PREFIX):
+        try:
+            user, _ = parse_dedupe_key(key)
+        except InvalidName:
+            user = None
         try:
             photo_id = json.loads(store.get(key))["id"]
-            return len(parts) != 3 or secret_of(parts[1], str(photo_id)) is None
+            return user is None or secret_of(user, str(photo_id)) is None
         except NotFound:
             return False  # gone since it was listed
         except (ValueError, KeyError, TypeError):

@@ -23,9 +23,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from cluster import deadline
 from cluster.config import LimitsSection
 from cluster.profiles import SizeProfile
-from storage import BlobStore, NotFound, StorageError, deadline
+from storage import BlobStore, NotFound, StorageError
 from storage.ids import new_secret
 from storage.keys import CONTENT_TYPES, PhotoRef, dedupe_key, timeline_key
 from storage.records import PhotoRecord, original_url, rendition_url
@@ -41,7 +42,7 @@ log = logging.getLogger("ypfs.ingest")
 
 
 def _beside(fn: Callable, *args) -> Future:
-    """Run ``fn`` on the worker's helper pool, under this request's deadline (storage.deadline)."""
+    """Run ``fn`` on the worker's helper pool, under this request's deadline (cluster.deadline)."""
     return background().submit(contextvars.copy_context().run, fn, *args)
 
 

@@ -8,7 +8,7 @@ between leaves only objects nothing can reach, never a photo half there, and a
 retried DELETE finds nothing to do (404).
 
 The cache tier is told by the HTTP layer, which commits a purge of the whole
-photo to the purge log before calling these (cluster/purge.py): ypws keeps each
+photo to the purge log before calling these (storage/purge.py): ypws keeps each
 cached entry's private flag, so a photo made private, or deleted, must not go on
 being served from a cache.
 
@@ -30,7 +30,8 @@ from typing import Any, Callable
 
 from storage import BlobStore, NotFound
 from storage.ids import new_secret
-from storage.keys import CONTENT_TYPES, FORMAT_BY_EXT, InvalidName, PhotoRef, dedupe_key, timeline_key
+from storage.keys import (CONTENT_TYPES, FORMAT_BY_EXT, InvalidName, PhotoRef, dedupe_key, parse_rendition_key,
+                          timeline_key)
 from storage.records import PhotoRecord
 
 
@@ -96,9 +97,12 @@ def _copy_objects(store: BlobStore, old: PhotoRef, new: PhotoRef, original_type:
     """Copy the original and every rendition to ``new``'s keys; the old keys, to delete later."""
     pairs = [(old.original_key, new.original_key, original_type)]
     for key in store.list(old.rendition_prefix):
-        fmt = FORMAT_BY_EXT.get(key.rsplit(".", 1)[-1], "")
-        pairs.append((key, new.rendition_prefix + key[len(old.rendition_prefix):],
-                      CONTENT_TYPES.get(fmt, "application/octet-stream")))
+        try:
+            r = parse_rendition_key(key)
+        except InvalidName:
+            continue  # not a rendition of ours: left for `ypfs gc` (its photo's secret changed)
+        fmt = FORMAT_BY_EXT[r.ext]
+        pairs.append((key, new.rendition_key(r.size, r.version, fmt), CONTENT_TYPES[fmt]))
     copied = []
     for src, dst, content_type in pairs:
         try:

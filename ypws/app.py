@@ -310,9 +310,13 @@ def cache_index_unavailable(req: falcon.Request, resp: falcon.Response, exc: sql
     raise fail(503, "cache_unavailable", f"the cache index failed: {exc}", {"Retry-After": "2"})
 
 
-def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, renderer=None,
+def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, *, renderer=None,
                service: ImageService | None = None) -> falcon.App:
-    """The WSGI app of one ypws node; every dependency is passed in (tests inject their own)."""
+    """The WSGI app of one ypws node; every dependency is passed in (tests inject their own).
+
+    ``renderer``: what renders a missing size (``RenderClient`` in production, see ``get_app``;
+    tests pass the in-process magickd service); None answers such a miss 503. ``service``: an
+    ``ImageService`` built already (``get_app`` shares it with the worker's hit path)."""
     service = service or ImageService(cfg, node, store, cache, renderer)
     app = json_errors(falcon.App(router=Router(), middleware=[RejectBadPaths(),
                                                               RequestDeadline(cfg.ypws.request_deadline)]))

@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import xxhash
+from cachetools import LRUCache
 
 from .index import open_index
 from .stats import Stats
@@ -256,8 +257,11 @@ class DiskCache:
             (self._entries / f"{i:02x}").mkdir(parents=True, exist_ok=True)
         self._entries_s = str(self._entries)
         self.memo_bytes = memo_bytes
-        self._memo: dict[str, tuple[tuple[int, int, int], Entry]] = {}
-        self._memo_size = 0
+        # key -> ((inode, mtime_ns, size), entry): least recently used out first, ``memo_bytes`` in all;
+        # the event loop and the worker's threads share it, and cachetools' caches are not thread-safe
+        self._memo: LRUCache[str, tuple[tuple[int, int, int], Entry]] = LRUCache(
+            maxsize=max(1, memo_bytes), getsizeof=lambda memo: memo[0][2])
+        self._memo_lock = threading.Lock()
         self._hits: list[str] = []
         self._hits_lock = threading.Lock()
         self._last_flush = clock()
@@ -284,7 +288,8 @@ class DiskCache:
         A damaged or unreadable entry is dropped and reads as a miss.
         """
         path = self.path_for(key)
-        memo = self._memo.get(key)
+        with self._memo_lock:
+            memo = self._memo.get(key)
         if memo is not None:
             try:
                 st = os.stat(path)
@@ -318,20 +323,16 @@ class DiskCache:
             self.drop_damaged(key, path, st.st_ino, "written by an older version" if old else "damaged header or body")
             return None
         entry.ino, entry.cache = st.st_ino, self
-        if entry.body is not None and self.memo_bytes:
-            if self._memo_size + total > self.memo_bytes:
-                self._memo.clear()
-                self._memo_size = 0
-            self._memo[key] = ((st.st_ino, st.st_mtime_ns, total), entry)
-            self._memo_size += total
+        if entry.body is not None and total <= self.memo_bytes:
+            with self._memo_lock:
+                self._memo[key] = ((st.st_ino, st.st_mtime_ns, total), entry)
         if touch:
             self.touch(key)
         return entry
 
     def _forget(self, key: str) -> None:
-        memo = self._memo.pop(key, None)
-        if memo is not None:
-            self._memo_size -= memo[0][2]
+        with self._memo_lock:
+            self._memo.pop(key, None)
 
     @staticmethod
     def _parse(key: str, path: str, data: bytes, total: int) -> Entry | None:
@@ -562,8 +563,8 @@ class DiskCache:
         for sub in self._entries.iterdir():
             for p in sub.iterdir():
                 p.unlink(missing_ok=True)
-        self._memo.clear()
-        self._memo_size = 0
+        with self._memo_lock:
+            self._memo.clear()
         self.stats.inc("purged", removed)
         return removed
 

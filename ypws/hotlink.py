@@ -9,6 +9,7 @@ Hosts compare without port, case-insensitively. Anything else is a hotlink.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from cluster.config import YpwsSection
@@ -31,7 +32,8 @@ class HotlinkPolicy:
         self.enabled = enabled
         self.exact = {h.lower().lstrip(".") for h in allow} | ({public_host} if public_host else set())
         self.suffixes = tuple(h.lower() for h in allow if h.startswith("."))
-        self._memo: dict[tuple[str, str | None], bool] = {}
+        # a page's many images repeat one (Referer, Host): decide each pair once, per policy
+        self._decided = lru_cache(maxsize=_MEMO_MAX)(self._decide)
 
     @classmethod
     def from_config(cls, ypws: YpwsSection, public_url: str) -> "HotlinkPolicy":
@@ -41,14 +43,7 @@ class HotlinkPolicy:
     def allows(self, referer: str | None, host: str | None) -> bool:
         if not self.enabled or not referer:
             return True
-        memo_key = (referer, host)
-        decision = self._memo.get(memo_key)
-        if decision is None:
-            decision = self._decide(referer, host)
-            if len(self._memo) >= _MEMO_MAX:
-                self._memo.clear()
-            self._memo[memo_key] = decision
-        return decision
+        return self._decided(referer, host)
 
     def _decide(self, referer: str, host: str | None) -> bool:
         try:

@@ -14,13 +14,15 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import BinaryIO, Callable
 
+from cluster import deadline
 from cluster.config import Config
 from cluster.profiles import profile_version
 from media.geoscrub import PatchedReader, apply_patches, location_patches, strip_location
-from storage import BlobStore, NotFound, StorageError, deadline
-from storage.keys import CONTENT_TYPES, EXTENSIONS, InvalidName, PhotoRef
+from storage import BlobStore, NotFound, StorageError
+from storage.keys import CONTENT_TYPES, EXTENSIONS, ImagePath, InvalidName, PhotoRef, parse_rendition_key
 from storage.readiness import StorageProbe
 from storage.records import PhotoRecord, UserRecord
 
@@ -30,7 +32,7 @@ from .hotlink import HotlinkPolicy
 from .negotiation import pick_variant
 from .placeholder import placeholder_png
 from .signing import SignatureError, verify
-from .urls import BadPath, ImageTarget, NoSuchImage, parse_image_path, query_params
+from .urls import BadPath, NoSuchImage, parse_image_path, query_params
 
 
 @dataclass(slots=True)
@@ -116,7 +118,7 @@ PATCHES_MEMO = 1024  # originals too large for the cache whose location patches 
 
 @dataclass(slots=True)
 class _Resolved:
-    target: ImageTarget
+    target: ImagePath
     profile: object | None  # SizeProfile; None for the original
     version: str
     negotiable: bool
@@ -127,10 +129,17 @@ class _Resolved:
         key = self.keys.get(fmt)
         if key is None:
             t = self.target
-            key = (f"{t.ref.original_key}.{t.ext}" if self.profile is None
+            key = (t.ref.cached_original_key(t.ext) if self.profile is None
                    else t.ref.rendition_key(t.size, self.version, fmt))
             self.keys[fmt] = key
         return key
+
+
+def _rendition_ext(key: str) -> str | None:
+    try:
+        return parse_rendition_key(key).ext
+    except InvalidName:
+        return None
 
 
 class ImageService:
@@ -158,9 +167,10 @@ class ImageService:
         self.cc_unversioned = f"public, max-age={y.unversioned_max_age}"
         self.cc_original = f"public, max-age={y.original_max_age}"
         self._placeholder = placeholder_png()
-        self._resolved: dict[str, _Resolved] = {}
-        self._heads: dict[tuple, tuple[tuple, tuple]] = {}
-        self._original_patches: dict[str, list] = {}
+        # memos (lru_cache: thread-safe, and the event loop and the worker's threads share them)
+        self._resolve = lru_cache(maxsize=RESOLVED_MAX)(self._resolve_path)     # hot URLs repeat
+        self._head_blocks = lru_cache(maxsize=RESOLVED_MAX)(self._make_head_blocks)
+        self._location_patches = lru_cache(maxsize=PATCHES_MEMO)(self._find_location_patches)
 
     # -- readiness ---------------------------------------------------------------------------
     def ready(self, wait: bool = True) -> tuple[bool, list[str]]:
@@ -214,23 +224,16 @@ class ImageService:
         return Reply(status, headers, body)
 
     # -- the rules, then the lookup ----------------------------------------------------------
-    def _resolve(self, path: str) -> "_Resolved":
-        """What a path names, memoised per path (hot URLs repeat; parsing and validating do not)."""
-        resolved = self._resolved.get(path)
-        if resolved is None:
-            target = parse_image_path(path)
-            if target.is_original:
-                resolved = _Resolved(target, None, "", False)
-            else:
-                profile = self.profiles.get(target.size)
-                if profile is None or target.fmt not in profile.formats:
-                    raise NoSuchImage()
-                negotiable = target.fmt == profile.format and bool(profile.variants)
-                resolved = _Resolved(target, profile, self.versions[target.size], negotiable)
-            if len(self._resolved) >= RESOLVED_MAX:
-                self._resolved.clear()
-            self._resolved[path] = resolved
-        return resolved
+    def _resolve_path(self, path: str) -> "_Resolved":
+        """What a path names (``_resolve``, memoised per path; a path naming nothing raises, and is not kept)."""
+        target = parse_image_path(path)
+        if target.is_original:
+            return _Resolved(target, None, "", False)
+        profile = self.profiles.get(target.size)
+        if profile is None or target.fmt not in profile.formats:
+            raise NoSuchImage()
+        negotiable = target.fmt == profile.format and bool(profile.variants)
+        return _Resolved(target, profile, self.versions[target.size], negotiable)
 
     def _respond(self, req: ImageRequest, fast: bool) -> Reply | None:
         resolved = self._resolve(req.path)
@@ -272,10 +275,7 @@ class ImageService:
             cache_control = "private, max-age=0"  # a signed URL of a public photo is not worth caching
 
         etag = f'"{source.digest}"'
-        heads = self._heads.get((etag, cache_control, outcome, negotiable))
-        if heads is None:
-            heads = self._head_blocks(source, etag, cache_control, outcome, negotiable)
-        h304, h200 = heads
+        h304, h200 = self._head_blocks(etag, meta["lm"], meta["type"], source.size, cache_control, outcome, negotiable)
         if (req.if_none_match is not None or req.if_modified_since is not None) and \
                 not_modified(req.if_none_match, req.if_modified_since, etag, meta["mtime"]):
             stats.inc("not_modified")
@@ -304,17 +304,14 @@ class ImageService:
             return Reply(200, h200, source.body, cache=outcome)
         return Reply(200, h200, stream=source.open_body(), cache=outcome)
 
-    def _head_blocks(self, source, etag: str, cache_control: str, outcome: str, negotiable: bool) -> tuple[tuple, tuple]:
-        """The header tuples of a 304 and a 200 for one entry and request kind (memoised)."""
-        meta = source.meta
-        h304 = (("ETag", etag), ("Last-Modified", meta["lm"]), ("Cache-Control", cache_control),
+    def _make_head_blocks(self, etag: str, last_modified: str, content_type: str, size: int, cache_control: str,
+                          outcome: str, negotiable: bool) -> tuple[tuple, tuple]:
+        """The header tuples of a 304 and a 200 for one entry and request kind (``_head_blocks``, memoised)."""
+        h304 = (("ETag", etag), ("Last-Modified", last_modified), ("Cache-Control", cache_control),
                 ("X-Cache", outcome), ("X-Served-By", self.node))
         if negotiable:
             h304 += (("Vary", "Accept"),)
-        h200 = h304 + (("Content-Type", meta["type"]), ("Accept-Ranges", "bytes"), ("Content-Length", str(source.size)))
-        if len(self._heads) >= RESOLVED_MAX:
-            self._heads.clear()
-        self._heads[(etag, cache_control, outcome, negotiable)] = (h304, h200)
+        h200 = h304 + (("Content-Type", content_type), ("Accept-Ranges", "bytes"), ("Content-Length", str(size)))
         return h304, h200
 
     def _hotlinked(self, req: ImageRequest) -> Reply:
@@ -327,7 +324,7 @@ class ImageService:
         return Reply(200, headers, b"" if req.method == "HEAD" else body)
 
     # -- PURGE ---------------------------------------------------------------------------
-    def purge(self, target: ImageTarget) -> list[str]:
+    def purge(self, target: ImagePath) -> list[str]:
         """Drop the cache entries a URL (or a bare size) can be served from, every version.
 
         ``{size}.{default ext}`` covers every Accept variant it may be answered with;
@@ -335,8 +332,8 @@ class ImageService:
         """
         ref = target.ref
         if target.is_original:
-            prefix = f"{ref.original_key}."
-            keys = {prefix + target.ext} if target.ext else set(self.cache.index.keys_with_prefix(prefix))
+            keys = ({ref.cached_original_key(target.ext)} if target.ext
+                    else set(self.cache.index.keys_with_prefix(ref.cached_original_key())))
             return self.cache.purge(sorted(keys))
         profile = self.profiles.get(target.size)
         if target.fmt is None:
@@ -345,10 +342,10 @@ class ImageService:
             fmts = set(profile.formats)
         else:
             fmts = {target.fmt}
-        keys = set(self.cache.index.keys_with_prefix(f"{ref.rendition_prefix}{target.size}."))
+        keys = set(self.cache.index.keys_with_prefix(ref.size_prefix(target.size)))
         if fmts is not None:
             exts = {EXTENSIONS[f] for f in fmts}
-            keys = {k for k in keys if k.rsplit(".", 1)[1] in exts}
+            keys = {k for k in keys if _rendition_ext(k) in exts}
         if profile is not None:  # the current keys too: a file may be left without its index row
             version = self.versions[target.size]
             keys.update(ref.rendition_key(target.size, version, f) for f in (fmts or profile.formats))
@@ -357,7 +354,7 @@ class ImageService:
     def purge_photo(self, ref: PhotoRef) -> list[str]:
         """Drop every cached size, format, version and original of one photo."""
         keys = self.cache.index.keys_with_prefix(ref.rendition_prefix)
-        keys += self.cache.index.keys_with_prefix(f"{ref.original_key}.")
+        keys += self.cache.index.keys_with_prefix(ref.cached_original_key())
         for name, version in self.versions.items():
             for fmt in self.profiles[name].formats:
                 key = ref.rendition_key(name, version, fmt)
@@ -366,7 +363,7 @@ class ImageService:
         return self.cache.purge(keys)
 
     # -- misses ---------------------------------------------------------------------------
-    def _fill(self, target: ImageTarget, key: str, fmt: str, signed: bool):
+    def _fill(self, target: ImagePath, key: str, fmt: str, signed: bool):
         """Storage, else magickd; one fill per key node-wide (the others wait, then hit)."""
         with self.cache.fill_lock(key):
             entry = self.cache.get(key)
@@ -390,7 +387,7 @@ class ImageService:
                     "private": record.private}
             return self.cache.put(key, body, meta) or Transient(body, meta), "MISS"
 
-    def _fill_original(self, target: ImageTarget, key: str, record: PhotoRecord):
+    def _fill_original(self, target: ImagePath, key: str, record: PhotoRecord):
         if not record.original_public or target.ext != EXTENSIONS.get(record.format) or not self._owner_allows(record):
             raise NoSuchImage()
         meta = {"type": CONTENT_TYPES.get(record.format, "application/octet-stream"), "mtime": record.uploaded_at,
@@ -403,18 +400,16 @@ class ImageService:
     def _stored_original(self, key: str, record: PhotoRecord, meta: dict) -> StoredBody:
         """An original served from storage as it streams; its location patches are found once
         (one pass of ranged reads) and remembered, since an original's bytes never change."""
-        patches = self._original_patches.get(key)
-        if patches is None:
-            try:
-                patches = location_patches(lambda start, length: self.store.get_range(key, start, length),
-                                           record.bytes, record.format)
-            except StorageError as exc:
-                raise storage_unavailable(exc) from None
-            if len(self._original_patches) >= PATCHES_MEMO:
-                self._original_patches.clear()
-            self._original_patches[key] = patches
+        try:
+            patches = self._location_patches(key, record.bytes, record.format)
+        except StorageError as exc:
+            raise storage_unavailable(exc) from None
         digest = "sha256-" + record.sha256[:32] + ("-nogps" if patches else "")
         return StoredBody(self.store, key, record.bytes, digest, meta, patches)
+
+    def _find_location_patches(self, key: str, size: int, fmt: str) -> list:
+        """``_location_patches``, memoised: a failed read raises, and is not kept."""
+        return location_patches(lambda start, length: self.store.get_range(key, start, length), size, fmt)
 
     def _record(self, ref: PhotoRef) -> PhotoRecord:
         try:

@@ -231,11 +231,6 @@ class Index:
             row = self._db().execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM entries").fetchone()
         return row[0], row[1]
 
-    def segment_bytes(self) -> list[int]:
-        """Bytes held per queue (segment), as the index keeps them."""
-        with self._lock:
-            return self._load_bytes(self._db())[:self.segments]
-
     # -- counters ----------------------------------------------------------------------
     def add_counters(self, deltas: dict[str, float], db: sqlite3.Connection | None = None) -> None:
         if not deltas:

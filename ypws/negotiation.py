@@ -6,13 +6,13 @@ decode AVIF (old browsers send them too), and ``q=0`` excludes a type.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from cluster.profiles import SizeProfile
 from media.formats import CONTENT_TYPES
 
 #: better formats first; the profile's default format is the fallback
 PREFERENCE = ("avif", "webp")
-_MEMO_MAX = 1024
-_memo: dict[tuple[str, tuple[str, ...]], str | None] = {}
 
 
 def accepted_types(accept: str) -> set[str]:
@@ -37,12 +37,10 @@ def pick_variant(accept: str | None, profile: SizeProfile) -> str | None:
     """The best variant format of ``profile`` that ``accept`` lists, or None for the default."""
     if not accept or not profile.variants:
         return None
-    memo_key = (accept, profile.variants)
-    if memo_key in _memo:
-        return _memo[memo_key]
+    return _pick(accept, profile.variants)
+
+
+@lru_cache(maxsize=1024)  # browsers send a handful of distinct Accept headers; parse each once
+def _pick(accept: str, variants: tuple[str, ...]) -> str | None:
     types = accepted_types(accept)
-    choice = next((f for f in PREFERENCE if f in profile.variants and CONTENT_TYPES[f] in types), None)
-    if len(_memo) >= _MEMO_MAX:
-        _memo.clear()
-    _memo[memo_key] = choice
-    return choice
+    return next((f for f in PREFERENCE if f in variants and CONTENT_TYPES[f] in types), None)

@@ -43,10 +43,8 @@ from typing import Callable
 
 from cluster.locks import try_flock
 from storage import StorageError
-from storage.keys import InvalidName, PhotoRef, parse_photo_segment, purge_log_floor, purge_log_time
-from storage.purgelog import ALL_IMAGES, PurgeEntry, PurgeLog
-
-from .urls import BadPath, NoSuchImage, parse_image_path
+from storage.keys import IMAGE_PATH_PREFIX, InvalidName, parse_image_path, purge_log_floor, purge_log_time
+from storage.purgelog import PurgeEntry, PurgeLog
 
 log = logging.getLogger("ypws.purge")
 
@@ -100,19 +98,15 @@ class SyncState:
 
 def apply_path(service, path: str) -> int:
     """Drop what one purge path names from the node's cache; how many entries went."""
-    if path == ALL_IMAGES:
+    if path == IMAGE_PATH_PREFIX:
         return service.cache.purge_all()
-    parts = path[len(ALL_IMAGES):].split("/")
-    if len(parts) == 3 and parts[2] == "":  # /photos/{user}/{id}_{secret}/: the whole photo
-        try:
-            photo_id, secret = parse_photo_segment(parts[1])
-            return len(service.purge_photo(PhotoRef(parts[0], photo_id, secret)))
-        except InvalidName:
-            return 0
     try:
-        return len(service.purge(parse_image_path(path, allow_bare_size=True)))
-    except (BadPath, NoSuchImage):
-        return 0  # a size this node's config does not know holds nothing here
+        target = parse_image_path(path, bare_size=True, whole_photo=True)
+    except InvalidName:
+        return 0
+    if not target.size:  # /photos/{user}/{id}_{secret}/: the whole photo
+        return len(service.purge_photo(target.ref))
+    return len(service.purge(target))
 
 
 class PurgeApplier:

@@ -1,4 +1,7 @@
-"""Image URL paths -> what they name. No HTTP here: just strings in, a target or an error out.
+"""Image URL paths -> what they name, as HTTP answers. No HTTP here: just strings in, a target or an error out.
+
+storage/keys.py parses the path; this module adds what serving needs: malformed paths
+refused before parsing, and every refusal the same 404.
 
     /photos/{user}/{id}_{secret}/{size}.{ext}     a rendition (ext picks the format)
     /photos/{user}/{id}_{secret}/original.{ext}   the original, in its own format
@@ -12,13 +15,10 @@ rather than merely unknown (traversal, NUL, overlong) are ``BadPath`` (400).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from storage.keys import FORMAT_BY_EXT, InvalidName, PhotoRef, parse_photo_segment, valid_size
+from storage import keys
+from storage.keys import ImagePath, InvalidName
 
 MAX_PATH = 1024
-PREFIX = "/photos/"
-ORIGINAL = "original"
 
 
 class BadPath(ValueError):
@@ -32,18 +32,6 @@ class NoSuchImage(LookupError):
         super().__init__("no such image")
 
 
-@dataclass(frozen=True, slots=True)
-class ImageTarget:
-    ref: PhotoRef
-    size: str          # a size name, or "original"
-    ext: str | None    # None only for PURGE of every format
-    fmt: str | None    # format named by the extension
-
-    @property
-    def is_original(self) -> bool:
-        return self.size == ORIGINAL
-
-
 def check_path(path: str) -> None:
     """Reject paths that are malformed rather than unknown."""
     if len(path) > MAX_PATH:
@@ -55,33 +43,13 @@ def check_path(path: str) -> None:
             raise BadPath("the path may not contain '.' or '..' segments")
 
 
-def parse_image_path(path: str, allow_bare_size: bool = False) -> ImageTarget:
-    """The image a path names; BadPath or NoSuchImage otherwise."""
+def parse_image_path(path: str, allow_bare_size: bool = False) -> ImagePath:
+    """The image a path names (storage.keys parses it); BadPath or NoSuchImage otherwise."""
     check_path(path)
-    if not path.startswith(PREFIX):
-        raise NoSuchImage()
-    parts = path[len(PREFIX):].split("/")
-    if len(parts) != 3:
-        raise NoSuchImage()
-    user, segment, name = parts
-    stem, dot, ext = name.rpartition(".")
-    if not dot:
-        if not allow_bare_size:
-            raise NoSuchImage()
-        stem, ext = name, None
     try:
-        photo_id, secret = parse_photo_segment(segment)
-        ref = PhotoRef(user, photo_id, secret)
-        if stem != ORIGINAL:
-            valid_size(stem)
+        return keys.parse_image_path(path, bare_size=allow_bare_size)
     except InvalidName:
         raise NoSuchImage() from None
-    fmt = None
-    if ext is not None:
-        fmt = FORMAT_BY_EXT.get(ext)
-        if fmt is None or ext == "jpeg":  # one spelling per format: .jpg
-            raise NoSuchImage()
-    return ImageTarget(ref, stem, ext, fmt)
 
 
 def query_params(query: str) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """Purging the cache tier: commit to the purge log, then push to every ypws node directly.
 
+Here, beside the log it commits to, and not in cluster/: ypfs and magickd both purge,
+and cluster/ imports no package above it.
+
     entry = purger.log(["/photos/{user}/{id}_{secret}/"])   every size and format of a photo
     ... change the store (delete, make private) ...
     report = purger.push(entry)
@@ -30,7 +33,7 @@ from urllib.parse import quote
 import urllib3
 
 from cluster.config import Config
-from storage.purgelog import PurgeEntry, PurgeLog, check_paths
+from .purgelog import PurgeEntry, PurgeLog, check_paths
 
 MAX_PUSH_THREADS = 16
 

@@ -1,0 +1,36 @@
+"""Photo and user records (storage/records.py): hashed tokens, tolerant JSON, profile versions in URLs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from cluster.config import from_dict, load_dict
+from cluster.profiles import profile_version
+from storage.keys import PhotoRef
+from storage.records import PhotoRecord, UserRecord, rendition_url
+
+
+def test_profile_version_changes_with_sharpening_only_when_params_change():
+    cfg = from_dict(load_dict())
+    small = cfg.size("small")
+    assert profile_version(small) == profile_version(dataclasses.replace(small, variants=("webp",)))
+    retuned = dataclasses.replace(small, sharpen_amount=small.sharpen_amount + 0.1)
+    assert profile_version(retuned) != profile_version(small)
+    ref = PhotoRef("alice", "123", "0123456789")
+    assert rendition_url("http://h", ref, small).endswith(f"/small.jpg?v={profile_version(small)}")
+
+
+def test_user_tokens_are_stored_hashed():
+    user = UserRecord("alice")
+    token = user.new_token()
+    assert token.startswith("alice.") and len(token) > 40
+    assert user.check_token(token) and not user.check_token(token + "x")
+    assert token not in user.to_json().decode()
+    assert UserRecord.from_json(user.to_json()).check_token(token)
+
+
+def test_photo_record_round_trip_ignores_unknown_fields():
+    rec = PhotoRecord(id="1", owner="a", secret="0123456789", format="jpeg", width=1, height=2, bytes=3,
+                      sha256="0" * 64, uploaded_at=1.0)
+    raw = rec.to_json().replace(b"{", b'{"future_field": 1, ', 1)
+    assert PhotoRecord.from_json(raw) == rec

@@ -1,0 +1,147 @@
+"""The owner's API: private photos hidden from everyone but their owner; the owner edits title and
+visibility (made private: a new secret, the bytes moved, the caches purged through the log) and
+deletes a photo with every object of it; nobody else may; an operator takes a photo down from the
+command line.
+
+In-process (tests/ypfs_support.py), with the production purger: no ypws runs here, so each purge
+is logged and the answer says it was applied on 0 nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from storage.keys import dedupe_key, record_key, timeline_key
+from storage.purgelog import PurgeLog
+from storage.records import PhotoRecord
+from ypfs.__main__ import main as ypfs_main
+
+from .ypfs_support import AppYpfs, RenderRecorder, jpeg_variant
+
+
+@pytest.fixture(scope="module")
+def ypfs(tmp_path_factory):
+    recorder = RenderRecorder()
+    try:
+        yield AppYpfs(tmp_path_factory.mktemp("ypfs-owner"), recorder)
+    finally:
+        recorder.stop()
+
+
+def test_private_photos_are_hidden_from_everyone_but_their_owner(ypfs):
+    c = ypfs.client
+    r = ypfs.upload("carol", jpeg_variant("formats/DSCN0010.jpg", 7), private="1")
+    assert r.status_code == 201 and r.json["private"] is True
+    photo = r.json["id"]
+    assert c.simulate_get(f"/api/photos/carol/{photo}").status_code == 404
+    owner = c.simulate_get(f"/api/photos/carol/{photo}", headers=ypfs.auth("carol"))
+    assert owner.status_code == 200 and owner.json["id"] == photo
+    listing = c.simulate_get("/api/users/carol/photos").json
+    assert photo not in [p["id"] for p in listing["photos"]]
+    mine = c.simulate_get("/api/users/carol/photos", headers=ypfs.auth("carol")).json
+    assert photo in [p["id"] for p in mine["photos"]]
+    theirs = c.simulate_get("/api/users/carol/photos", headers=ypfs.auth("alice")).json
+    assert photo not in [p["id"] for p in theirs["photos"]]
+
+
+def test_the_owner_edits_title_and_visibility_and_nobody_else_may(ypfs):
+    c = ypfs.client
+    photo = ypfs.upload("editor", jpeg_variant("formats/DSCN0010.jpg", 11)).json["id"]
+    url = f"/api/photos/editor/{photo}"
+    assert c.simulate_patch(url, json={"title": "x"}).status_code == 401
+    other = c.simulate_patch(url, json={"title": "x"}, headers=ypfs.auth("stranger"))
+    assert other.status_code == 403 and other.json["error"] == "forbidden"
+    for body, status, code in [({"colour": "red"}, 400, "bad_changes"), ({"private": "yes"}, 400, "bad_changes"),
+                               ({"title": "t" * 500}, 400, "bad_changes"), ({}, 400, "bad_changes"),
+                               ([1, 2], 400, "bad_changes")]:
+        r = c.simulate_patch(url, json=body, headers=ypfs.auth("editor"))
+        assert (r.status_code, r.json["error"]) == (status, code), body
+    r = c.simulate_patch(url, body="title=x", headers={**ypfs.auth("editor"), "Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json["error"] == "not_json"
+    json_type = {**ypfs.auth("editor"), "Content-Type": "application/json"}
+    r = c.simulate_patch(url, body="{", headers=json_type)
+    assert r.status_code == 400 and set(r.json) == {"error", "message"}
+    r = c.simulate_patch(url, body=json.dumps({"title": "t" * 20_000}), headers=json_type)
+    assert r.status_code == 413 and r.json["error"] == "too_large"
+    assert PhotoRecord.load(ypfs.store, "editor", photo).title == ""  # no refused edit changed anything
+
+    rec_before = PhotoRecord.load(ypfs.store, "editor", photo)
+    original_bytes = ypfs.store.get(rec_before.ref.original_key)
+    r = c.simulate_patch(url, json={"title": "  Harbour\x07 ", "private": True, "original_public": False},
+                         headers=ypfs.auth("editor"))
+    assert r.status_code == 200, r.text
+    body = r.json
+    assert (body["title"], body["private"], body["original_public"]) == ("Harbour", True, False)
+    assert "original" not in body["urls"]
+    # the cache tier must forget the old visibility: logged (every node applies it); no ypws runs
+    # here to take the direct push, which the answer says instead of claiming it was applied
+    assert body["cache"]["logged"] is True and body["cache"]["status"] == "logged"
+    assert body["cache"]["applied"] == f"0 of {len(ypfs.cfg.ypws.nodes)} nodes"
+    assert list(PurgeLog(ypfs.store).read(""))[-1].paths == (rec_before.ref.purge_path(),)
+    rec = PhotoRecord.load(ypfs.store, "editor", photo)
+    assert (rec.title, rec.private, rec.original_public) == ("Harbour", True, False)
+    # made private: a new secret, so every URL handed out while it was public (and any copy an
+    # outer cache keeps of it) names nothing now; the bytes moved to the new keys
+    assert rec.secret != rec_before.secret and body["secret"] == rec.secret
+    assert not ypfs.store.exists(rec_before.ref.original_key)
+    assert ypfs.store.get(rec.ref.original_key) == original_bytes
+    assert c.simulate_get(url).status_code == 404  # private now
+    assert c.simulate_patch(url, json={"title": "x"}, headers=ypfs.auth("stranger")).status_code == 404
+    r = c.simulate_patch(url, json={"title": "Harbour at dusk"}, headers=ypfs.auth("editor"))
+    assert r.status_code == 200 and "cache" not in r.json  # a title is not cached with the images
+
+
+def test_the_owner_deletes_a_photo_and_every_object_of_it_goes(ypfs):
+    c = ypfs.client
+    data = jpeg_variant("formats/DSCN0010.jpg", 12)
+    rec = PhotoRecord.from_json(ypfs.store.get(record_key("gina", ypfs.upload("gina", data).json["id"])))
+    ref = rec.ref
+    for key in (ref.rendition_key("small", "0123abcd", "jpeg"), ref.rendition_key("medium", "0123abcd", "webp")):
+        ypfs.store.put(key, b"rendition")  # what magickd would have written
+    keys = [ref.record_key, ref.original_key, dedupe_key("gina", rec.sha256), timeline_key(rec.id, "gina"),
+            *ypfs.store.list(ref.rendition_prefix)]
+    assert len(keys) == 6 and all(ypfs.store.exists(k) for k in keys)
+    url = f"/api/photos/gina/{rec.id}"
+    assert c.simulate_delete(url).status_code == 401
+    assert c.simulate_delete(url, headers=ypfs.auth("stranger")).status_code == 403
+    assert all(ypfs.store.exists(k) for k in keys)
+
+    r = c.simulate_delete(url, headers=ypfs.auth("gina"))
+    assert r.status_code == 200, r.text
+    assert r.json["deleted"] == rec.id and r.json["objects_removed"] == 6
+    assert r.json["cache"]["logged"] is True
+    assert ref.purge_path() in [p for e in PurgeLog(ypfs.store).read("") for p in e.paths]
+    assert [k for k in keys if ypfs.store.exists(k)] == []
+    assert c.simulate_get(url).status_code == 404
+    assert c.simulate_delete(url, headers=ypfs.auth("gina")).status_code == 404  # a retry: nothing left
+    listing = c.simulate_get("/api/users/gina/photos").json
+    assert rec.id not in [p["id"] for p in listing["photos"]]
+    again = ypfs.upload("gina", data)  # the same bytes again: a new photo, not the deleted one
+    assert again.status_code == 201 and again.json["id"] != rec.id
+
+
+def test_deleting_a_photo_keeps_a_newer_upload_of_the_same_bytes(ypfs):
+    """The duplicate entry belongs to whichever photo it names: deleting an older one leaves it."""
+    data = jpeg_variant("formats/DSCN0010.jpg", 13)
+    old = ypfs.upload("hana", data).json["id"]
+    entry = dedupe_key("hana", hashlib.sha256(data).hexdigest())
+    ypfs.store.put(entry, json.dumps({"id": "1"}).encode())  # as if a later photo had claimed these bytes
+    assert ypfs.client.simulate_delete(f"/api/photos/hana/{old}", headers=ypfs.auth("hana")).status_code == 200
+    assert json.loads(ypfs.store.get(entry)) == {"id": "1"}
+
+
+def test_an_operator_takes_a_photo_down_from_the_command_line(ypfs, capsys):
+    rec = PhotoRecord.from_json(ypfs.store.get(record_key("ivan", ypfs.upload(
+        "ivan", jpeg_variant("formats/DSCN0010.jpg", 14)).json["id"])))
+    cli = ["--config", str(ypfs.path), "photo", "delete", "ivan", rec.id]
+    assert ypfs_main(cli) == 0
+    out = capsys.readouterr().out
+    assert f"deleted ivan/{rec.id}" in out
+    assert "cache purge logged, applied on 0 of" in out  # no ypws runs here: said, not hidden
+    assert rec.ref.purge_path() in [p for e in PurgeLog(ypfs.store).read("") for p in e.paths]
+    assert not ypfs.store.exists(rec.ref.record_key) and not ypfs.store.exists(rec.ref.original_key)
+    assert ypfs_main(cli) == 1
+    assert "no photo" in capsys.readouterr().err
