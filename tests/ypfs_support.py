@@ -99,6 +99,7 @@ class AppYpfs:
     def __init__(self, tmp_path: Path, recorder: RenderRecorder):
         from falcon import testing
 
+        from cluster.profiles import eager_sizes
         from storage.purge import Purger
         from magickd.client import RenderClient
         from storage import open_store
@@ -108,7 +109,8 @@ class AppYpfs:
         self.cfg, self.path = write_config(tmp_path, ypfs_tree(tmp_path, recorder))
         self.recorder = recorder
         self.store = open_store(self.cfg.storage, self.cfg.local_root)
-        notifier = RenderNotifier(RenderClient(self.cfg.magickd, self.cfg.cluster.admin_token), self.cfg.ypfs.render_retries)
+        notifier = RenderNotifier(RenderClient(self.cfg.magickd, self.cfg.cluster.admin_token), self.cfg.ypfs.render_retries,
+                                  eager_sizes(self.cfg.sizes))
         self.client = testing.TestClient(create_app(self.cfg, self.store, "ypfs1", notifier=notifier,
                                                     purger=Purger.from_config(self.cfg, self.store, "ypfs1")))
         self.tokens: dict[str, str] = {}
