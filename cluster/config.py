@@ -493,9 +493,20 @@ def load_dict(path: str | os.PathLike | None = None) -> dict:
 
 
 def from_dict(tree: dict, source: str = "") -> Config:
-    cfg = _build(Config, {**tree, "source": source}, "")
+    cfg = _build(Config, {**_with_node_ids(tree), "source": source}, "")
     _validate(cfg)
     return cfg
+
+
+def _with_node_ids(tree: dict) -> dict:
+    """``ids.node_id`` for every ypfs node that does not set its own (a one-node cluster's
+    file need not repeat it; two such nodes fail the uniqueness check, naming it)."""
+    default = tree.get("ids", {}).get("node_id") if isinstance(tree.get("ids"), dict) else None
+    nodes = tree.get("ypfs", {}).get("nodes") if isinstance(tree.get("ypfs"), dict) else None
+    if default is None or not isinstance(nodes, list):
+        return tree
+    filled = [{"node_id": default, **n} if isinstance(n, dict) else n for n in nodes]
+    return {**tree, "ypfs": {**tree["ypfs"], "nodes": filled}}
 
 
 @functools.cache

@@ -13,6 +13,8 @@ from typing import Callable
 
 import pyvips
 
+from media.decode import stop_at
+
 from .errors import RenderTimeout
 
 
@@ -32,11 +34,4 @@ class Deadline:
 
     def watch(self, image: pyvips.Image) -> pyvips.Image:
         """Make libvips abandon evaluating ``image`` once the deadline passes."""
-
-        def on_eval(img: pyvips.Image, _progress) -> None:
-            if self.clock() >= self.at:
-                img.set_kill(True)
-
-        image.set_progress(True)
-        image.signal_connect("eval", on_eval)
-        return image
+        return stop_at(image, self.at, self.clock)

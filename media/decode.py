@@ -20,7 +20,9 @@ which format, how strictly, and within which pixel and frame budgets.
 from __future__ import annotations
 
 import io
+import time
 import warnings
+from typing import Callable
 
 import pyvips
 
@@ -36,6 +38,22 @@ PILLOW_DECODED: dict[str, str] = {
 #: Pillow mode -> (mode to convert to, bands, libvips interpretation)
 _MODES = {"RGB": ("RGB", 3, "srgb"), "RGBA": ("RGBA", 4, "srgb"), "L": ("L", 1, "b-w"), "LA": ("LA", 2, "b-w")}
 _heif_registered = False
+
+
+def stop_at(image: pyvips.Image, at: float, clock: Callable[[], float] = time.monotonic) -> pyvips.Image:
+    """Make libvips itself abandon evaluating ``image`` once ``clock()`` passes ``at``.
+
+    libvips evaluates lazily, so one call (``avg``, ``copy_memory``, a save) may run the
+    whole decode; a check between calls cannot stop it, the eval signal can.
+    """
+
+    def on_eval(img: pyvips.Image, _progress) -> None:
+        if clock() >= at:
+            img.set_kill(True)
+
+    image.set_progress(True)
+    image.signal_connect("eval", on_eval)
+    return image
 
 
 def check_budget(width: int, height: int, pages: int, max_pixels: int) -> None:

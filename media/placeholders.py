@@ -44,7 +44,7 @@ from pathlib import Path
 
 import pyvips
 
-from .decode import register_heif
+from .decode import register_heif, stop_at
 from .formats import FORMATS, pillow_ids
 
 log = logging.getLogger("media.placeholders")
@@ -106,14 +106,7 @@ def _vips_tiny(src: Source, loader_name: str, timeout: float) -> tuple[int, int,
     elif image.bands > 4:
         image = image.extract_band(0, n=4)
     image = image.cast("uchar")
-    deadline = time.monotonic() + timeout
-
-    def on_eval(img: pyvips.Image, progress) -> None:
-        if time.monotonic() > deadline:
-            img.set_kill(True)
-
-    image.set_progress(True)
-    image.signal_connect("eval", on_eval)
+    stop_at(image, time.monotonic() + timeout)
     return image.width, image.height, bytes(image.write_to_memory())
 
 

@@ -36,7 +36,7 @@ import pyvips
 from cluster.config import LimitsSection
 from cluster.pool import background
 
-from .decode import MAX_PAGES, STRICT, check_budget, register_heif
+from .decode import MAX_PAGES, STRICT, check_budget, register_heif, stop_at
 from .errors import ImageRejected
 from .formats import FORMATS
 from .jpeg import JpegStructureError, count_scans
@@ -243,14 +243,7 @@ def check_gif_structure(path: str | bytes, limits: LimitsSection) -> None:
 
 
 def _decode_with_deadline(image: pyvips.Image, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-
-    def on_eval(img: pyvips.Image, progress) -> None:
-        if time.monotonic() > deadline:
-            img.set_kill(True)
-
-    image.set_progress(True)
-    image.signal_connect("eval", on_eval)
+    stop_at(image, time.monotonic() + seconds)
     image.avg()  # forces every pixel through the decoder
 
 

@@ -230,3 +230,14 @@ def test_cluster_check_passes_a_good_config_and_writes_nothing(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("config OK") and not data.exists()
+
+
+def test_a_ypfs_node_without_node_id_takes_ids_node_id(tmp_path):
+    conf = tmp_path / "one.toml"
+    conf.write_text('[ids]\nnode_id = 7\n\n[[ypfs.nodes]]\nname = "up"\nport = 8101\n')
+    assert load(conf, with_secrets=False).ypfs.nodes[0].node_id == 7
+    conf.write_text('[ids]\nnode_id = 7\n\n[[ypfs.nodes]]\nname = "up"\nport = 8101\nnode_id = 9\n')
+    assert load(conf, with_secrets=False).ypfs.nodes[0].node_id == 9
+    conf.write_text('[[ypfs.nodes]]\nname = "a"\nport = 8101\n\n[[ypfs.nodes]]\nname = "b"\nport = 8102\n')
+    with pytest.raises(ConfigError, match="node_id must be unique"):
+        load(conf, with_secrets=False)

@@ -34,7 +34,7 @@ from ypws.worker import HttpProtocol
 
 from .hashproxy_support import ProxyCluster
 from .fake_transport import FakeTransport
-from .http1_support import echo
+from .http1_support import echo, responses as parse_responses
 from .helpers import cluster_tree
 
 SMUGGLED = b"GET /photos/bob/1000_abcdef0123/medium.jpg HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -85,29 +85,6 @@ UPGRADES = {
 # -- a fake transport and a response reader ------------------------------------------------------------
 
 
-def parse_responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
-    """Every complete response in ``data``, in order."""
-    out: list = []
-
-    class R:
-        def on_message_begin(self):
-            self.headers, self.body = {}, b""
-
-        def on_header(self, name, value):
-            self.headers[name.decode().lower()] = value.decode("latin-1")
-
-        def on_body(self, body):
-            self.body += body
-
-        def on_message_complete(self):
-            out.append((parser.get_status_code(), self.headers, self.body))
-
-    parser = httptools.HttpResponseParser(R())
-    try:
-        parser.feed_data(bytes(data))
-    except httptools.HttpParserError:
-        pass
-    return out
 
 
 def closed(transport: FakeTransport) -> bool:
