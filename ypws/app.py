@@ -236,8 +236,8 @@ def before_param(req: falcon.Request) -> str | None:
 
 
 class GalleryResource:
-    def __init__(self, cfg: Config, store: BlobStore, clock: Callable[[], float] = time.time):
-        self.cfg = cfg
+    def __init__(self, sizes: pages.Sizes, epoch_ms: int, store: BlobStore, clock: Callable[[], float] = time.time):
+        self.sizes, self.epoch_ms = sizes, epoch_ms
         self.store = store
         self.clock = clock
 
@@ -248,10 +248,10 @@ class GalleryResource:
         except InvalidName:
             raise fail(404, "not_found", "no such user") from None
         before = before_param(req)
-        keys = newest_record_keys(self.store, user, self.cfg.ids.epoch_ms, lambda: int(self.clock() * 1000), before)
+        keys = newest_record_keys(self.store, user, self.epoch_ms, lambda: int(self.clock() * 1000), before)
         records, older = public_page(self.store, keys)
         resp.content_type = falcon.MEDIA_HTML
-        resp.text = pages.gallery_html(self.cfg, user, records, older=older, paged=bool(before))
+        resp.text = pages.gallery_html(self.sizes, user, records, older=older, paged=bool(before))
         resp.set_header("Cache-Control", "no-cache")
 
 
@@ -259,24 +259,24 @@ class HomeResource:
     """``/``: the newest public photos of every user, a page at a time, from one timeline listing
     (``timeline/{id}_{user}``) instead of a walk over every user."""
 
-    def __init__(self, cfg: Config, store: BlobStore, clock: Callable[[], float] = time.time):
-        self.cfg = cfg
+    def __init__(self, sizes: pages.Sizes, epoch_ms: int, store: BlobStore, clock: Callable[[], float] = time.time):
+        self.sizes, self.epoch_ms = sizes, epoch_ms
         self.store = store
         self.clock = clock
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         before = before_param(req)
-        keys = newest_timeline_keys(self.store, self.cfg.ids.epoch_ms, lambda: int(self.clock() * 1000), before)
+        keys = newest_timeline_keys(self.store, self.epoch_ms, lambda: int(self.clock() * 1000), before)
         records, older = public_page(self.store, (record_key(user, photo_id)
                                                   for photo_id, user in map(parse_timeline_key, keys)))
         resp.content_type = falcon.MEDIA_HTML
-        resp.text = pages.home_html(self.cfg, records, older=older, paged=bool(before))
+        resp.text = pages.home_html(self.sizes, records, older=older, paged=bool(before))
         resp.set_header("Cache-Control", "no-cache")
 
 
 class PhotoPageResource:
-    def __init__(self, cfg: Config, store: BlobStore):
-        self.cfg = cfg
+    def __init__(self, sizes: pages.Sizes, store: BlobStore):
+        self.sizes = sizes
         self.store = store
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user: str, photo_id: str) -> None:
@@ -291,7 +291,7 @@ class PhotoPageResource:
         except (NotFound, InvalidName, ValueError):
             owner_allows = True
         resp.content_type = falcon.MEDIA_HTML
-        resp.text = pages.photo_html(self.cfg, rec, rec.original_public and owner_allows)
+        resp.text = pages.photo_html(self.sizes, rec, rec.original_public and owner_allows)
         resp.set_header("Cache-Control", "no-cache")
 
 
@@ -325,9 +325,10 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, *, re
     app.add_route("/photos/{user}/{segment}/{name}", ImageResource(service, cfg.cluster.admin_token))
     app.add_route("/photos/{user}/{segment}", PhotoResource(service, cfg.cluster.admin_token))
     app.add_route("/photos", PurgeAllResource(service, cfg.cluster.admin_token))
-    app.add_route("/", HomeResource(cfg, store))
-    app.add_route("/u/{user}", GalleryResource(cfg, store))
-    app.add_route("/p/{user}/{photo_id}", PhotoPageResource(cfg, store))
+    sizes = {profile.name: profile for profile in cfg.sizes}
+    app.add_route("/", HomeResource(sizes, cfg.ids.epoch_ms, store))
+    app.add_route("/u/{user}", GalleryResource(sizes, cfg.ids.epoch_ms, store))
+    app.add_route("/p/{user}/{photo_id}", PhotoPageResource(sizes, store))
     app.add_route("/upload", UploadPageResource(cfg.ypws.upload_url, cfg.limits.max_upload_bytes))
     app.add_route("/healthz", HealthResource(node))
     app.add_route("/readyz", ReadyResource(service))

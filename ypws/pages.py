@@ -13,11 +13,14 @@ import json
 import re
 from html import escape
 
-from cluster.config import Config
+from typing import Mapping
+
 from cluster.profiles import SizeProfile, box_for
 from storage.records import PhotoRecord, original_url, rendition_url
 
 #: sizes offered in a gallery thumbnail's srcset, and on the photo page
+#: the configured size profiles by name, in config order (the pages need nothing else of the config)
+Sizes = Mapping[str, SizeProfile]
 GALLERY_SIZES = ("thumb", "small", "medium")
 PHOTO_SIZES = ("medium", "large", "xlarge")
 
@@ -63,11 +66,11 @@ def _placeholder(record: PhotoRecord, style: str = "") -> str:
     return attrs
 
 
-def _srcset(cfg: Config, record: PhotoRecord, names: tuple[str, ...]) -> tuple[str, SizeProfile | None, tuple[int, int]]:
+def _srcset(sizes: Sizes, record: PhotoRecord, names: tuple[str, ...]) -> tuple[str, SizeProfile | None, tuple[int, int]]:
     """srcset over the profiles that exist, the largest of them, and its (w, h)."""
     parts, last, dims = [], None, (record.width, record.height)
     for name in names:
-        profile = cfg.size(name)
+        profile = sizes.get(name)
         if profile is None:
             continue
         box = box_for(profile, record.width, record.height)
@@ -78,12 +81,12 @@ def _srcset(cfg: Config, record: PhotoRecord, names: tuple[str, ...]) -> tuple[s
     return ", ".join(parts), last, dims
 
 
-def _thumbs(cfg: Config, records: list[PhotoRecord], paged: bool, owners: bool = False) -> str:
+def _thumbs(sizes: Sizes, records: list[PhotoRecord], paged: bool, owners: bool = False) -> str:
     """A grid of thumbnails linking to each photo page (and, with ``owners``, to each owner's gallery)."""
     items = []
     for rec in records:
-        srcset, largest, _ = _srcset(cfg, rec, GALLERY_SIZES)
-        small = cfg.size("small") or largest
+        srcset, largest, _ = _srcset(sizes, rec, GALLERY_SIZES)
+        small = sizes.get("small") or largest
         if small is None:
             continue
         box = box_for(small, rec.width, rec.height)
@@ -108,25 +111,25 @@ def _pager(base: str, older: str | None, paged: bool) -> str:
     return f'<nav class="meta">{" · ".join(nav)}</nav>' if nav else ""
 
 
-def gallery_html(cfg: Config, user: str, records: list[PhotoRecord], older: str | None = None,
+def gallery_html(sizes: Sizes, user: str, records: list[PhotoRecord], older: str | None = None,
                  paged: bool = False) -> str:
     """Thumbnails of a user's public photos, newest first; ``older``: the id the next page starts below."""
-    listing = _thumbs(cfg, records, paged)
+    listing = _thumbs(sizes, records, paged)
     return _page(f"{user}'s photos", f"<h1>{escape(user)}</h1>{listing}{_pager(f'/u/{user}', older, paged)}")
 
 
-def home_html(cfg: Config, records: list[PhotoRecord], older: str | None = None, paged: bool = False) -> str:
+def home_html(sizes: Sizes, records: list[PhotoRecord], older: str | None = None, paged: bool = False) -> str:
     """The site's front page: what it is, and the newest public photos of every user."""
     intro = ('<p class="meta">A photo site: upload your photos, and everyone sees them in the sizes that fit, '
              'from the cache node nearest the URL. <a href="/upload">Upload photos</a>.</p>')
-    listing = _thumbs(cfg, records, paged, owners=True)
+    listing = _thumbs(sizes, records, paged, owners=True)
     return _page("Newest photos", f"<h1>Newest photos</h1>{intro}{listing}{_pager('/', older, paged)}")
 
 
-def photo_html(cfg: Config, record: PhotoRecord, original_allowed: bool) -> str:
+def photo_html(sizes: Sizes, record: PhotoRecord, original_allowed: bool) -> str:
     """One photo, fitted to the window (never wider, nor taller than most of it), its facts (never
     its location), every size with its dimensions, and, for its owner, edit and delete."""
-    srcset, largest, (w, h) = _srcset(cfg, record, PHOTO_SIZES)
+    srcset, largest, (w, h) = _srcset(sizes, record, PHOTO_SIZES)
     title = record.title or f"Photo {record.id}"
     img = ""
     if largest is not None:
@@ -138,13 +141,13 @@ def photo_html(cfg: Config, record: PhotoRecord, original_allowed: bool) -> str:
         img = (f'<figure><img class="photo" src="{escape(rendition_url("", record.ref, largest))}" '
                f'srcset="{escape(srcset)}" sizes="{escape(fit)}" width="{w}" height="{h}" alt="{escape(title)}"'
                f'{box}></figure>')
-    sizes = []
-    for profile in cfg.sizes:
+    links = []
+    for profile in sizes.values():
         box = box_for(profile, record.width, record.height)
-        sizes.append(f'<li><a href="{escape(rendition_url("", record.ref, profile))}">{escape(profile.name)}</a> '
+        links.append(f'<li><a href="{escape(rendition_url("", record.ref, profile))}">{escape(profile.name)}</a> '
                      f'<span class="meta">{box.out_w}&times;{box.out_h}</span></li>')
     if original_allowed:
-        sizes.append(f'<li><a href="{escape(original_url("", record.ref, record.format))}">original</a> '
+        links.append(f'<li><a href="{escape(original_url("", record.ref, record.format))}">original</a> '
                      f'<span class="meta">{record.width}&times;{record.height}</span></li>')
     facts = [f'<dt>Owner</dt><dd><a href="/u/{escape(record.owner)}">{escape(record.owner)}</a></dd>']
     for label, value in (("Taken", record.taken_at.replace("T", " ") if record.taken_at else None),
@@ -158,7 +161,7 @@ def photo_html(cfg: Config, record: PhotoRecord, original_allowed: bool) -> str:
              '<button id="make-private">Make private</button> <button id="delete-photo">Delete</button></p>'
              '<p id="owner-status" class="meta" aria-live="polite"></p></section>')
     body = (f'<h1>{escape(title)}</h1>{img}<dl class="facts">{"".join(facts)}</dl>'
-            f'<h2>Sizes</h2><ul class="sizes">{"".join(sizes)}</ul>{owner}<script>{OWNER_SCRIPT}</script>')
+            f'<h2>Sizes</h2><ul class="sizes">{"".join(links)}</ul>{owner}<script>{OWNER_SCRIPT}</script>')
     return _page(title, body)
 
 
