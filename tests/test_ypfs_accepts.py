@@ -19,19 +19,13 @@ import pytest
 from storage.records import PhotoRecord
 
 from .helpers import CORPUS
-from .ypfs_support import AppYpfs, RenderRecorder, jpeg_variant, pillow_display_size, wait_for
+from .ypfs_support import app_ypfs_fixture, jpeg_variant, pillow_display_size, wait_for
 
 MANIFEST = {r["path"]: r for r in csv.DictReader(open(CORPUS / "MANIFEST.tsv"), delimiter="\t")}
 VALID = sorted(p for p in MANIFEST if p.startswith(("formats/", "orientation/")))
 
 
-@pytest.fixture(scope="module")
-def ypfs(tmp_path_factory):
-    recorder = RenderRecorder()
-    try:
-        yield AppYpfs(tmp_path_factory.mktemp("ypfs-accepts"), recorder)
-    finally:
-        recorder.stop()
+ypfs = app_ypfs_fixture("ypfs-accepts")
 
 
 def test_upload_end_to_end(ypfs):

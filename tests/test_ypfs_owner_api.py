@@ -12,23 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 
-import pytest
 
 from storage.keys import dedupe_key, record_key, timeline_key
 from storage.purgelog import PurgeLog
 from storage.records import PhotoRecord
 from ypfs.__main__ import main as ypfs_main
 
-from .ypfs_support import AppYpfs, RenderRecorder, jpeg_variant
+from .ypfs_support import app_ypfs_fixture, jpeg_variant
 
 
-@pytest.fixture(scope="module")
-def ypfs(tmp_path_factory):
-    recorder = RenderRecorder()
-    try:
-        yield AppYpfs(tmp_path_factory.mktemp("ypfs-owner"), recorder)
-    finally:
-        recorder.stop()
+ypfs = app_ypfs_fixture("ypfs-owner")
 
 
 def test_private_photos_are_hidden_from_everyone_but_their_owner(ypfs):

@@ -18,16 +18,10 @@ from cluster.config import load
 from media.probe import ImageRejected, probe
 
 from .helpers import CORPUS
-from .ypfs_support import AppYpfs, RenderRecorder
+from .ypfs_support import app_ypfs_fixture
 
 
-@pytest.fixture(scope="module")
-def ypfs(tmp_path_factory):
-    recorder = RenderRecorder()
-    try:
-        yield AppYpfs(tmp_path_factory.mktemp("ypfs-refusals"), recorder)
-    finally:
-        recorder.stop()
+ypfs = app_ypfs_fixture("ypfs-refusals")
 
 
 def test_auth_errors(ypfs):

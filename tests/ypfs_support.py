@@ -10,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import urllib3
 from PIL import Image, ImageOps
 
@@ -134,3 +135,17 @@ class AppYpfs:
     def upload(self, user: str | None, data: bytes, name: str = "photo.jpg", *, part: str = "photo", **fields):
         body, content_type = urllib3.encode_multipart_formdata({part: (name, data), **fields})
         return self.client.simulate_post("/upload", body=body, headers={**self.auth(user), "Content-Type": content_type})
+
+
+def app_ypfs_fixture(name: str):
+    """A module-scoped ``ypfs`` fixture: one AppYpfs whose render stand-in is stopped after the module."""
+
+    @pytest.fixture(scope="module")
+    def ypfs(tmp_path_factory):
+        recorder = RenderRecorder()
+        try:
+            yield AppYpfs(tmp_path_factory.mktemp(name), recorder)
+        finally:
+            recorder.stop()
+
+    return ypfs
