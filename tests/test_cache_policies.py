@@ -394,7 +394,7 @@ def test_default_policy_in_a_real_node_shared_by_workers_and_warm_after_restart(
         assert {r.headers["X-Cache"] for r in first} == {"MISS"}
         second = [requests.get(u, headers={"Connection": "close"}, timeout=30) for u in urls]
         assert all(a.content == b.content for a, b in zip(first, second))
-        index = cache_dir(cfg, "ypws1") / "index.sqlite3"
+        index = cache_dir(cfg.ypws, cfg.data_dir, "ypws1") / "index.sqlite3"
 
         def figures():
             text = requests.get(f"{base}/metrics", headers=service_auth(cfg), timeout=10).text

@@ -60,7 +60,7 @@ def assert_true_image(answer, truth: bytes) -> None:
 
 def entry_path(cfg, node: str, key: str) -> Path:
     h = xxhash.xxh3_128_hexdigest(key.encode())
-    return cache_dir(cfg, node) / "entries" / h[:2] / h[2:]
+    return cache_dir(cfg.ypws, cfg.data_dir, node) / "entries" / h[:2] / h[2:]
 
 
 METRICS_TOKEN = "test-admin-token"  # /metrics takes the service credential; the nodes here use this token

@@ -40,6 +40,20 @@ def seed_rendition(store, cfg: Config, rec: PhotoRecord, size: str, fmt: str = "
     return data
 
 
+def sign_for(cfg: Config, path: str, ttl: int | None = None, now=time.time) -> str:
+    """``ypws.signing.sign_url`` with the key and TTL cap of ``cfg``, as ``python -m ypws sign`` signs."""
+    from ypws.signing import sign_url
+
+    return sign_url(cfg.cluster.url_key, cfg.ypws.signed_url_max_ttl, path, ttl, now)
+
+
+def node_cache(cfg: Config, node: str = "ypws1"):
+    """The node's disk cache where ``python -m ypws serve`` keeps it (``ypws.app.cache_dir``)."""
+    from ypws.app import cache_dir, open_cache
+
+    return open_cache(cfg.ypws, cache_dir(cfg.ypws, cfg.data_dir, node))
+
+
 def wait_for(predicate, timeout: float = 10.0, step: float = 0.1):
     """Poll ``predicate`` until it returns something truthy (bounded in time); return that."""
     deadline = time.monotonic() + timeout
@@ -130,13 +144,14 @@ class AppNode:
                  render: bool = True):
         from falcon import testing
 
-        from magickd.service import RenderService
         from ypws.app import create_app
+
+        from .magickd_support import render_service
         from ypws.diskcache import DiskCache
 
         self.cfg, self.store, self.node = cfg, store, node
         self.cache = DiskCache(tmp / "cache" / node, cache_bytes or cfg.ypws.cache_bytes, cfg.ypws.cache_policy)
-        self.renderer = InProcessRenderer(RenderService.for_node(cfg, "magickd1", store)) if render else None
+        self.renderer = InProcessRenderer(render_service(cfg, store)) if render else None
         self.client = testing.TestClient(create_app(cfg, node, store, self.cache, renderer=self.renderer))
 
     def get(self, path: str, headers: dict | None = None, method: str = "GET"):
