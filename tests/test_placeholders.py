@@ -20,26 +20,21 @@ import time
 
 import fast_thumbhash
 import pytest
-from falcon import testing
 from PIL import Image, ImageStat
 
 from cluster.config import from_dict, load_dict
 from media.placeholders import placeholder_for, rgba_to_thumbhash
 from storage import open_store
 from storage.keys import timeline_key
-from storage.local import LocalStore
 from storage.records import PhotoRecord, UserRecord
-from ypfs.app import create_app as ypfs_app
 from ypfs.backfill import backfill
 from ypfs.manage import PhotoChanges, apply_changes
-from ypws.app import create_app as ypws_app
-from ypws.diskcache import DiskCache
 
 from .helpers import REPO, cluster_tree, seed_photo, write_config
+from .ypws_support import site_fixture
 
 THUMBHASH_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 COLOR_RE = re.compile(r"^#[0-9a-f]{6}$")
-IDS = iter(range(10**18 + 1, 10**18 + 10**6))
 
 
 def decoded(thumbhash: str) -> Image.Image:
@@ -205,19 +200,7 @@ def test_an_image_that_cannot_be_read_has_no_placeholder():
 
 # -- upload answer, photo API, listing, backfill -------------------------------------------------------
 
-@pytest.fixture
-def site(tmp_path):
-    tree = load_dict()
-    tree["cluster"].update(data_dir=str(tmp_path / "var"), admin_token="admin", url_key="key")
-    tree["ypfs"]["render_after_upload"] = False
-    cfg = from_dict(tree)
-    store = LocalStore(tmp_path / "store")
-    rec = UserRecord("alice")
-    token = rec.new_token()
-    rec.save(store)
-    up = testing.TestClient(ypfs_app(cfg, store, "ypfs1", next_id=lambda: str(next(IDS))))
-    web = testing.TestClient(ypws_app(cfg, "ypws1", store, DiskCache(tmp_path / "cache", 16 << 20)))
-    return cfg, store, token, up, web
+site = site_fixture("alice")
 
 
 def upload(up, token: str, data: bytes) -> dict:
@@ -237,7 +220,7 @@ def jpeg_bytes(im: Image.Image) -> bytes:
 
 
 def test_upload_answer_photo_api_and_listing_carry_the_placeholder(site):
-    cfg, store, token, up, web = site
+    store, token, up = site.store, site.tokens["alice"], site.up
     data = jpeg_bytes(scene())
     answer = upload(up, token, data)
     assert THUMBHASH_RE.match(answer["thumbhash"]) and COLOR_RE.match(answer["color"])
@@ -253,10 +236,10 @@ def test_upload_answer_photo_api_and_listing_carry_the_placeholder(site):
 
 
 def test_pages_dress_images_with_the_placeholder_and_older_photos_without(site, tmp_path):
-    cfg, store, token, up, web = site
+    store, token, up, web = site.store, site.tokens["alice"], site.up, site.web
     new = upload(up, token, jpeg_bytes(scene()))
     (tmp_path / "old.jpg").write_bytes(jpeg_bytes(quarters()))
-    old = seed_photo(store, "alice", tmp_path / "old.jpg", photo_id=str(next(IDS)))
+    old = seed_photo(store, "alice", tmp_path / "old.jpg", photo_id=site.next_id())
     store.put(timeline_key(old.id, "alice"), b"")  # on the home page too, as ypfs would have put it
     for path in ("/", "/u/alice"):
         r = web.simulate_get(path)
@@ -275,11 +258,11 @@ def test_pages_dress_images_with_the_placeholder_and_older_photos_without(site, 
 
 
 def test_older_records_read_null_until_the_backfill_fills_them(site, tmp_path):
-    cfg, store, token, up, web = site
+    cfg, store, token, up = site.cfg, site.store, site.tokens["alice"], site.up
     (tmp_path / "old.jpg").write_bytes(jpeg_bytes(scene()))
-    old = seed_photo(store, "alice", tmp_path / "old.jpg", photo_id=str(next(IDS)), title="before")
+    old = seed_photo(store, "alice", tmp_path / "old.jpg", photo_id=site.next_id(), title="before")
     (tmp_path / "gone.png").write_bytes(save(quarters(), tmp_path / "gone.png", "PNG"))
-    broken = seed_photo(store, "alice", tmp_path / "gone.png", photo_id=str(next(IDS)))
+    broken = seed_photo(store, "alice", tmp_path / "gone.png", photo_id=site.next_id())
     store.delete(broken.ref.original_key)
     fresh = upload(up, token, jpeg_bytes(quarters()))
     got = up.simulate_get(f"/api/photos/alice/{old.id}").json
@@ -299,11 +282,11 @@ def test_older_records_read_null_until_the_backfill_fills_them(site, tmp_path):
 
 
 def test_backfill_keeps_an_edit_made_while_it_ran_and_skips_a_photo_moved_meanwhile(site, tmp_path):
-    cfg, store, token, up, web = site
+    cfg, store = site.cfg, site.store
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes(scene()))
     (tmp_path / "b.jpg").write_bytes(jpeg_bytes(quarters()))
-    renamed = seed_photo(store, "alice", tmp_path / "a.jpg", photo_id=str(next(IDS)), title="old title")
-    hidden = seed_photo(store, "alice", tmp_path / "b.jpg", photo_id=str(next(IDS)))
+    renamed = seed_photo(store, "alice", tmp_path / "a.jpg", photo_id=site.next_id(), title="old title")
+    hidden = seed_photo(store, "alice", tmp_path / "b.jpg", photo_id=site.next_id())
 
     def owner_edits(key: str) -> None:  # the owner's PATCHes land while the backfill is on that photo
         if renamed.id in key:

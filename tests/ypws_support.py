@@ -8,7 +8,9 @@ import random
 import socket
 import time
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
+import pytest
 from PIL import Image
 
 from cluster.config import Config
@@ -217,3 +219,53 @@ class AppWorld:
 
     def path(self, key: str, size: str, ext: str = "jpg", v: bool = True) -> str:
         return image_path(self.cfg, self.photos[key], size, ext, v)
+
+
+class Site(NamedTuple):
+    """ypfs's and ypws's real apps in-process over one local store, as on one box."""
+
+    cfg: Config
+    store: Any                  # LocalStore
+    tokens: dict[str, str]      # user name -> upload token
+    up: Any                     # falcon TestClient over ypfs's app
+    web: Any                    # falcon TestClient over ypws's app
+    next_id: Callable[[], str]  # photo ids in time order, for uploads and seeded photos alike
+
+
+def site_fixture(*users: str):
+    """A ``site`` fixture (one per test): a fresh ``Site`` whose ``users`` exist with upload tokens.
+    Nothing is rendered after upload (there is no magickd); the pages need no renditions."""
+
+    @pytest.fixture
+    def site(tmp_path) -> Site:
+        from falcon import testing
+
+        from cluster.config import from_dict, load_dict
+        from storage.local import LocalStore
+        from storage.records import UserRecord
+        from ypfs.app import create_app as ypfs_app
+        from ypws.app import create_app as ypws_app
+        from ypws.diskcache import DiskCache
+
+        tree = load_dict()
+        tree["cluster"].update(data_dir=str(tmp_path / "var"), admin_token="admin", url_key="key")
+        tree["ypfs"]["render_after_upload"] = False
+        cfg = from_dict(tree)
+        store = LocalStore(tmp_path / "store")
+        tokens = {}
+        for name in users:
+            rec = UserRecord(name)
+            tokens[name] = rec.new_token()
+            rec.save(store)
+        # ids in time order, as the id generator makes them (a far-future clock is not needed: the
+        # listing starts at "now", and these ids sit just after the epoch)
+        ids = iter(range(10**18 + 1, 10**18 + 10**6))
+
+        def next_id() -> str:
+            return str(next(ids))
+
+        up = testing.TestClient(ypfs_app(cfg, store, "ypfs1", next_id=next_id))
+        web = testing.TestClient(ypws_app(cfg, "ypws1", store, DiskCache(tmp_path / "cache", 16 << 20)))
+        return Site(cfg, store, tokens, up, web, next_id)
+
+    return site
