@@ -66,6 +66,20 @@ def test_each_limit_must_sit_inside_the_next(sections, key, figures):
     assert figures in str(err.value)
 
 
+@pytest.mark.parametrize("sections, figures", [
+    ({"supervise": {"stop_timeout": 15.0}}, "magickd (magickd.render_timeout + 5 = 25s)"),
+    ({"supervise": {"stop_timeout": 10.0}}, "ypfs and ypws (10s)"),
+    ({"hashproxy": {"graceful_timeout": 40.0}}, "hashproxy (hashproxy.graceful_timeout + 2 = 42s)"),
+])
+def test_the_stop_timeout_outlasts_every_graceful_stop(sections, figures):
+    """A node stopped by the supervisor (or systemd's TimeoutStopSec) gets its whole graceful stop:
+    15 s, the old default, would SIGKILL magickd renders still allowed 20 s."""
+    with pytest.raises(ConfigError) as err:
+        config(**sections)
+    assert str(err.value).startswith("supervise.stop_timeout: "), str(err.value)
+    assert figures in str(err.value)
+
+
 def test_a_short_retry_sum_counts_instead_of_a_long_deadline():
     cfg = config(storage={"s3": {"deadline": 100.0, "retries": 2, "connect_timeout": 1.0, "read_timeout": 2.0,
                                  "retry_backoff": 0.5}})
