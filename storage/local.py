@@ -104,6 +104,30 @@ class LocalStore(BlobStore):
         _fsync_dir(path.parent)
         return self.stat(key)
 
+    def copy(self, src: str, dst: str) -> None:
+        # objects are never written in place (put replaces the file), so two keys may share
+        # one file: a hard link under a temporary name, renamed over ``dst`` as put does
+        source, path = self._path(src), self._path(dst)
+        if not source.is_file():
+            raise NotFound(src)
+        for attempt in range(3):  # a delete may remove the folder, empty, between mkdir and link
+            tmp = path.parent / f"{TMP_PREFIX}{os.urandom(6).hex()}"
+            try:
+                self._make_dirs(path.parent)
+                os.link(source, tmp)
+                break
+            except FileNotFoundError:
+                if not source.is_file():
+                    raise NotFound(src) from None
+                if attempt == 2:
+                    raise
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()

@@ -26,6 +26,7 @@ from typing import BinaryIO, Callable, Iterator, TypeVar
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import CopySource
 from minio.helpers import check_bucket_name
 from minio.error import MinioException, S3Error, ServerError
 
@@ -223,6 +224,13 @@ class S3Store(BlobStore):
         # the PUT's own answer describes the object: no HEAD after every write (one round trip less)
         return ObjectInfo(key=key, size=length, mtime=_response_time(result.http_headers),
                           etag=(result.etag or "").strip('"'))
+
+    def copy(self, src: str, dst: str) -> None:
+        check_key(src)
+        check_key(dst)
+        bucket = self._bucket()
+        # server-side (CopyObject): the metadata, content type included, goes with the bytes
+        self._call(f"copy {src}", lambda: self.client.copy_object(bucket, dst, CopySource(bucket, src)))
 
     def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
         # S3 conditional writes are not universal across SeaweedFS/MinIO/AWS versions;
