@@ -81,15 +81,19 @@ class LocalStore(BlobStore):
             raise
         return tmp
 
-    def put(self, key: str, data: Data, content_type: str = "application/octet-stream") -> ObjectInfo:
-        path = self._path(key)
-        tmp = self._write_temp(path, data)
+    @staticmethod
+    def _commit(tmp: str | Path, path: Path) -> None:
+        """Rename a finished temporary file over ``path``, durably (the folder synced too)."""
         try:
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
             raise
         _fsync_dir(path.parent)
+
+    def put(self, key: str, data: Data, content_type: str = "application/octet-stream") -> ObjectInfo:
+        path = self._path(key)
+        self._commit(self._write_temp(path, data), path)
         return self.stat(key)
 
     def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
@@ -121,12 +125,7 @@ class LocalStore(BlobStore):
                     raise NotFound(src) from None
                 if attempt == 2:
                     raise
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+        self._commit(tmp, path)
 
     def get(self, key: str) -> bytes:
         try:
