@@ -188,13 +188,20 @@ def prepare_metrics_dir(path: str) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
-def metrics_body() -> tuple[bytes, str]:
-    """Prometheus exposition of this service: every worker's figures when multiprocess."""
+def metrics_body(*collectors: Any, registry: Any = None) -> tuple[bytes, str]:
+    """Prometheus exposition of this service: every worker's figures when multiprocess (else
+    ``registry``'s, by default the process-wide one), plus ``collectors`` read at scrape time
+    (node-wide state such as a cache's size, which no worker owns)."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
     from prometheus_client import multiprocess
 
+    if not collectors and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest(registry or REGISTRY), CONTENT_TYPE_LATEST
+    scrape = CollectorRegistry(auto_describe=False)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        multiprocess.MultiProcessCollector(scrape)
+    else:
+        scrape.register(registry or REGISTRY)  # a registry is a collector of everything registered in it
+    for collector in collectors:
+        scrape.register(collector)
+    return generate_latest(scrape), CONTENT_TYPE_LATEST

@@ -70,6 +70,14 @@ def metric(text: str, name: str) -> float | None:
     return None
 
 
+def counted(cache, name: str) -> float:
+    """An in-process cache's counter as a scrape shows it (``ypws_{name}_total``), after a flush."""
+    from cluster.web import metrics_body
+
+    cache.flush()
+    return metric(metrics_body(registry=cache.stats.registry)[0].decode(), f"ypws_{name}_total") or 0.0
+
+
 def raw_http(port: int, request: bytes, timeout: float = 5.0) -> bytes:
     """Send raw bytes (for requests no client library would send) and read the whole answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:

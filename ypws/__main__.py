@@ -2,7 +2,7 @@
 
     python -m ypws serve --node NAME          run one image web server / cache node (gunicorn)
     python -m ypws sign URLPATH [--ttl S]     print a signed URL for a (private) photo's image
-    python -m ypws cache --node NAME          print a node's cache figures (bytes, entries, counters)
+    python -m ypws cache --node NAME          print a node's cache figures (bytes, entries; counters: /metrics)
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from cluster.config import ConfigError, load
 def serve(args: argparse.Namespace) -> int:
     cfg = load(args.config)
     node = cfg.node("ypws", args.node)
-    from cluster.web import serve as run
+    from cluster.web import prepare_metrics_dir, serve as run
+
+    # before prometheus_client is imported: every worker writes its metrics there (ypws.metrics)
+    prepare_metrics_dir(str(cfg.data_dir / "metrics" / f"ypws-{node.name}"))
 
     from .app import BOOT_ENV, get_app, open_cache
 

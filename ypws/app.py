@@ -34,7 +34,7 @@ import falcon
 import falcon.routing
 
 from cluster.config import Config
-from cluster.web import RequestDeadline, fail, json_errors, readiness, require_service_token, storage_failed
+from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness, require_service_token, storage_failed
 from storage import BlobStore, NotFound, StorageError
 from storage.keys import (InvalidName, PhotoRef, parse_photo_segment, parse_timeline_key, record_key, valid_photo_id,
                           valid_user)
@@ -46,7 +46,7 @@ from .accesslog import AccessLog
 from .diskcache import DiskCache
 from .images import ImageRequest, ImageService, Reply
 from .listing import newest_record_keys, newest_timeline_keys
-from .metrics import exposition
+from .metrics import CacheGauges
 from .purgeapply import PurgeApplier, SyncGate
 from .urls import BadPath, NoSuchImage, check_path, parse_image_path
 
@@ -191,7 +191,9 @@ class ReadyResource:
 
 
 class MetricsResource:
-    """/metrics (and /metrics/: trailing slashes are stripped) take the cluster's service credential."""
+    """/metrics (and /metrics/: trailing slashes are stripped) take the cluster's service credential.
+
+    This worker's counts are pushed first, so the scrape sees them up to date (``ypws.metrics``)."""
 
     def __init__(self, cache: DiskCache, node: str, token: str):
         self.cache = cache
@@ -200,7 +202,9 @@ class MetricsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         require_service_token(req, self.token)
-        body, content_type = exposition(self.cache.totals(), self.node)
+        self.cache.flush()
+        body, content_type = metrics_body(CacheGauges(self.cache.totals(), self.node),
+                                          registry=self.cache.stats.registry)
         resp.data = body
         resp.content_type = content_type
         resp.set_header("Cache-Control", "no-store")
@@ -357,7 +361,7 @@ def cache_dir(cfg: Config, node: str) -> Path:
 
 def open_cache(cfg: Config, node: str) -> DiskCache:
     return DiskCache(cache_dir(cfg, node), cfg.ypws.cache_bytes, cfg.ypws.cache_policy,
-                     retry_after=cfg.ypws.cache_retry_seconds)
+                     retry_after=cfg.ypws.cache_retry_seconds, node=node)
 
 
 def get_app(cfg: Config, node: str) -> NodeApp:

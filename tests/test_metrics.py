@@ -1,0 +1,115 @@
+"""One metrics route: prometheus-client multiprocess, fed in batches off the hit paths (ypws, hashproxy).
+
+In-process: a ypws hit only adds to a dict; the prometheus counter moves at the cache's
+flush (its hit batch, or a scrape), never per request. Real processes: a scrape of a
+two-worker ypws node and of a two-worker hashproxy sums both workers' counts; what a
+killed worker pushed stays; a restarted node starts its counters again from zero.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import requests
+
+from storage import open_store
+
+from .hashproxy_support import METRICS_AUTH, ProxyCluster
+from .helpers import CORPUS, cluster_tree, seed_photo
+from .ypws_support import access_lines, app_config, image_path, metric, seed_rendition, start_ypws, wait_for
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+
+
+# -- ypws, in-process ---------------------------------------------------------------------------------
+def test_ypws_hits_reach_prometheus_in_batches_not_per_request(tmp_path):
+    """Between two flushes the prometheus counter does not move however many hits are served;
+    the flush adds them all at once, and a scrape flushes first, so it is never behind."""
+    from falcon import testing
+
+    from storage.local import LocalStore
+    from ypws.app import create_app
+    from ypws.diskcache import DiskCache
+
+    cfg = app_config(tmp_path)
+    store = LocalStore(cfg.local_root)
+    rec = seed_photo(store, "alice", CORPUS / "formats" / "hopper.jpg")
+    now = [1000.0]
+    cache = DiskCache(tmp_path / "cache", cfg.ypws.cache_bytes, cfg.ypws.cache_policy, flush_interval=10.0,
+                      clock=lambda: now[0], node="ypws1")
+    client = testing.TestClient(create_app(cfg, "ypws1", store, cache))
+    path = image_path(cfg, rec, "original")
+
+    def counted(name: str) -> float:  # the prometheus counter itself, as it stands (no flush)
+        return cache.stats.registry.get_sample_value(f"ypws_{name}_total", {"node": "ypws1"}) or 0.0
+
+    size = len(client.simulate_get(path).content)  # the miss
+    cache.flush()
+    assert counted("misses") == 1 and counted("hits") == 0 and counted("bytes_served") == size
+    for _ in range(50):
+        assert client.simulate_get(path).headers["X-Cache"] == "HIT"
+    assert counted("hits") == 0 and counted("bytes_served") == size  # 50 hits: no prometheus increment yet
+    now[0] += 10.0  # past the flush interval: the next hit sends the batch
+    assert client.simulate_get(path).headers["X-Cache"] == "HIT"
+    assert counted("hits") == 50 and counted("bytes_served") == 51 * size
+    for _ in range(5):
+        client.simulate_get(path)
+    scrape = client.simulate_get("/metrics", headers=ADMIN)
+    assert scrape.status_code == 200 and 'ypws_hits_total{node="ypws1"} 56.0' in scrape.text
+    assert metric(scrape.text, "ypws_cache_entries") == 1 and metric(scrape.text, "ypws_origin_seconds_count") == 1
+    cache.close()
+
+
+# -- ypws, a real two-worker node -----------------------------------------------------------------------
+def _hit_until_both_workers_served(url: str, log, limit: int = 200) -> int:
+    """Hits over fresh connections until the access log shows two workers serving hits; their count."""
+    hits = 0
+    for _ in range(limit):
+        r = requests.get(url, timeout=30)
+        assert r.status_code == 200
+        hits += r.headers["X-Cache"] == "HIT"
+        if hits >= 10 and len({l["pid"] for l in access_lines(log()) if l["cache"] == "HIT"}) >= 2:
+            break
+    return hits
+
+
+@pytest.mark.slow
+def test_ypws_scrape_sums_every_worker_and_keeps_a_killed_workers_counts(tmp_path, services):
+    tree = cluster_tree(tmp_path, overrides={"ypws": {"workers": 2},
+                                             "cluster": {"admin_token": "test-admin-token"}})
+    cfg, _ = start_ypws(services, tmp_path / "n", tree, "ypws1")
+    base = cfg.ypws.nodes[0].url
+    store = open_store(cfg.storage, cfg.local_root)
+    rec = seed_photo(store, "alice", CORPUS / "formats" / "hopper.jpg")
+    seed_rendition(store, cfg, rec, "small")
+    url = base + image_path(cfg, rec, "small")
+    assert requests.get(url, timeout=60).headers["X-Cache"] == "MISS"
+
+    def log() -> str:
+        return services.log("ypws1")
+
+    hits = _hit_until_both_workers_served(url, log)
+    hit_pids = {l["pid"] for l in access_lines(log()) if l["cache"] == "HIT"}
+    assert len(hit_pids) >= 2, "the kernel gave every connection to one worker"
+
+    def scraped(name: str) -> float:
+        return metric(requests.get(f"{base}/metrics", headers=ADMIN, timeout=10).text, name) or 0.0
+
+    # one scrape, answered by one worker, counts both workers' hits (the other's within a flush interval)
+    assert wait_for(lambda: scraped("ypws_hits_total") == hits, timeout=10), (scraped("ypws_hits_total"), hits)
+    assert scraped("ypws_misses_total") == 1
+    # a worker killed outright: what it pushed stays (gunicorn starts another one)
+    os.kill(sorted(hit_pids)[0], signal.SIGKILL)
+    time.sleep(1.0)
+    assert wait_for(lambda: requests.get(f"{base}/readyz", timeout=5).status_code == 200, timeout=20)
+    for _ in range(5):
+        assert scraped("ypws_hits_total") == hits
+    # the node restarted: its counters start again from zero (rate() takes that in its stride)
+    assert services.stop("ypws1") == 0
+    start_ypws(services, tmp_path / "n", tree, "ypws1")
+    assert scraped("ypws_hits_total") == 0
+    assert requests.get(url, timeout=30).headers["X-Cache"] == "HIT"  # the cache itself stayed warm
+    assert wait_for(lambda: scraped("ypws_hits_total") == 1, timeout=10)
