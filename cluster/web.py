@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import signal
+import sys
 from typing import Any, Callable
 
 import falcon
@@ -180,7 +181,10 @@ def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int 
 
 
 def prepare_metrics_dir(path: str) -> None:
-    """Empty the prometheus multiprocess folder and point the client at it (before it is imported)."""
+    """Empty the prometheus multiprocess folder and point the client at it (before it is imported:
+    it picks its mode once, as it loads, and would otherwise count in memory no scrape merges)."""
+    if "prometheus_client.values" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess folder was set")
     os.makedirs(path, exist_ok=True)
     for entry in os.listdir(path):
         if entry.endswith(".db"):

@@ -17,7 +17,7 @@ import requests
 
 from storage import open_store
 
-from .hashproxy_support import METRICS_AUTH, ProxyCluster
+from .hashproxy_support import METRICS_AUTH, ProxyCluster, image_urls
 from .helpers import CORPUS, cluster_tree, seed_photo
 from .ypws_support import access_lines, app_config, image_path, metric, seed_rendition, start_ypws, wait_for
 
@@ -113,3 +113,39 @@ def test_ypws_scrape_sums_every_worker_and_keeps_a_killed_workers_counts(tmp_pat
     assert scraped("ypws_hits_total") == 0
     assert requests.get(url, timeout=30).headers["X-Cache"] == "HIT"  # the cache itself stayed warm
     assert wait_for(lambda: scraped("ypws_hits_total") == 1, timeout=10)
+
+
+# -- hashproxy, a real two-worker proxy ---------------------------------------------------------------
+@pytest.mark.slow
+def test_hashproxy_scrape_sums_every_worker_and_keeps_a_killed_workers_counts(tmp_path, services):
+    pc = ProxyCluster(tmp_path, services, ypws=2, hashproxy={"workers": 2}).start()
+
+    def worker_session() -> tuple[requests.Session, int]:  # a kept-alive connection, and the worker on it
+        s = requests.Session()
+        return s, s.get(pc.base + "/healthz", timeout=10).json()["pid"]
+
+    sessions: dict[int, requests.Session] = {}
+    for _ in range(100):  # fresh connections until both workers have one
+        s, pid = worker_session()
+        sessions.setdefault(pid, s)
+        if len(sessions) == 2:
+            break
+    assert len(sessions) == 2, "the kernel gave every connection to one worker"
+    sent = 0
+    for count, s in zip((7, 12), sessions.values()):
+        for url in image_urls(count):
+            assert s.get(pc.base + url, timeout=10).status_code == 200
+            sent += 1
+
+    def requests_total() -> float:
+        text = requests.get(pc.base + "/metrics", headers=METRICS_AUTH, timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("hashproxy_upstream_requests_total{") and 'role="ypws"' in line)
+
+    # each worker pushes every second: one scrape, from either worker, sums both
+    assert wait_for(lambda: requests_total() == sent, timeout=10), (requests_total(), sent)
+    killed = next(iter(sessions))
+    os.kill(killed, signal.SIGKILL)  # the supervisor starts another; what the dead one pushed stays
+    assert wait_for(lambda: len(pc.proxy_pids()) == 3 and killed not in pc.proxy_pids(), timeout=10)
+    for _ in range(5):
+        assert requests_total() == sent

@@ -19,7 +19,6 @@ import pytest
 from falcon import testing
 
 from cluster.config import from_dict
-from hashproxy.app import ProxyApp
 from magickd.app import create_app as magickd_app
 from magickd.client import RenderClient, RenderError
 from magickd.service import RenderService
@@ -28,6 +27,7 @@ from ypfs.app import create_app as ypfs_app
 from ypws.app import create_app as ypws_app
 from ypws.app import open_cache
 
+from .hashproxy_support import proxy_app
 from .helpers import CORPUS, cluster_tree, seed_photo
 
 TOKEN = "edge-service-token"
@@ -150,7 +150,7 @@ def test_metrics_need_the_credential_and_healthz_stays_public(component, cfg, st
 def test_hashproxy_metrics_need_the_credential_with_or_without_a_slash(cfg):
     loop = asyncio.new_event_loop()
     try:
-        app = ProxyApp(cfg, loop=loop)
+        app = proxy_app(cfg, loop)
         proto = type("P", (), {"client_ip": b"127.0.0.1"})()
         for path in (b"/metrics", b"/metrics/", b"//metrics", b"/metrics//"):
             answers = set()
