@@ -1,13 +1,15 @@
 """One metrics route: prometheus-client multiprocess, fed in batches off the hit paths (ypws, hashproxy).
 
-In-process: a ypws hit only adds to a dict; the prometheus counter moves at the cache's
-flush (its hit batch, or a scrape), never per request. Real processes: a scrape of a
-two-worker ypws node and of a two-worker hashproxy sums both workers' counts; what a
-killed worker pushed stays; a restarted node starts its counters again from zero.
+In-process: a ypws hit only adds to a dict, a proxied request to a worker's int; the
+prometheus counter moves when they are pushed (the cache's flush, hashproxy's timer, or
+a scrape), never per request. Real processes: a scrape of a two-worker ypws node and of
+a two-worker hashproxy sums both workers' counts; what a killed worker pushed stays; a
+restarted node starts its counters again from zero.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -17,7 +19,9 @@ import requests
 
 from storage import open_store
 
-from .hashproxy_support import METRICS_AUTH, ProxyCluster, image_urls
+from .fake_transport import FakeTransport
+from .hashproxy_support import METRICS_AUTH, ProxyCluster, image_urls, proxy_app
+from .http1_support import responses as parse_responses
 from .helpers import CORPUS, cluster_tree, seed_photo
 from .ypws_support import access_lines, app_config, image_path, metric, seed_rendition, start_ypws, wait_for
 
@@ -113,6 +117,73 @@ def test_ypws_scrape_sums_every_worker_and_keeps_a_killed_workers_counts(tmp_pat
     assert scraped("ypws_hits_total") == 0
     assert requests.get(url, timeout=30).headers["X-Cache"] == "HIT"  # the cache itself stayed warm
     assert wait_for(lambda: scraped("ypws_hits_total") == 1, timeout=10)
+
+
+# -- hashproxy, in-process ----------------------------------------------------------------------------
+class _OkNode(asyncio.Protocol):
+    """A node that answers every request it is sent with a 200 (requests without bodies)."""
+
+    def connection_made(self, transport) -> None:
+        self.transport, self.buf = transport, b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            self.buf = self.buf.partition(b"\r\n\r\n")[2]
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_hashproxy_counts_reach_prometheus_in_batches_not_per_request(tmp_path):
+    """Proxied requests are counted in the worker's own ints; the prometheus counter moves when
+    they are pushed (the worker's timer, or a scrape), never per request."""
+    from cluster.config import from_dict
+    from hashproxy.protocol import ProxyProtocol
+
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(loop.create_server(_OkNode, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    tree = cluster_tree(tmp_path, overrides={"cluster": {"admin_token": "test-admin-token"}})
+    tree["ypws"]["nodes"] = [{"name": "ypws1", "host": "127.0.0.1", "port": port}]
+    tree["ypfs"]["nodes"] = [{"name": "ypfs1", "host": "127.0.0.1", "port": port, "node_id": 1}]
+    app = proxy_app(from_dict(tree), loop)
+    proto = ProxyProtocol(app)
+    transport = FakeTransport()
+    proto.connection_made(transport)
+    sent = 0
+
+    def send(n: int) -> None:
+        nonlocal sent
+        for url in image_urls(n):
+            proto.data_received(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % url.encode())
+            sent += 1
+            deadline = time.monotonic() + 5
+            while len(parse_responses(bytes(transport.out))) < sent and time.monotonic() < deadline:
+                loop.run_until_complete(asyncio.sleep(0.005))
+        assert [r[0] for r in parse_responses(bytes(transport.out))] == [200] * sent
+
+    def counted() -> float:  # the prometheus counter itself, as it stands
+        return app.tallies.registry.get_sample_value("hashproxy_upstream_requests_total",
+                                                     {"role": "ypws", "node": "ypws1"}) or 0.0
+
+    try:
+        send(20)
+        assert counted() == 0  # 20 requests proxied: no prometheus increment yet
+        publisher = loop.create_task(app.publish(0.05))  # the worker's timer (every second in a worker)
+        loop.run_until_complete(asyncio.sleep(0.2))
+        publisher.cancel()
+        assert counted() == 20
+        send(5)
+        assert counted() == 20
+        auth = [(b"Host", b"x"), (b"Authorization", ADMIN["Authorization"].encode())]
+        scrape = app.route(proto, "GET", b"/metrics", auth, "1.1", True).data
+        assert b'hashproxy_upstream_requests_total{node="ypws1",role="ypws"} 25.0' in scrape
+        assert b'hashproxy_upstream_in_flight{node="ypws1",role="ypws"} 0.0' in scrape
+    finally:
+        for pool in app.pools.values():
+            pool.close_all()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        loop.close()
 
 
 # -- hashproxy, a real two-worker proxy ---------------------------------------------------------------
