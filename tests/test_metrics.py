@@ -13,10 +13,12 @@ import asyncio
 import os
 import signal
 import time
+from contextlib import contextmanager
 
 import pytest
 import requests
 
+from cluster import procs
 from storage import open_store
 
 from .fake_transport import FakeTransport
@@ -67,17 +69,19 @@ def test_ypws_hits_reach_prometheus_in_batches_not_per_request(tmp_path):
     cache.close()
 
 
-# -- ypws, a real two-worker node -----------------------------------------------------------------------
-def _hit_until_both_workers_served(url: str, log, limit: int = 200) -> int:
-    """Hits over fresh connections until the access log shows two workers serving hits; their count."""
-    hits = 0
-    for _ in range(limit):
-        r = requests.get(url, timeout=30)
-        assert r.status_code == 200
-        hits += r.headers["X-Cache"] == "HIT"
-        if hits >= 10 and len({l["pid"] for l in access_lines(log()) if l["cache"] == "HIT"}) >= 2:
-            break
-    return hits
+# -- real two-worker servers ---------------------------------------------------------------------------
+@contextmanager
+def only_worker(pid: int, workers: list[int]):
+    """While inside, every other worker is stopped (SIGSTOP): new connections can only be accepted
+    by ``pid``. For a second or two: far inside the supervisors' heartbeat timeouts."""
+    others = [w for w in workers if w != pid]
+    for w in others:
+        os.kill(w, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for w in others:
+            os.kill(w, signal.SIGCONT)
 
 
 @pytest.mark.slow
@@ -91,13 +95,17 @@ def test_ypws_scrape_sums_every_worker_and_keeps_a_killed_workers_counts(tmp_pat
     seed_rendition(store, cfg, rec, "small")
     url = base + image_path(cfg, rec, "small")
     assert requests.get(url, timeout=60).headers["X-Cache"] == "MISS"
-
-    def log() -> str:
-        return services.log("ypws1")
-
-    hits = _hit_until_both_workers_served(url, log)
-    hit_pids = {l["pid"] for l in access_lines(log()) if l["cache"] == "HIT"}
-    assert len(hit_pids) >= 2, "the kernel gave every connection to one worker"
+    workers = wait_for(lambda: w if len(w := procs.descendants(services.procs["ypws1"].pid)) == 2 else None)
+    assert workers, "the node did not start its two workers"
+    hits = 0
+    for pid, count in zip(workers, (7, 12)):  # each worker serves its own hits, over fresh connections
+        with only_worker(pid, workers):
+            for _ in range(count):
+                assert requests.get(url, timeout=30).headers["X-Cache"] == "HIT"
+                hits += 1
+    served = wait_for(lambda: {l["pid"] for l in access_lines(services.log("ypws1")) if l["cache"] == "HIT"}
+                      if sum(l["cache"] == "HIT" for l in access_lines(services.log("ypws1"))) == hits else None)
+    assert served == set(workers)
 
     def scraped(name: str) -> float:
         return metric(requests.get(f"{base}/metrics", headers=ADMIN, timeout=10).text, name) or 0.0
@@ -106,8 +114,9 @@ def test_ypws_scrape_sums_every_worker_and_keeps_a_killed_workers_counts(tmp_pat
     assert wait_for(lambda: scraped("ypws_hits_total") == hits, timeout=10), (scraped("ypws_hits_total"), hits)
     assert scraped("ypws_misses_total") == 1
     # a worker killed outright: what it pushed stays (gunicorn starts another one)
-    os.kill(sorted(hit_pids)[0], signal.SIGKILL)
-    time.sleep(1.0)
+    os.kill(workers[0], signal.SIGKILL)
+    assert wait_for(lambda: len(procs.descendants(services.procs["ypws1"].pid)) == 2
+                    and workers[0] not in procs.descendants(services.procs["ypws1"].pid), timeout=20)
     assert wait_for(lambda: requests.get(f"{base}/readyz", timeout=5).status_code == 200, timeout=20)
     for _ in range(5):
         assert scraped("ypws_hits_total") == hits
@@ -190,23 +199,24 @@ def test_hashproxy_counts_reach_prometheus_in_batches_not_per_request(tmp_path):
 @pytest.mark.slow
 def test_hashproxy_scrape_sums_every_worker_and_keeps_a_killed_workers_counts(tmp_path, services):
     pc = ProxyCluster(tmp_path, services, ypws=2, hashproxy={"workers": 2}).start()
-
-    def worker_session() -> tuple[requests.Session, int]:  # a kept-alive connection, and the worker on it
+    workers = wait_for(lambda: w if len(w := pc.proxy_pids()[1:]) == 2 else None)  # after the supervisor
+    assert workers, "the proxy did not start its two workers"
+    sessions: dict[int, requests.Session] = {}  # a kept-alive connection to each worker
+    for _ in range(100):  # each worker listens on its own SO_REUSEPORT socket: fresh connections spread
         s = requests.Session()
-        return s, s.get(pc.base + "/healthz", timeout=10).json()["pid"]
-
-    sessions: dict[int, requests.Session] = {}
-    for _ in range(100):  # fresh connections until both workers have one
-        s, pid = worker_session()
+        pid = s.get(pc.base + "/healthz", timeout=10).json()["pid"]
+        if pid in sessions:
+            s.close()
         sessions.setdefault(pid, s)
         if len(sessions) == 2:
             break
-    assert len(sessions) == 2, "the kernel gave every connection to one worker"
+    assert set(sessions) == set(workers)
     sent = 0
-    for count, s in zip((7, 12), sessions.values()):
+    for count, s in zip((7, 12), sessions.values()):  # each worker proxies its own requests
         for url in image_urls(count):
             assert s.get(pc.base + url, timeout=10).status_code == 200
             sent += 1
+        s.close()
 
     def requests_total() -> float:
         text = requests.get(pc.base + "/metrics", headers=METRICS_AUTH, timeout=10).text
@@ -215,8 +225,7 @@ def test_hashproxy_scrape_sums_every_worker_and_keeps_a_killed_workers_counts(tm
 
     # each worker pushes every second: one scrape, from either worker, sums both
     assert wait_for(lambda: requests_total() == sent, timeout=10), (requests_total(), sent)
-    killed = next(iter(sessions))
-    os.kill(killed, signal.SIGKILL)  # the supervisor starts another; what the dead one pushed stays
-    assert wait_for(lambda: len(pc.proxy_pids()) == 3 and killed not in pc.proxy_pids(), timeout=10)
+    os.kill(workers[0], signal.SIGKILL)  # the supervisor starts another; what the dead one pushed stays
+    assert wait_for(lambda: len(pc.proxy_pids()) == 3 and workers[0] not in pc.proxy_pids(), timeout=10)
     for _ in range(5):
         assert requests_total() == sent
