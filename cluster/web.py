@@ -28,6 +28,7 @@ from typing import Any, Callable
 import falcon
 
 from . import deadline
+from .budget import GRACEFUL_SECONDS
 from .errors import BackendError, BackendMissing
 from .lifeline import die_with_parent
 
@@ -160,7 +161,7 @@ def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int 
             multiprocess.mark_process_dead(worker.pid)
 
     settings = {
-        "bind": bind, "workers": workers, "timeout": timeout, "graceful_timeout": 10, "proc_name": name,
+        "bind": bind, "workers": workers, "timeout": timeout, "graceful_timeout": GRACEFUL_SECONDS, "proc_name": name,
         "worker_class": "sync", "accesslog": "-", "errorlog": "-", "loglevel": "info",
         "control_socket_disable": True,  # gunicorn 27 would share one socket in $HOME between servers
         "access_log_format": '{"t":"%(t)s","remote":"%(h)s","method":"%(m)s","path":"%(U)s","status":%(s)s,"bytes":"%(B)s","ms":%(M)s,"ua":"%(a)s"}',

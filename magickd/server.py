@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from cluster.budget import magickd_worker_timeout
+from cluster.budget import magickd_graceful_seconds, magickd_worker_timeout
 from cluster.config import Config
 from cluster.web import prepare_metrics_dir
 from cluster.web import serve as run
@@ -48,7 +48,7 @@ def serve(cfg: Config, node: str) -> None:
             "worker_class": "gthread",
             # every ticket holder may sit in one worker, plus room to answer 429s and /healthz
             "threads": workers + m.queue_size + 2,
-            "graceful_timeout": int(m.render_timeout + 5),
+            "graceful_timeout": magickd_graceful_seconds(m),
             "keepalive": 5,
             "backlog": 256,
             "accesslog": None,

@@ -24,7 +24,7 @@ from falcon import testing
 from PIL import Image, ImageStat
 
 from cluster.config import from_dict, load_dict
-from media.placeholders import placeholder_for, rgba_to_thumbhash
+from media.placeholders import placeholder_for, placeholder_from, rgba_to_thumbhash
 from storage import open_store
 from storage.keys import timeline_key
 from storage.local import LocalStore
@@ -175,7 +175,7 @@ def test_every_accepted_file_of_both_corpora_gets_a_placeholder_the_right_way_up
     from .helpers import CORPUS, CORPUS2
 
     limits = from_dict(load_dict()).limits
-    seen, missing, wrong_way = 0, [], []
+    seen, missing, wrong_way, from_check, differs = 0, [], [], 0, []
     for corpus in (CORPUS, CORPUS2):
         for line in (corpus / "MANIFEST.tsv").read_text().splitlines()[1:]:
             path = corpus / line.split("\t", 1)[0]
@@ -195,7 +195,25 @@ def test_every_accepted_file_of_both_corpora_gets_a_placeholder_the_right_way_up
             back = decoded(ph.thumbhash)
             if abs(info.width / info.height - 1) > 0.25 and (info.width > info.height) != (back.width > back.height):
                 wrong_way.append(path.name)
+            if info.preview is not None:  # what an upload stores: made from the check's own decode
+                from_check += 1
+                if placeholder_from(info.preview, fmt) != ph:
+                    differs.append(path.name)
     assert seen > 100 and not missing and not wrong_way, (seen, missing, wrong_way)
+    # the upload check's decode made the preview for most accepted files, and the placeholder
+    # from it is the very one a separate decode (the backfill's) makes
+    assert from_check > seen // 2 and not differs, (from_check, seen, differs)
+
+
+def test_a_placeholder_past_its_time_budget_is_none_not_a_wait(tmp_path):
+    """The backfill's decode is bounded too: a 2 ms budget on a 24 MP JPEG gives no placeholder
+    (logged), well before the decode would have ended."""
+    import pyvips
+
+    path = tmp_path / "big.jpg"
+    pyvips.Image.gaussnoise(6000, 4000, sigma=40, mean=120).cast("uchar").write_to_file(str(path), Q=92)
+    assert placeholder_for(path, "jpeg", 10) is not None
+    assert placeholder_for(path, "jpeg", 0.002) is None
 
 
 def test_an_image_that_cannot_be_read_has_no_placeholder():
