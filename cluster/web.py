@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import signal
+import sys
 from typing import Any, Callable
 
 import falcon
@@ -181,7 +182,10 @@ def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int 
 
 
 def prepare_metrics_dir(path: str) -> None:
-    """Empty the prometheus multiprocess folder and point the client at it (before it is imported)."""
+    """Empty the prometheus multiprocess folder and point the client at it (before it is imported:
+    it picks its mode once, as it loads, and would otherwise count in memory no scrape merges)."""
+    if "prometheus_client.values" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess folder was set")
     os.makedirs(path, exist_ok=True)
     for entry in os.listdir(path):
         if entry.endswith(".db"):
@@ -189,13 +193,20 @@ def prepare_metrics_dir(path: str) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
-def metrics_body() -> tuple[bytes, str]:
-    """Prometheus exposition of this service: every worker's figures when multiprocess."""
+def metrics_body(*collectors: Any, registry: Any = None) -> tuple[bytes, str]:
+    """Prometheus exposition of this service: every worker's figures when multiprocess (else
+    ``registry``'s, by default the process-wide one), plus ``collectors`` read at scrape time
+    (node-wide state such as a cache's size, which no worker owns)."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
     from prometheus_client import multiprocess
 
+    if not collectors and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest(registry or REGISTRY), CONTENT_TYPE_LATEST
+    scrape = CollectorRegistry(auto_describe=False)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        multiprocess.MultiProcessCollector(scrape)
+    else:
+        scrape.register(registry or REGISTRY)  # a registry is a collector of everything registered in it
+    for collector in collectors:
+        scrape.register(collector)
+    return generate_latest(scrape), CONTENT_TYPE_LATEST

@@ -19,12 +19,12 @@ import pytest
 from falcon import testing
 
 from cluster.config import from_dict
-from hashproxy.app import ProxyApp
 from magickd.client import RenderClient, RenderError
 from storage.local import LocalStore
 from ypfs.app import create_app as ypfs_app
 from ypws.app import create_app as ypws_app
 
+from .hashproxy_support import proxy_app
 from .helpers import CORPUS, cluster_tree, seed_photo
 from .magickd_support import render_app
 from .ypws_support import node_cache
@@ -149,7 +149,7 @@ def test_metrics_need_the_credential_and_healthz_stays_public(component, cfg, st
 def test_hashproxy_metrics_need_the_credential_with_or_without_a_slash(cfg):
     loop = asyncio.new_event_loop()
     try:
-        app = ProxyApp(cfg, loop=loop)
+        app = proxy_app(cfg, loop)
         proto = type("P", (), {"client_ip": b"127.0.0.1"})()
         for path in (b"/metrics", b"/metrics/", b"//metrics", b"/metrics//"):
             answers = set()

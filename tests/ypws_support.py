@@ -53,7 +53,7 @@ def node_cache(cfg: Config, node: str = "ypws1"):
     """The node's disk cache where ``python -m ypws serve`` keeps it (``ypws.app.cache_dir``)."""
     from ypws.app import cache_dir, open_cache
 
-    return open_cache(cfg.ypws, cache_dir(cfg.ypws, cfg.data_dir, node))
+    return open_cache(cfg.ypws, cache_dir(cfg.ypws, cfg.data_dir, node), node)
 
 
 def wait_for(predicate, timeout: float = 10.0, step: float = 0.1):
@@ -84,6 +84,14 @@ def metric(text: str, name: str) -> float | None:
         if line.startswith(name + "{") or line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def counted(cache, name: str) -> float:
+    """An in-process cache's counter as a scrape shows it (``ypws_{name}_total``), after a flush."""
+    from cluster.web import metrics_body
+
+    cache.flush()
+    return metric(metrics_body(registry=cache.stats.registry)[0].decode(), f"ypws_{name}_total") or 0.0
 
 
 def raw_http(port: int, request: bytes, timeout: float = 5.0) -> bytes:

@@ -35,7 +35,7 @@ import falcon.routing
 
 from cluster.config import Config, YpwsSection
 from cluster.profiles import by_name
-from cluster.web import RequestDeadline, fail, json_errors, readiness, require_service_token, storage_failed
+from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness, require_service_token, storage_failed
 from storage import BlobStore, NotFound, StorageError
 from storage.keys import (InvalidName, PhotoRef, parse_photo_segment, parse_timeline_key, record_key, valid_photo_id,
                           valid_user)
@@ -47,7 +47,7 @@ from .accesslog import AccessLog
 from .diskcache import DiskCache
 from .images import ImageRequest, ImageService, Reply
 from .listing import newest_record_keys, newest_timeline_keys
-from .metrics import exposition
+from .metrics import CacheGauges
 from .purgeapply import PurgeApplier, SyncGate
 from .urls import BadPath, NoSuchImage, check_path, parse_image_path
 
@@ -192,7 +192,9 @@ class ReadyResource:
 
 
 class MetricsResource:
-    """/metrics (and /metrics/: trailing slashes are stripped) take the cluster's service credential."""
+    """/metrics (and /metrics/: trailing slashes are stripped) take the cluster's service credential.
+
+    This worker's counts are pushed first, so the scrape sees them up to date (``ypws.metrics``)."""
 
     def __init__(self, cache: DiskCache, node: str, token: str):
         self.cache = cache
@@ -201,7 +203,9 @@ class MetricsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         require_service_token(req, self.token)
-        body, content_type = exposition(self.cache.totals(), self.node)
+        self.cache.flush()
+        body, content_type = metrics_body(CacheGauges(self.cache.totals(), self.node),
+                                          registry=self.cache.stats.registry)
         resp.data = body
         resp.content_type = content_type
         resp.set_header("Cache-Control", "no-store")
@@ -365,9 +369,10 @@ def cache_dir(settings: YpwsSection, data_dir: Path, node: str) -> Path:
     return base / node
 
 
-def open_cache(settings: YpwsSection, folder: Path) -> DiskCache:
-    """The node's disk cache in ``folder`` (``cache_dir``), sized and run as ``settings`` say."""
-    return DiskCache(folder, settings.cache_bytes, settings.cache_policy, retry_after=settings.cache_retry_seconds)
+def open_cache(settings: YpwsSection, folder: Path, node: str) -> DiskCache:
+    """Node ``node``'s disk cache in ``folder`` (``cache_dir``), sized and run as ``settings`` say."""
+    return DiskCache(folder, settings.cache_bytes, settings.cache_policy, retry_after=settings.cache_retry_seconds,
+                     node=node)
 
 
 def get_app(cfg: Config, node: str) -> NodeApp:
@@ -377,7 +382,7 @@ def get_app(cfg: Config, node: str) -> NodeApp:
     from storage import open_store
 
     store = open_store(cfg.storage, cfg.local_root)
-    cache = open_cache(cfg.ypws, cache_dir(cfg.ypws, cfg.data_dir, node))
+    cache = open_cache(cfg.ypws, cache_dir(cfg.ypws, cfg.data_dir, node), node)
     cache.connect()
     service = _image_service(cfg, node, store, cache, RenderClient(cfg.magickd, cfg.cluster.admin_token))
     boot = os.environ.get(BOOT_ENV) or f"ppid-{os.getppid()}"  # `ypws serve` sets one per run
