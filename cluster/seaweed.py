@@ -40,7 +40,10 @@ class Seaweed:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.s3_port}"
 
-    def stop(self, timeout: float = 3.0) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``. `weed server` (4.48) never exits on SIGTERM by
+        itself (its master keeps running once the rest stopped), so a longer grace only waits; what
+        it wrote is in the kernel's page cache by then and survives the kill."""
         procs.stop(self.proc, timeout)
 
 
@@ -68,6 +71,12 @@ def start_seaweed(workdir: Path, s3_port: int | None = None, timeout: float = 60
         "-master.volumeSizeLimitMB=64", "-volume.max=0", "-master.telemetry=false",
         "-debug=false", f"-debug.port={ports[8]}", "-s3.iam=false",
         f"-s3.port.iceberg={ports[9]}", f"-s3.port.lance={procs.free_port()}",
+        # on SIGTERM a volume server stops its heartbeats, then by default waits 10 s so the master
+        # can steer writes to the other servers; this one-box server has none: stop at once
+        "-volume.preStopSeconds=0",
+        # one master: leader at once, without a raft election (the volume server that heartbeats
+        # before there is a leader is otherwise only retried 5 s later, and the first write waits)
+        "-master.peers=none",
     ]
     proc = procs.start(argv, log=workdir / "weed.log")
     try:
