@@ -128,13 +128,16 @@ def master_argv(at: WeedAddress, mdir: Path, *, bind: str = "", replication: str
 
 
 def volume_argv(at: WeedAddress, data_dir: Path, master: WeedAddress, *, bind: str = "",
-                data_center: str = "dc1", rack: str = "rack1", max_volumes: int = 0) -> list[str]:
+                data_center: str = "dc1", rack: str = "rack1", max_volumes: int = 0,
+                pre_stop_seconds: int | None = None) -> list[str]:
     """`weed volume`: stores the volumes; replicas of a volume go to servers the replication code picks
-    by -dataCenter / -rack (001: another server, same rack)."""
+    by -dataCenter / -rack (001: another server, same rack). On SIGTERM it stops its heartbeats and
+    waits ``pre_stop_seconds`` (None: SeaweedFS's default, 10 s) before it stops serving."""
     return [
         weed_binary(), "volume", f"-ip={at.ip}", f"-ip.bind={bind or at.ip}", f"-port={at.port}",
         f"-port.grpc={at.grpc_port}", f"-dir={data_dir}", f"-mserver={master.peer}",
         f"-dataCenter={data_center}", f"-rack={rack}", f"-max={max_volumes}",
+        *([f"-preStopSeconds={pre_stop_seconds}"] if pre_stop_seconds is not None else []),
     ]
 
 
