@@ -53,11 +53,17 @@ def test_node_killed_mid_load_fails_over_then_rejoins(tmp_path, services):
     threads = [threading.Thread(target=load, args=(k * 37,)) for k in range(4)]
     for t in threads:
         t.start()
+    def wait_for_results(n: int) -> None:  # the load phases are counted in answers, bounded in time
+        deadline = time.monotonic() + 30
+        while len(results) < n and not failures:
+            assert time.monotonic() < deadline and any(t.is_alive() for t in threads), (len(results), n)
+            time.sleep(0.02)
+
     try:
-        time.sleep(1.0)
+        wait_for_results(60)
         pc.services.stop("ypws2")          # killed while requests are in flight
         mark = len(results)
-        time.sleep(2.0)
+        wait_for_results(mark + 40 + 150)  # the in-flight ones drain (40), then 150 without ypws2
     finally:
         stop.set()
         for t in threads:
