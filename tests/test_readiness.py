@@ -302,7 +302,8 @@ def test_storage_down_and_back_under_a_running_cluster(tmp_path, services):
 
 def _storage_down_and_back(tmp_path, services, weed) -> None:
     tree = cluster_tree(tmp_path, backend="s3", seaweed=weed, ypws_nodes=2, overrides={
-        "ypfs": {"workers": 1}, "ypws": {"workers": 1}, "magickd": {"workers": 1},
+        # two ypfs workers: the upload and the delete against the hung store wait side by side
+        "ypfs": {"workers": 2}, "ypws": {"workers": 1}, "magickd": {"workers": 1},
         "hashproxy": {"workers": 1, "health_interval": 0.3, "health_timeout": 3.0, "fail_threshold": 3,
                       "rampup_seconds": 0.0},
         "storage": {"s3": {"deadline": 3.0}},  # a hung store costs each call 3 s here, not 8
