@@ -141,7 +141,10 @@ def wait_front_settled(c: Cluster, timeout: float = 30) -> None:
 def start_seaweed(c: Cluster) -> tuple[str, str]:
     lab, wd = c.lab, c.lab.workdir
     master = seaweed.WeedAddress(c.addr["weedm"], 9333, 19333)
-    lab.start("weedm", "master", seaweed.master_argv(master, wd / "weedm" / "mdir"))
+    mproc = lab.start("weedm", "master", seaweed.master_argv(master, wd / "weedm" / "mdir"))
+    # the others once it answers: a volume server or filer that finds no master retries only
+    # seconds later (the filer 7 s), which made the set-up take 5-7 s longer now and then
+    procs.wait_http(f"http://{master.ip}:{master.port}/cluster/status", timeout=60, proc=mproc)
     for host in ("weedv1", "weedv2"):
         (wd / host / "volumes").mkdir()
         lab.start(host, "volume", seaweed.volume_argv(seaweed.WeedAddress(c.addr[host], 8080, 18080),
