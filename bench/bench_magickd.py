@@ -130,10 +130,11 @@ def make_photos(folder: Path) -> dict[str, dict[str, Path]]:
 
 # -- contenders -----------------------------------------------------------------------------
 def magickd_core(cfg) -> Callable[[Path], None]:
+    from cluster.profiles import by_name
     from magickd import pipeline
     from magickd.options import Limits, RenderOptions, parse_targets
 
-    options = RenderOptions(parse_targets(cfg, None, None), Limits.from_config(cfg.limits, cfg.magickd))
+    options = RenderOptions(parse_targets(by_name(cfg.sizes), None, None), Limits.from_config(cfg.limits, cfg.magickd))
     return lambda path: pipeline.render(path.read_bytes(), options)
 
 
@@ -303,9 +304,10 @@ def plain_photos(limit: int | None = None) -> list[Path]:
 
 
 def _options(cfg, sizes=None):
+    from cluster.profiles import by_name
     from magickd.options import Limits, RenderOptions, parse_targets
 
-    return RenderOptions(parse_targets(cfg, sizes, None), Limits.from_config(cfg.limits, cfg.magickd))
+    return RenderOptions(parse_targets(by_name(cfg.sizes), sizes, None), Limits.from_config(cfg.limits, cfg.magickd))
 
 
 def progressive_table(cfg, photos: list[Path]) -> tuple[list[dict], dict[str, bool]]:

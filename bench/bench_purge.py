@@ -164,7 +164,8 @@ def main() -> None:
         for n in cfg.ypws.nodes:
             nodes.append(procs.start_ready(procs.python_module("ypws", "serve", "--node", n.name), f"{n.url}/readyz",
                                            log=tmp / f"{n.name}.log", env={"YUPOO_CONFIG": str(path)}))
-        purger = Purger.from_config(cfg, store, "bench")
+        purger = Purger.from_sections(cfg.purge, cfg.ypws.nodes, cfg.cluster.admin_token, cfg.public_url, store,
+                                      "bench")
         rows = []
         figures: dict = {}
         for name, push in (("log + direct push", True), ("log only (appliers)", False)):

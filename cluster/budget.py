@@ -10,8 +10,10 @@ Retry-After. So every layer's limit must sit inside the next one's:
       < magickd.request_deadline < magickd.client_timeout    < ypws.request_deadline
 
 plus what runs inside a request: limits.decode_timeout inside ypfs's deadline, and
-magickd's render_timeout and queue_wait inside magickd's. An inconsistent config is
-a ConfigError at start-up naming the keys and the figures.
+magickd's render_timeout and queue_wait inside magickd's. Stopping nests the same way:
+each node's graceful stop (its requests in flight finishing) sits inside
+supervise.stop_timeout, or the supervisor's (and systemd's) SIGKILL cuts them off. An
+inconsistent config is a ConfigError at start-up naming the keys and the figures.
 """
 
 from __future__ import annotations
@@ -72,6 +74,33 @@ def check_timeout_budget(cfg: "Config") -> None:
         if not inner < outer:
             raise ConfigError(f"{outer_key}: the timeout budget does not nest: {inner_desc} must be less than "
                               f"{outer_key} ({outer:g}s)")
+
+
+#: seconds a gunicorn node (ypfs, ypws) gives its requests in flight after SIGTERM
+GRACEFUL_SECONDS = 10
+
+
+def magickd_graceful_seconds(magickd: "MagickdSection") -> int:
+    """magickd's graceful stop: a render in flight may take its whole render_timeout."""
+    return int(magickd.render_timeout + 5)
+
+
+def check_stop_budget(cfg: "Config") -> None:
+    """ConfigError unless every node's graceful stop ends before supervise.stop_timeout's SIGKILL."""
+    from .config import ConfigError
+
+    stop = cfg.supervise.stop_timeout
+    graceful = [
+        (f"ypfs and ypws ({GRACEFUL_SECONDS}s)", GRACEFUL_SECONDS),
+        (f"magickd (magickd.render_timeout + 5 = {magickd_graceful_seconds(cfg.magickd)}s)",
+         magickd_graceful_seconds(cfg.magickd)),
+        (f"hashproxy (hashproxy.graceful_timeout + 2 = {cfg.hashproxy.graceful_timeout + 2:g}s)",
+         cfg.hashproxy.graceful_timeout + 2),
+    ]
+    for desc, seconds in graceful:
+        if not seconds < stop:
+            raise ConfigError(f"supervise.stop_timeout: {stop:g}s would SIGKILL a node still stopping gracefully: "
+                              f"the graceful stop of {desc} must be less than it")
 
 
 def magickd_worker_timeout(magickd: "MagickdSection") -> int:

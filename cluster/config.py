@@ -432,9 +432,10 @@ def _validate(cfg: Config) -> None:
     validate_sizes(cfg.sizes)
     _validate_nodes(cfg)
     _validate_addresses(cfg)
-    from .budget import check_timeout_budget
+    from .budget import check_stop_budget, check_timeout_budget
 
     check_timeout_budget(cfg)
+    check_stop_budget(cfg)
 
 
 def _validate_nodes(cfg: Config) -> None:

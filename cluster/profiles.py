@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Mapping
 
 CROP_MODES = ("none", "attention", "centre")
 OUTPUT_FORMATS = ("jpeg", "webp", "png", "avif")
@@ -90,6 +90,16 @@ def validate_sizes(profiles: Iterable[SizeProfile]) -> None:
             raise _error(f"sizes: duplicate size name {p.name!r}")
         seen.add(p.name)
         p.validate()
+
+
+#: the configured size profiles by name, in the config's order: what a core that looks sizes up
+#: by name takes (built once at a composition root with ``by_name``), rather than the whole config
+Sizes = Mapping[str, SizeProfile]
+
+
+def by_name(profiles: Iterable[SizeProfile]) -> dict[str, SizeProfile]:
+    """The profiles keyed by name, keeping their order (names are unique: ``validate_sizes``)."""
+    return {p.name: p for p in profiles}
 
 
 def eager_sizes(profiles: Iterable[SizeProfile]) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """`python -m cluster units`: one systemd unit per node that belongs on this host.
 
 The production alternative to `cluster run`: systemd supervises each node
-(``Restart=always`` with ``RestartSec``; ``StartLimitIntervalSec``/``StartLimitBurst``
+(``Restart=always`` with ``RestartSec`` doubling up to ``RestartMaxDelaySec``;
+``StartLimitIntervalSec``/``StartLimitBurst``
 from ``[supervise]`` give up on a crash loop) and ``KillMode=mixed`` sends SIGTERM to
 the node's master, which stops its workers gracefully, then SIGKILL to whatever of
 the unit is left after ``TimeoutStopSec``. Nodes are chosen as `cluster run` chooses
@@ -13,15 +14,19 @@ config named by an absolute path that must be the same on every host.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
-from .config import ENV_VAR, Config, ConfigError, check_secrets, load
+from .config import ENV_VAR, Config, ConfigError, SuperviseSection, check_secrets, load
 from .hosts import Target, add_selection_args, select
 
 UNIT_PREFIX = "yupoo-"
+#: the first systemd with RestartSteps and RestartMaxDelaySec (an exponential restart delay)
+BACKOFF_SYSTEMD = 254
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
@@ -37,7 +42,32 @@ def _quote(word: str) -> str:
     return word
 
 
-def render_unit(cfg: Config, target: Target, *, config_path: Path, python: str, user: str, workdir: Path) -> str:
+def restart_steps(delay: float, delay_max: float) -> int:
+    """systemd's RestartSteps for a delay that doubles from ``delay`` until ``delay_max``."""
+    return max(0, math.ceil(math.log2(delay_max / delay)))
+
+
+def _backoff(s: SuperviseSection, systemd: int) -> list[str]:
+    """The delay doubles after each death up to restart_delay_max, as `cluster run` does; systemd
+    has the keys from version 254 (older ones warn of unknown keys and keep RestartSec)."""
+    if systemd < BACKOFF_SYSTEMD:
+        return []
+    return [f"RestartSteps={restart_steps(s.restart_delay, s.restart_delay_max)}",
+            f"RestartMaxDelaySec={s.restart_delay_max:g}"]
+
+
+def local_systemd_version() -> int:
+    """This machine's systemd version (0 if there is none)."""
+    try:
+        out = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    m = re.match(r"systemd (\d+)", out)
+    return int(m.group(1)) if m else 0
+
+
+def render_unit(cfg: Config, target: Target, *, config_path: Path, python: str, user: str, workdir: Path,
+                systemd: int = BACKOFF_SYSTEMD) -> str:
     s = cfg.supervise
     exec_start = " ".join(_quote(w) for w in [python, "-m", target.role, *target.serve_args])
     return "\n".join([
@@ -57,6 +87,7 @@ def render_unit(cfg: Config, target: Target, *, config_path: Path, python: str, 
         f"ExecStart={exec_start}",
         "Restart=always",
         f"RestartSec={s.restart_delay:g}",
+        *_backoff(s, systemd),
         "KillMode=mixed",
         f"TimeoutStopSec={s.stop_timeout:g}",
         "",
@@ -67,12 +98,13 @@ def render_unit(cfg: Config, target: Target, *, config_path: Path, python: str, 
 
 
 def write_units(cfg: Config, targets: list[Target], out: Path, *, config_path: Path, python: str, user: str,
-                workdir: Path) -> list[Path]:
+                workdir: Path, systemd: int = BACKOFF_SYSTEMD) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for t in targets:
         path = out / unit_name(t)
-        path.write_text(render_unit(cfg, t, config_path=config_path, python=python, user=user, workdir=workdir))
+        path.write_text(render_unit(cfg, t, config_path=config_path, python=python, user=user, workdir=workdir,
+                                    systemd=systemd))
         written.append(path)
     return written
 
@@ -84,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--user", default="yupoo", help="the unprivileged user the nodes run as (default: yupoo)")
     ap.add_argument("--host", action="append", default=[], metavar="ADDR",
                     help="write the units of the host with this address instead of this machine's (repeatable)")
+    ap.add_argument("--systemd", type=int, default=None, metavar="VERSION",
+                    help="the hosts' systemd version (default: this machine's); from 254 the restart delay "
+                         "doubles up to supervise.restart_delay_max, as under `cluster run`")
     add_selection_args(ap)
     args = ap.parse_args(argv)
     source = args.config or os.environ.get(ENV_VAR)
@@ -100,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else cfg.data_dir / "units"
+    systemd = args.systemd if args.systemd is not None else local_systemd_version()
     written = write_units(cfg, chosen, out, config_path=config_path, python=sys.executable, user=args.user,
-                          workdir=Path.cwd())
+                          workdir=Path.cwd(), systemd=systemd)
+    if systemd < BACKOFF_SYSTEMD:
+        print(f"note: systemd {systemd or '(none found)'} restarts a node every {cfg.supervise.restart_delay:g}s "
+              f"(no doubling: that needs systemd {BACKOFF_SYSTEMD}; --systemd says the hosts' version)", file=sys.stderr)
     for path in written:
         print(path)
     print(f"\ninstall: sudo cp {out}/{UNIT_PREFIX}*.service /etc/systemd/system/ && sudo systemctl daemon-reload"

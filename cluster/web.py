@@ -22,11 +22,13 @@ import logging
 import os
 import re
 import signal
+import sys
 from typing import Any, Callable
 
 import falcon
 
 from . import deadline
+from .budget import GRACEFUL_SECONDS
 from .errors import BackendError, BackendMissing
 from .lifeline import die_with_parent
 
@@ -159,7 +161,7 @@ def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int 
             multiprocess.mark_process_dead(worker.pid)
 
     settings = {
-        "bind": bind, "workers": workers, "timeout": timeout, "graceful_timeout": 10, "proc_name": name,
+        "bind": bind, "workers": workers, "timeout": timeout, "graceful_timeout": GRACEFUL_SECONDS, "proc_name": name,
         "worker_class": "sync", "accesslog": "-", "errorlog": "-", "loglevel": "info",
         "control_socket_disable": True,  # gunicorn 27 would share one socket in $HOME between servers
         "access_log_format": '{"t":"%(t)s","remote":"%(h)s","method":"%(m)s","path":"%(U)s","status":%(s)s,"bytes":"%(B)s","ms":%(M)s,"ua":"%(a)s"}',
@@ -180,7 +182,10 @@ def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int 
 
 
 def prepare_metrics_dir(path: str) -> None:
-    """Empty the prometheus multiprocess folder and point the client at it (before it is imported)."""
+    """Empty the prometheus multiprocess folder and point the client at it (before it is imported:
+    it picks its mode once, as it loads, and would otherwise count in memory no scrape merges)."""
+    if "prometheus_client.values" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess folder was set")
     os.makedirs(path, exist_ok=True)
     for entry in os.listdir(path):
         if entry.endswith(".db"):
@@ -188,13 +193,20 @@ def prepare_metrics_dir(path: str) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
-def metrics_body() -> tuple[bytes, str]:
-    """Prometheus exposition of this service: every worker's figures when multiprocess."""
+def metrics_body(*collectors: Any, registry: Any = None) -> tuple[bytes, str]:
+    """Prometheus exposition of this service: every worker's figures when multiprocess (else
+    ``registry``'s, by default the process-wide one), plus ``collectors`` read at scrape time
+    (node-wide state such as a cache's size, which no worker owns)."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
     from prometheus_client import multiprocess
 
+    if not collectors and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest(registry or REGISTRY), CONTENT_TYPE_LATEST
+    scrape = CollectorRegistry(auto_describe=False)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        multiprocess.MultiProcessCollector(scrape)
+    else:
+        scrape.register(registry or REGISTRY)  # a registry is a collector of everything registered in it
+    for collector in collectors:
+        scrape.register(collector)
+    return generate_latest(scrape), CONTENT_TYPE_LATEST

@@ -24,11 +24,16 @@ from .urls import BadTarget, Route, classify
 
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = load(args.config)  # every [hashproxy] value is checked as it loads
-    from .app import counter_names
+    from .app import ProxyApp, counter_names
     from .server import run_worker
     from .supervisor import Supervisor
 
-    return Supervisor(cfg.hashproxy, counter_names(cfg), functools.partial(run_worker, cfg)).run()
+    s, ypws, ypfs = cfg.hashproxy, cfg.ypws.nodes, cfg.ypfs.nodes
+    make_app = functools.partial(ProxyApp, s, ypws, ypfs, admin_token=cfg.cluster.admin_token,
+                                 max_upload_bytes=cfg.limits.max_upload_bytes,
+                                 spool_dir=cfg.data_dir / "hashproxy" / "spool")
+    return Supervisor(s, counter_names(ypws, ypfs), functools.partial(run_worker, s, make_app),
+                      str(cfg.data_dir / "metrics" / "hashproxy")).run()
 
 
 def cmd_route(args: argparse.Namespace) -> int:
@@ -55,7 +60,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def cmd_haproxy_config(args: argparse.Namespace) -> int:
     cfg = load(args.config, with_secrets=False)  # the output never holds a secret, so none is read
-    sys.stdout.write(render(cfg, args.check_path))
+    sys.stdout.write(render(cfg.hashproxy, cfg.ypws.nodes, cfg.ypfs.nodes, args.check_path))
     return 0
 
 

@@ -5,7 +5,8 @@ The router turns a parsed request head into a cycle: a local reply (/healthz,
 PURGE is proxied to ypfs, which commits it to the purge log that every cache
 node follows (storage/purgelog.py): a front keeps no purge state of its own, so
 any number of fronts can stand behind one address. Everything it needs (nodes, health, counters, pools) is built
-once per worker from the config.
+once per worker from what it is given: the [hashproxy] section, the nodes it routes to, and
+the few cluster-wide values it uses (the composition root, __main__.py, unpacks the Config).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-from typing import TYPE_CHECKING, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
 
-from cluster.config import Config
+from cluster.config import HashproxySection, NodeConfig
 
 from . import responses
 from .balancer import IMAGE_BALANCERS, LeastConnections, NodeSet
@@ -24,6 +26,7 @@ from .headers import scan
 from .health import HealthBoard
 from .loads import SharedCounters
 from .spool import SpoolBudget
+from .tallies import PUSH_INTERVAL, Tallies
 from .upstream import UpstreamPool
 from .urls import BadTarget, Route, classify
 
@@ -34,29 +37,34 @@ ROLES = ("ypws", "ypfs")
 SPOOL_SLACK = 1024 * 1024  # multipart framing and form fields beyond limits.max_upload_bytes
 
 
-def counter_names(cfg: Config) -> list[str]:
+def counter_names(ypws: Sequence[NodeConfig], ypfs: Sequence[NodeConfig]) -> list[str]:
     """Row labels of the shared counters: every ypws node, then every ypfs node."""
-    return [f"{role}/{n.name}" for role in ROLES for n in getattr(cfg, role).nodes]
+    return [f"{role}/{n.name}" for role, nodes in zip(ROLES, (ypws, ypfs)) for n in nodes]
 
 
 class ProxyApp:
-    def __init__(self, cfg: Config, shared: SharedCounters | None = None, worker: int = 0,
-                 loop: asyncio.AbstractEventLoop | None = None):
-        s = cfg.hashproxy
-        self.cfg, self.settings, self.worker = cfg, s, worker
+    def __init__(self, settings: HashproxySection, ypws: Sequence[NodeConfig], ypfs: Sequence[NodeConfig], *,
+                 admin_token: str, max_upload_bytes: int, spool_dir: Path, shared: SharedCounters | None = None,
+                 worker: int = 0, loop: asyncio.AbstractEventLoop | None = None):
+        """``settings``: [hashproxy]; ``ypws``, ``ypfs``: the nodes routed to; ``admin_token``: the
+        service credential /metrics takes; ``max_upload_bytes``: limits.max_upload_bytes (uploads up
+        to it are spooled whole, in ``spool_dir``); ``shared``: the workers' table (loads.py)."""
+        s = settings
+        self.settings, self.worker = s, worker
         self.loop = loop or asyncio.get_event_loop()
-        self.shared = shared or SharedCounters(1, counter_names(cfg))
+        self.shared = shared or SharedCounters(1, counter_names(ypws, ypfs))
+        self.tallies = Tallies([(role, n.name) for role, nodes in zip(ROLES, (ypws, ypfs)) for n in nodes])
         self.connections: set["ProxyProtocol"] = set()
         self.active: set[ProxyCycle] = set()   # cycles waiting on a node, for the timeout sweeper
         self.nodesets: dict[str, NodeSet] = {}
         self.pools: dict[str, UpstreamPool] = {}
         first = 0
-        for role in ROLES:
-            nodes = getattr(cfg, role).nodes
+        for role, nodes in zip(ROLES, (ypws, ypfs)):
             names = tuple(n.name for n in nodes)
             self.nodesets[role] = NodeSet(role, names, tuple((n.host, n.port) for n in nodes),
                                           HealthBoard(names, s.fail_threshold, s.rampup_seconds),
-                                          self.shared.role(worker, first, len(nodes)))
+                                          self.shared.role(worker, first, len(nodes)),
+                                          self.tallies.role(first, len(nodes)))
             self.pools[role] = UpstreamPool(self.nodesets[role].addrs, s.connect_timeout, s.pool_idle_timeout,
                                             s.pool_max_idle)
             first += len(nodes)
@@ -65,9 +73,9 @@ class ProxyApp:
                                                        min_load=s.balance_min_load)
         self.pages = LeastConnections(self.ypws)
         self.uploads = LeastConnections(self.ypfs)
-        self._token = cfg.cluster.admin_token.encode()  # the service credential /metrics takes
-        self.spool_budget = SpoolBudget(s.spool_bytes, cfg.data_dir / "hashproxy" / "spool")
-        self._spool_max = cfg.limits.max_upload_bytes + SPOOL_SLACK
+        self._token = admin_token.encode()  # the service credential /metrics takes
+        self.spool_budget = SpoolBudget(s.spool_bytes, spool_dir)
+        self.spool_max = max_upload_bytes + SPOOL_SLACK  # bodies up to this are spooled whole (and the body limit)
         self.pid = os.getpid()
 
     def route(self, proto: "ProxyProtocol", method: str, raw_target: bytes, headers: list[tuple[bytes, bytes]],
@@ -110,7 +118,7 @@ class ProxyApp:
         if not candidates:
             return self._error(proto, 503, "no_healthy_node", f"no healthy {nodes.role} node", keep_alive, http10,
                                [(b"Retry-After", b"1")])
-        if route is Route.YPFS and req.headers.length <= self._spool_max:
+        if route is Route.YPFS and req.headers.length <= self.spool_max:
             # bodies are taken whole first: slow clients never hold an upload worker. One declared
             # past the upload limit is streamed instead, so ypfs refuses it (413) before it is sent.
             return ProxyCycle(proto, req, nodes, pool, candidates, balancer, s.read_timeout, s.client_timeout,
@@ -155,6 +163,12 @@ class ProxyApp:
             for conn in list(self.connections):
                 conn.check_timers(now)
 
+    async def publish(self, interval: float = PUSH_INTERVAL) -> None:
+        """Push this worker's counts to prometheus every ``interval`` (tallies.py), not per request."""
+        while True:
+            await asyncio.sleep(interval)
+            self.tallies.push()
+
     async def shutdown(self, timeout: float) -> None:
         """Finish the responses in progress (up to ``timeout``), then close everything."""
         for conn in list(self.connections):
@@ -166,3 +180,4 @@ class ProxyApp:
             conn.close()
         for pool in self.pools.values():
             pool.close_all()
+        self.tallies.push()

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from .health import HealthBoard
-from .loads import SPILLS, RoleCounters
+from .loads import RoleCounters
+from .tallies import SPILLS, RoleTallies
 from cluster.ring import Ring
 
 
@@ -40,7 +41,12 @@ class NodeSet:
     names: tuple[str, ...]
     addrs: tuple[tuple[str, int], ...]
     health: HealthBoard
-    counters: RoleCounters
+    counters: RoleCounters             # shared by the workers: in-flight, up
+    tallies: RoleTallies | None = None  # this worker's requests, errors, retries, spills (None: kept locally)
+
+    def __post_init__(self) -> None:
+        if self.tallies is None:
+            self.tallies = RoleTallies.local(len(self.names))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -93,7 +99,7 @@ class HashBalancer:
     def served(self, key: str, node: int) -> None:
         """Count a key served away from its first choice (bounded-load spill or failover)."""
         if self.ring.order(key)[0] != node:
-            self.nodes.counters.add(node, SPILLS)
+            self.nodes.tallies.add(node, SPILLS)
 
     def share(self, samples: int = 2048) -> list[float]:
         """The fraction of URL space each node owns right now (health and ramp-up included, load not)."""

@@ -28,8 +28,9 @@ from cluster.http1 import Cycle as HTTP1Cycle
 from . import responses
 from .balancer import ImageBalancer, NodeSet
 from .headers import RequestHeaders, upstream_head
-from .loads import ERRORS, INFLIGHT, REQUESTS, RETRIES
+from .loads import INFLIGHT
 from .spool import BodySpool, SpoolBudget
+from .tallies import ERRORS, REQUESTS, RETRIES
 from .upstream import ConnectFailed, UpstreamConnection, UpstreamPool
 from .urls import Target
 
@@ -200,13 +201,13 @@ class ProxyCycle(Cycle):
             self._finish(self._failure)
             return
         node = self.candidates[self._attempt]
-        counters = self.nodes.counters
+        tallies = self.nodes.tallies
         if self._attempt:
-            counters.add(node, RETRIES)
+            tallies.add(node, RETRIES)
         self._attempt += 1
         self.node = node
-        counters.add(node, INFLIGHT)
-        counters.add(node, REQUESTS)
+        self.nodes.counters.add(node, INFLIGHT)
+        tallies.add(node, REQUESTS)
         self._holding = True
         # a request with a body cannot be replayed, so it never risks a stale pooled connection
         conn = None if self.req.has_body else self.pool.idle(node)
@@ -261,7 +262,7 @@ class ProxyCycle(Cycle):
             return
         self._release_slot()
         if failure is not None and failure.node_fault:
-            self.nodes.counters.add(self.node, ERRORS)
+            self.nodes.tallies.add(self.node, ERRORS)
             self.nodes.health.failure(self.node)
         if failure is None or self.started or not failure.retry:
             self._finish(failure)
@@ -414,7 +415,7 @@ class ProxyCycle(Cycle):
     def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         self.deadline = self.loop.time() + self.read_timeout
         if status >= 500:
-            self.nodes.counters.add(self.node, ERRORS)
+            self.nodes.tallies.add(self.node, ERRORS)
             if status != 503:  # a 503 is a live node's deliberate answer (storage down...): /readyz decides
                 self.nodes.health.failure(self.node)
         else:

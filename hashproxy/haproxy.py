@@ -1,7 +1,7 @@
 """An HAProxy configuration equivalent to our routing: HAProxy (Debian 12: 2.6) as a production front.
 
 The Python hashproxy stays the embedded default; this is for operators who want an
-engine they already run. ``render(cfg)`` is pure (config in, text out), so the same
+engine they already run. ``render`` is pure (config sections in, text out), so the same
 config yields byte-identical output on every front, and several HAProxy fronts behind
 one address pin each URL to the same node (see `_server_ids`).
 
@@ -33,7 +33,7 @@ from typing import Sequence
 
 import xxhash
 
-from cluster.config import Config, ConfigError, HashproxySection, NodeConfig
+from cluster.config import ConfigError, HashproxySection, NodeConfig
 from storage.keys import IMAGE_ROUTE_REGEX
 
 #: what the health checks ask for; /healthz is liveness only (see the README)
@@ -128,13 +128,15 @@ def _servers(nodes: Sequence[NodeConfig], weight: int | None = None, track: str 
     return lines
 
 
-def render(cfg: Config, check_path: str = READY_PATH) -> str:
-    """The HAProxy configuration for ``cfg``: one front on hashproxy's address, three backends."""
-    s = cfg.hashproxy
+def render(settings: HashproxySection, ypws: Sequence[NodeConfig], ypfs: Sequence[NodeConfig],
+           check_path: str = READY_PATH) -> str:
+    """The HAProxy configuration for the [hashproxy] section and its nodes: one front on
+    hashproxy's address, three backends."""
+    s = settings
     if not re.match(r"^/[!-~]*$", check_path):
         raise ConfigError(f"--check-path: an absolute path without spaces, got {check_path!r}")
-    _check_nodes("ypws", cfg.ypws.nodes)
-    _check_nodes("ypfs", cfg.ypfs.nodes)
+    _check_nodes("ypws", ypws)
+    _check_nodes("ypfs", ypfs)
     factor = round(s.balance_factor * 100)
     if factor and factor <= 100:
         raise ConfigError("hashproxy.balance_factor: HAProxy's hash-balance-factor needs 0 (off) or above 1.0")
@@ -219,21 +221,21 @@ def render(cfg: Config, check_path: str = READY_PATH) -> str:
         "    retry-on conn-failure empty-response",
         "    http-request disable-l7-retry unless METH_GET",
         *health,
-        *_servers(cfg.ypws.nodes, _WEIGHT),
+        *_servers(ypws, _WEIGHT),
         "",
         "backend ypws_pages",
         "    balance leastconn",
         "    retry-on conn-failure empty-response",
         "    http-request disable-l7-retry unless METH_GET",
         "    # the same nodes: one set of health checks (ypws_images'), followed here",
-        *_servers(cfg.ypws.nodes, track="ypws_images"),
+        *_servers(ypws, track="ypws_images"),
         "",
         "backend ypfs",
         "    balance leastconn",
         "    # a fresh connection per request: an upload never meets a keep-alive connection gunicorn just closed",
         "    option http-server-close",
         *health,
-        *_servers(cfg.ypfs.nodes),
+        *_servers(ypfs),
         "",
     ]
     return "\n".join(lines)

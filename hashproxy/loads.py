@@ -1,4 +1,4 @@
-"""Per-node counters shared by every worker: in-flight, requests, errors, retries, spills.
+"""Per-node figures every worker must see at once: in-flight requests, and up as each worker sees it.
 
 One anonymous shared mmap is made by the supervisor before it forks, so every
 worker sees the same memory. Each worker writes only its own row (no locks, no
@@ -6,7 +6,9 @@ lost updates: one writer per cell); readers sum the rows. That makes the
 bounded-load check use the *cluster-wide* in-flight count of each node, not one
 worker's guess, at the price of W memory reads per node (W is 2-8). A worker
 that dies has its row zeroed before its replacement starts, so its in-flight
-requests do not count for ever.
+requests do not count for ever. Only what routing and health need across workers lives
+here; the per-node request, error, retry and spill counts are metrics only and stay in
+each worker until pushed to prometheus (tallies.py).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from __future__ import annotations
 import mmap
 from typing import Sequence
 
-FIELDS = ("inflight", "requests", "errors", "retries", "spills", "up")
-INFLIGHT, REQUESTS, ERRORS, RETRIES, SPILLS, UP = range(len(FIELDS))
+FIELDS = ("inflight", "up")
+INFLIGHT, UP = range(len(FIELDS))
 _NF = len(FIELDS)
 
 

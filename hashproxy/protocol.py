@@ -17,8 +17,6 @@ from typing import TYPE_CHECKING
 
 from cluster.http1 import Cycle, HTTP1Protocol, Limits
 
-from .app import SPOOL_SLACK
-
 if TYPE_CHECKING:
     from .app import ProxyApp
 
@@ -30,7 +28,7 @@ def proxy_limits(app: "ProxyApp") -> Limits:
         s = app.settings
         limits = app.http1_limits = Limits(
             max_request_line=s.max_request_line, max_header_bytes=s.max_header_bytes,
-            max_body=app.cfg.limits.max_upload_bytes + SPOOL_SLACK, max_connections=s.max_connections,
+            max_body=app.spool_max, max_connections=s.max_connections,
             write_high_water=0,  # the transport's default: node reads pause as soon as the client lags
             idle_timeout=s.client_timeout, head_timeout=s.client_timeout, write_stall_timeout=s.client_timeout)
     return limits

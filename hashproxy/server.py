@@ -11,10 +11,11 @@ import gc
 import logging
 import signal
 import socket
+from typing import Callable
 
 import uvloop
 
-from cluster.config import Config
+from cluster.config import HashproxySection
 
 from .app import ProxyApp
 from .checker import HealthChecker
@@ -23,11 +24,15 @@ from .protocol import ProxyProtocol
 
 log = logging.getLogger("hashproxy")
 
+#: builds a worker's ProxyApp from (shared=, worker=, loop=): ProxyApp with its config bound (__main__.py)
+AppFactory = Callable[..., ProxyApp]
 
-async def serve(cfg: Config, sock: socket.socket, shared: SharedCounters, worker: int) -> None:
+
+async def serve(settings: HashproxySection, make_app: AppFactory, sock: socket.socket, shared: SharedCounters,
+                worker: int) -> None:
     loop = asyncio.get_running_loop()
-    app = ProxyApp(cfg, shared, worker, loop)
-    s = cfg.hashproxy
+    app = make_app(shared=shared, worker=worker, loop=loop)
+    s = settings
     if s.reuse_port:
         from .supervisor import worker_socket
 
@@ -40,12 +45,13 @@ async def serve(cfg: Config, sock: socket.socket, shared: SharedCounters, worker
                             s.health_interval, s.health_timeout)
     checks = loop.create_task(checker.run())
     sweeper = loop.create_task(app.sweep(min(0.25, s.read_timeout / 4, s.client_timeout / 4)))
+    publisher = loop.create_task(app.publish())
     log.info("worker %d serving on %s:%d", worker, s.bind_host, s.port)
     await stop.wait()
     log.info("worker %d stopping", worker)
     server.close()
     await app.shutdown(s.graceful_timeout)
-    for task in (checks, sweeper):
+    for task in (checks, sweeper, publisher):
         task.cancel()
         try:
             await task
@@ -53,12 +59,13 @@ async def serve(cfg: Config, sock: socket.socket, shared: SharedCounters, worker
             pass
 
 
-def run_worker(cfg: Config, sock: socket.socket, shared: SharedCounters, worker: int) -> int:
+def run_worker(settings: HashproxySection, make_app: AppFactory, sock: socket.socket, shared: SharedCounters,
+               worker: int) -> int:
     gc.freeze()  # start-up objects never die: keep them out of every later collection
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(serve(cfg, sock, shared, worker))
+        loop.run_until_complete(serve(settings, make_app, sock, shared, worker))
     finally:
         loop.close()
     return 0

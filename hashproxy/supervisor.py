@@ -2,8 +2,10 @@
 
 The listening socket is bound here and inherited across fork, so every worker
 accepts from one queue; the shared counters are mapped here too,
-before the fork, so every worker sees the same memory. A worker that dies is
-replaced (its counter row zeroed first); one that keeps dying at start-up stops
+before the fork, so every worker sees the same memory, and the prometheus
+multiprocess folder is emptied and named here (tallies.py). A worker that dies is
+replaced (its counter row zeroed first, its metrics files marked dead, what it
+counted kept); one that keeps dying at start-up stops
 the proxy, so `make run` notices instead of spinning. Workers get a parent-death
 signal, so a master killed by SIGKILL takes them along (no orphan keeps serving).
 """
@@ -19,6 +21,7 @@ from typing import Callable, Sequence
 
 from cluster.config import HashproxySection
 from cluster.lifeline import die_with_parent
+from cluster.web import prepare_metrics_dir
 
 from .loads import SharedCounters
 
@@ -58,10 +61,12 @@ def worker_socket(host: str, port: int) -> socket.socket:
 
 
 class Supervisor:
-    def __init__(self, settings: HashproxySection, rows: Sequence[str], worker_main: WorkerMain):
+    def __init__(self, settings: HashproxySection, rows: Sequence[str], worker_main: WorkerMain, metrics_dir: str):
         """``settings``: [hashproxy]; ``rows``: the shared counters' row names (app.counter_names);
-        ``worker_main`` runs one worker in the forked child (server.run_worker bound to the config)."""
+        ``worker_main`` runs one worker in the forked child (server.run_worker bound to the config);
+        ``metrics_dir``: the workers' prometheus multiprocess folder (emptied at start)."""
         self.settings, self.rows, self.worker_main = settings, list(rows), worker_main
+        self.metrics_dir = metrics_dir
         self.workers: dict[int, tuple[int, float]] = {}  # pid -> (worker index, start time)
         self.stopping = False
         self.quick_deaths = 0
@@ -70,6 +75,7 @@ class Supervisor:
         s = self.settings
         sock = bind(s.bind_host, s.port, s.reuse_port)
         self.shared = SharedCounters(s.workers, self.rows)
+        prepare_metrics_dir(self.metrics_dir)  # before any worker imports prometheus_client
         self.sock = sock
 
         def on_signal(signum, frame):
@@ -89,6 +95,7 @@ class Supervisor:
                 pid, status = 0, 0
             if pid and pid in self.workers:
                 index, started = self.workers.pop(pid)
+                _mark_dead(pid)
                 log.warning("worker %d (pid %d) exited with %s; restarting", index, pid, os.waitstatus_to_exitcode(status))
                 self.quick_deaths = self.quick_deaths + 1 if time.monotonic() - started < QUICK_DEATH else 0
                 if self.quick_deaths >= MAX_QUICK_DEATHS:
@@ -140,6 +147,13 @@ class Supervisor:
             except ChildProcessError:
                 pass
         self.workers.clear()
+
+
+def _mark_dead(pid: int) -> None:
+    """prometheus bookkeeping for a dead worker (its live gauges go; its counters stay)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
 
 
 def _kill(pid: int, sig: int) -> None:

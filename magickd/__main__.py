@@ -73,21 +73,30 @@ def main(argv: list[str] | None = None) -> int:
         serve(cfg, args.node)
         return 0
 
+    from cluster.profiles import by_name
     from storage import open_store
+    from storage.purge import Purger
 
     from .client import RenderClient
 
     store = open_store(cfg.storage, cfg.local_root)
+    sizes = by_name(cfg.sizes)
     pool_width = cfg.magickd.effective_workers * len(cfg.magickd.nodes)
     concurrency = args.concurrency or pool_width
+
+    def purger(origin: str) -> Purger:
+        return Purger.from_sections(cfg.purge, cfg.ypws.nodes, cfg.cluster.admin_token, cfg.public_url, store, origin)
+
+    def client() -> RenderClient:
+        return RenderClient(cfg.magickd, cfg.cluster.admin_token)
+
     if args.command == "rerender":
-        from storage.purge import Purger
-        from .rerender import Rerenderer, RerenderJob, format_summary
+        from .rerender import Rerenderer, RerenderJob, checkpoint_dir, format_summary
 
         job = RerenderJob(size=args.size, user=None if args.all else args.user, since=args.since,
                           concurrency=concurrency, force=args.force, purge=not args.no_purge)
-        purger = None if args.no_purge else Purger.from_config(cfg, store, "magickd-rerender")
-        runner = Rerenderer(cfg, store, RenderClient(cfg.magickd, cfg.cluster.admin_token), purger, progress=not args.no_progress)
+        runner = Rerenderer(sizes, checkpoint_dir(cfg.data_dir), store, client(),
+                            None if args.no_purge else purger("magickd-rerender"), progress=not args.no_progress)
         try:
             summary = runner.run(job, restart=args.restart, dry_run=args.dry_run)
         except ValueError as exc:
@@ -98,12 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         return 1 if summary.failures else 0
 
-    from storage.purge import Purger
     from .verify import Verifier, format_reports
 
-    purger = Purger.from_config(cfg, store, "magickd-verify") if args.repair else None
-    reports = Verifier(cfg, store, RenderClient(cfg.magickd, cfg.cluster.admin_token) if args.repair else None, purger).run(
-        user=args.user, repair=args.repair, concurrency=concurrency, progress=not args.no_progress)
+    verifier = Verifier(sizes, store, client() if args.repair else None, purger("magickd-verify") if args.repair else None)
+    reports = verifier.run(user=args.user, repair=args.repair, concurrency=concurrency, progress=not args.no_progress)
     text, code = format_reports(reports, args.repair)
     print(text)
     return code

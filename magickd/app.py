@@ -92,7 +92,7 @@ class HealthResource:
         self.node = node
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        m = self.service.cfg.magickd
+        m = self.service.settings
         resp.media = {"status": "ok", "node": self.node, "workers": m.effective_workers,
                       "queue_size": m.queue_size}
 
@@ -143,9 +143,10 @@ def _read_json(req: falcon.Request) -> dict[str, Any]:
     return body
 
 
-def create_app(service: RenderService, node: str) -> falcon.App:
-    app = json_errors(falcon.App(middleware=[RequestDeadline(service.cfg.magickd.request_deadline)]))
-    token = service.cfg.cluster.admin_token
+def create_app(service: RenderService, node: str, token: str) -> falcon.App:
+    """The node's WSGI app over ``service``; ``token`` (``cluster.admin_token``) is the service
+    credential /render and /metrics require."""
+    app = json_errors(falcon.App(middleware=[RequestDeadline(service.settings.request_deadline)]))
     app.add_route("/render", RenderResource(service, token))
     app.add_route("/healthz", HealthResource(service, node))
     app.add_route("/readyz", ReadyResource(service, node))

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from cluster.config import Config, LimitsSection, MagickdSection
-from cluster.profiles import SizeProfile
+from cluster.config import LimitsSection, MagickdSection
+from cluster.profiles import SizeProfile, Sizes
 
 from .errors import BadRequest
 
@@ -46,8 +46,8 @@ class RenderOptions:
     limits: Limits
 
 
-def parse_targets(cfg: Config, sizes: Sequence[str] | None, formats: Sequence[str] | None) -> tuple[Target, ...]:
-    """Targets for the named sizes (None: all) in the named formats (None: each profile's default).
+def parse_targets(profiles: Sizes, sizes: Sequence[str] | None, formats: Sequence[str] | None) -> tuple[Target, ...]:
+    """Targets for the named sizes (None: all ``profiles``) in the named formats (None: each profile's default).
 
     A format a profile does not offer is a BadRequest, so nobody can make the pool
     encode AVIF for a size whose profile does not list it.
@@ -56,12 +56,12 @@ def parse_targets(cfg: Config, sizes: Sequence[str] | None, formats: Sequence[st
         raise BadRequest("sizes must be a list of size names or null")
     if formats is not None and (not isinstance(formats, (list, tuple)) or not all(isinstance(f, str) for f in formats)):
         raise BadRequest("formats must be a list of format names or null")
-    names = list(dict.fromkeys(sizes)) if sizes is not None else [p.name for p in cfg.sizes]
+    names = list(dict.fromkeys(sizes)) if sizes is not None else list(profiles)
     if not names:
         raise BadRequest("no sizes asked for")
     targets: list[Target] = []
     for name in names:
-        profile = cfg.size(name)
+        profile = profiles.get(name)
         if profile is None:
             raise BadRequest(f"unknown size {name[:40]!r}")
         for fmt in (list(dict.fromkeys(formats)) if formats else [profile.format]):

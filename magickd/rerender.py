@@ -15,11 +15,11 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 from tqdm import tqdm
 
-from cluster.config import Config
-from cluster.profiles import SizeProfile, profile_version
+from cluster.profiles import SizeProfile, Sizes, profile_version
 from storage.purge import Purger
 from storage import StorageError
 from storage.base import BlobStore
@@ -68,13 +68,21 @@ class Summary:
     checkpoint: str = ""
 
 
+def checkpoint_dir(data_dir: Path) -> Path:
+    """Where a cluster's re-render checkpoints live: ``{data_dir}/rerender``."""
+    return data_dir / "rerender"
+
+
 class Rerenderer:
     #: pauses before retrying a photo when no node could take it (all busy: 429, or down)
     BACKOFF = (0.5, 1.0, 2.0, 4.0)
 
-    def __init__(self, cfg: Config, store: BlobStore, client: RenderClient, purger: Purger | None,
+    def __init__(self, sizes: Sizes, checkpoints: Path, store: BlobStore, client: RenderClient, purger: Purger | None,
                  out=sys.stderr, progress: bool = True, sleep: Callable[[float], None] = time.sleep):
-        self.cfg, self.store, self.client, self.purger = cfg, store, client, purger
+        """Re-renders a size of ``sizes`` (the configured profiles), keeping its resumable checkpoints
+        in the folder ``checkpoints`` (``{data_dir}/rerender``: see ``checkpoint_dir``)."""
+        self.sizes, self.checkpoints = sizes, checkpoints
+        self.store, self.client, self.purger = store, client, purger
         self.out = out
         self.progress = progress
         self.sleep = sleep
@@ -137,11 +145,11 @@ class Rerenderer:
                         self.store.delete(ref.rendition_key(size, old, fmt))
 
     def run(self, job: RerenderJob, restart: bool = False, dry_run: bool = False) -> Summary:
-        profile = self.cfg.size(job.size)
+        profile = self.sizes.get(job.size)
         if profile is None:
-            raise ValueError(f"unknown size {job.size!r}; configured: {', '.join(p.name for p in self.cfg.sizes)}")
+            raise ValueError(f"unknown size {job.size!r}; configured: {', '.join(self.sizes)}")
         version = profile_version(profile)
-        cp = Checkpoint.open(self.cfg.data_dir / "rerender", job.key(version), restart=restart)
+        cp = Checkpoint.open(self.checkpoints, job.key(version), restart=restart)
         summary = Summary(failures=dict(cp.failures), purge_failures=dict(cp.purge_failures), dry_run=dry_run,
                           checkpoint=str(cp.path))
         total = sum(1 for _ in catalog.record_keys(self.store, job.user, cp.last_key))

@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Sequence
 
-from cluster.config import Config
 from cluster import deadline
-from cluster.profiles import box_for
+from cluster.config import LimitsSection, MagickdSection
+from cluster.profiles import Sizes, box_for
 from storage import NotFound, StorageError
 from storage.base import BlobStore
 from storage.keys import CONTENT_TYPES, InvalidName, PhotoRef
@@ -46,27 +46,33 @@ class Hooks:
     def pipeline_time(self, seconds: float) -> None: ...
 
 
-def node_dir(cfg: Config, node: str) -> Path:
-    return cfg.data_dir / "magickd" / node
+def node_dir(data_dir: Path, node: str) -> Path:
+    """The node's own folder (admission slots, failure memory, metrics): ``{data_dir}/magickd/{node}``."""
+    return data_dir / "magickd" / node
 
 
 class RenderService:
-    def __init__(self, cfg: Config, store: BlobStore, admission: Admission, failures: FailureMemory,
-                 hooks: Hooks | None = None, render: Callable[..., list] = pipeline.render):
-        self.cfg = cfg
+    def __init__(self, settings: MagickdSection, limits: LimitsSection, sizes: Sizes, store: BlobStore,
+                 admission: Admission, failures: FailureMemory, hooks: Hooks | None = None,
+                 render: Callable[..., list] = pipeline.render):
+        """The node's renders from its own section, the upload limits (a render refuses what ypfs
+        refuses) and the size profiles it may make; ``settings`` is kept for the app's answers."""
+        self.settings = settings
+        self.sizes = sizes
         self.store = store
         self.admission = admission
         self.failures = failures
         self.hooks = hooks or Hooks()
-        self.limits = Limits.from_config(cfg.limits, cfg.magickd)
+        self.limits = Limits.from_config(limits, settings)
         self._render = render
 
     @classmethod
-    def for_node(cls, cfg: Config, node: str, store: BlobStore, hooks: Hooks | None = None) -> "RenderService":
-        base = node_dir(cfg, node)
-        m = cfg.magickd
-        admission = Admission(base, m.effective_workers, m.queue_size, m.queue_wait)
-        return cls(cfg, store, admission, FailureMemory(base / "failures", m.failure_ttl), hooks)
+    def for_node(cls, settings: MagickdSection, limits: LimitsSection, sizes: Sizes, folder: Path, store: BlobStore,
+                 hooks: Hooks | None = None) -> "RenderService":
+        """The service of the node whose folder (``node_dir``) holds its admission slots and failure memory."""
+        admission = Admission(folder, settings.effective_workers, settings.queue_size, settings.queue_wait)
+        return cls(settings, limits, sizes, store, admission, FailureMemory(folder / "failures", settings.failure_ttl),
+                   hooks)
 
     def render(self, user: str, photo_id: str, secret: str, sizes: Sequence[str] | None = None,
                formats: Sequence[str] | None = None, force: bool = False) -> list[Rendition]:
@@ -74,7 +80,7 @@ class RenderService:
             ref = PhotoRef(user, photo_id, secret)
         except InvalidName as exc:
             raise BadRequest(str(exc)) from None
-        targets = parse_targets(self.cfg, sizes, formats)
+        targets = parse_targets(self.sizes, sizes, formats)
         with self.admission.ticket():
             record = self._record(ref)
             remembered = None if force else self.failures.recall(ref.original_key)
@@ -146,7 +152,7 @@ class RenderService:
             raise PhotoNotFound(NO_SUCH_PHOTO) from None
         except StorageError as exc:
             raise Unavailable(f"storage: {exc}") from None
-        with self._waiting_for(self.admission.slot(self._left(self.cfg.magickd.queue_wait))):
+        with self._waiting_for(self.admission.slot(self._left(self.settings.queue_wait))):
             limits = self.limits
             left = self._left(limits.timeout)
             if left < limits.timeout:  # the request's deadline (magickd.request_deadline) is nearer

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 from tqdm import tqdm
 
-from cluster.config import Config
-from cluster.profiles import box_for, profile_version
+from cluster.profiles import Sizes, box_for, profile_version
 from media.formats import pillow_ids
 from storage import NotFound, StorageError
 from storage.base import BlobStore
@@ -63,8 +62,10 @@ def check_rendition(data: bytes, fmt: str, expect: tuple[int, int]) -> str | Non
 
 
 class Verifier:
-    def __init__(self, cfg: Config, store: BlobStore, client: RenderClient | None, purger: Purger | None = None):
-        self.cfg, self.store, self.client, self.purger = cfg, store, client, purger
+    def __init__(self, sizes: Sizes, store: BlobStore, client: RenderClient | None, purger: Purger | None = None):
+        """Checks every photo against ``sizes`` (the configured profiles); ``client`` and ``purger``
+        repair (None: check only)."""
+        self.sizes, self.store, self.client, self.purger = sizes, store, client, purger
 
     def photo(self, record_key: str, repair: bool) -> PhotoReport:
         report = PhotoReport(record_key)
@@ -82,7 +83,7 @@ class Verifier:
     def _check(self, record: PhotoRecord, report: PhotoReport) -> None:
         ref = record.ref
         present = set(self.store.list(ref.rendition_prefix))
-        for profile in self.cfg.sizes:
+        for profile in self.sizes.values():
             version = profile_version(profile)
             # an on-demand size (eager = false) is rendered on its first view: checked once it exists
             formats = [f for f in profile.formats

@@ -20,9 +20,11 @@ which format, how strictly, and within which pixel and frame budgets.
 from __future__ import annotations
 
 import io
+import threading
 import time
 import warnings
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import pyvips
 
@@ -54,6 +56,34 @@ def stop_at(image: pyvips.Image, at: float, clock: Callable[[], float] = time.mo
     image.set_progress(True)
     image.signal_connect("eval", on_eval)
     return image
+
+
+#: above this many pixels the upload check decodes a JPEG DCT-scaled to 1/8: libjpeg still
+#: reads and checks every entropy-coded byte, for about half the cost of a full decode
+SCALED_CHECK_PIXELS = 4_000_000
+
+
+@contextmanager
+def killed_after(source: pyvips.Image, seconds: float) -> Iterator[None]:
+    """Kill ``source`` (a loader's image) ``seconds`` from now, for the evaluation inside the
+    block; every image computed from it then fails at once ("killed").
+
+    ``stop_at`` listens to the evaluated image's eval signal, which libvips emits per work
+    unit of that image: a small result (a box shrink to a preview) is one unit, so it would
+    never fire. A timer on the source needs no signal; the decode runs with the GIL released.
+    """
+    timer = threading.Timer(max(0.0, seconds), source.set_kill, (True,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def check_shrink(fmt: str, width: int, height: int) -> int:
+    """The shrink-on-load factor of the upload check's decode (1: every pixel at full size)."""
+    return 8 if fmt == "jpeg" and width * height > SCALED_CHECK_PIXELS else 1
 
 
 def check_budget(width: int, height: int, pages: int, max_pixels: int) -> None:

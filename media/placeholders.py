@@ -1,10 +1,14 @@
 """What a page shows before a photo arrives: its ThumbHash and its dominant colour.
 
 Both come from one tiny rendition (at most ``TINY`` px a side, sRGB, alpha kept,
-EXIF orientation applied), made with libvips' ``thumbnail_image`` after the format's
-own loader, a JPEG DCT-scaled on load (a 24 MP photo is decoded at 1/8 scale). The
-library and the loader are the decode policy's (media.formats, media.decode): BMP,
-HEIC and AVIF sequences go through Pillow, with the format's own Pillow ids.
+EXIF orientation applied): the format's own loader, a JPEG shrunk on load as the
+upload check decodes it (a 24 MP photo at 1/8 scale), a box shrink to a preview of a
+few times ``TINY`` (``preview``), then libvips' ``thumbnail_image``. At upload the
+image is decoded once: the check's strict decode (media.probe) is what makes the
+preview, which had cost a second decode as long as the check's own. The library and
+the loader are the decode policy's (media.formats, media.decode): BMP, HEIC and AVIF
+sequences go through Pillow, with the format's own Pillow ids, and animations show
+their first frame, decoded apart.
 
 ThumbHash (Evan Wallace's algorithm, MIT; https://evanw.github.io/thumbhash/) keeps
 a few DCT coefficients of the colour (L, P, Q) and alpha channels in ~25 bytes,
@@ -38,19 +42,22 @@ import base64
 import io
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pyvips
 
-from .decode import register_heif, stop_at
+from .decode import check_shrink, killed_after, register_heif
 from .formats import FORMATS, pillow_ids
 
 log = logging.getLogger("media.placeholders")
 
 #: longest side, in pixels, of the rendition both values are computed from
 TINY = 32
+#: the preview's longest side is at least this many times TINY (thumbnail_image then
+#: resamples it the rest of the way, with a proper kernel)
+PREVIEW_TIMES = 4
 
 Source = str | Path | bytes
 
@@ -64,8 +71,18 @@ class Placeholder:
 def placeholder_for(src: Source, fmt: str, timeout: float) -> Placeholder | None:
     """The placeholder of an image already accepted as ``fmt``; None (logged) if it cannot be
     made. Never raises for a bad image: a photo without a placeholder is still a photo."""
+    return _made(fmt, lambda: tiny_rgba(src, fmt, timeout))
+
+
+def placeholder_from(small: pyvips.Image, fmt: str) -> Placeholder | None:
+    """The placeholder from the preview the upload check made (media.probe): no second decode.
+    The same pixels as ``placeholder_for`` of the same image, so the same values."""
+    return _made(fmt, lambda: _tiny(small))
+
+
+def _made(fmt: str, tiny: Callable[[], tuple[int, int, bytes]]) -> Placeholder | None:
     try:
-        w, h, rgba = tiny_rgba(src, fmt, timeout)
+        w, h, rgba = tiny()
         return Placeholder(base64.b64encode(rgba_to_thumbhash(w, h, rgba)).decode("ascii"), dominant_color(rgba))
     except Exception as exc:  # pyvips.Error, Pillow's OSError/ValueError..., a timeout
         log.warning("no placeholder for a %s image: %s", fmt, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
@@ -78,27 +95,42 @@ def tiny_rgba(src: Source, fmt: str, timeout: float) -> tuple[int, int, bytes]:
     if spec.library == "pillow":
         return _pillow_tiny(src, fmt)
     try:
-        return _vips_tiny(src, spec.vips_loaders[0], timeout)
+        return _vips_tiny(src, fmt, spec.vips_loaders[0], timeout)
     except pyvips.Error:
         if spec.pillow_fallback:  # e.g. AVIF sequences, which libheif in the wheel refuses
             return _pillow_tiny(src, fmt)
         raise
 
 
-def _vips_tiny(src: Source, loader_name: str, timeout: float) -> tuple[int, int, bytes]:
+def preview(image: pyvips.Image) -> pyvips.Image:
+    """A box shrink of a just-loaded image to a few times TINY: a plain average of every
+    pixel, no colour work, so evaluating it decodes the whole image and can fail only as the
+    decode fails (the upload check evaluates it as its decode, media.probe)."""
+    factor = max(1, max(image.width, image.height) // (TINY * PREVIEW_TIMES))
+    return image.shrink(factor, factor) if factor > 1 else image
+
+
+def _vips_tiny(src: Source, fmt: str, loader_name: str, timeout: float) -> tuple[int, int, bytes]:
     # the format's own loader (never libvips' sniffing: an Ultra HDR JPEG is its SDR base here),
-    # a JPEG DCT-scaled on load as far as the tiny size allows; thumbnail_image then shrinks,
-    # turns it upright from its EXIF orientation and converts an embedded ICC profile to sRGB
+    # shrunk on load exactly as the upload check decodes, so both make the same preview
     data = src if isinstance(src, bytes) else str(src)
     loader = getattr(pyvips.Image, loader_name + ("_buffer" if isinstance(src, bytes) else ""))
     opts: dict = {"access": "sequential"}
     if loader_name == "jpegload":
         header = loader(data, access="sequential")
-        longest = max(header.width, header.height)
-        opts["shrink"] = next(s for s in (8, 4, 2, 1) if s == 1 or longest // s >= TINY)
+        if (shrink := check_shrink(fmt, header.width, header.height)) > 1:
+            opts["shrink"] = shrink
     image = loader(data, **opts)
-    icc = {"output_profile": "srgb"} if image.get_typeof("icc-profile-data") else {}
-    image = image.thumbnail_image(TINY, height=TINY, size="down", **icc)
+    with killed_after(image, timeout):
+        small = preview(image).copy_memory()
+    return _tiny(small)
+
+
+def _tiny(small: pyvips.Image) -> tuple[int, int, bytes]:
+    # thumbnail_image shrinks the preview the rest of the way, turns it upright from its EXIF
+    # orientation and converts an embedded ICC profile to sRGB
+    icc = {"output_profile": "srgb"} if small.get_typeof("icc-profile-data") else {}
+    image = small.thumbnail_image(TINY, height=TINY, size="down", **icc)
     if image.interpretation != "srgb" or image.format != "uchar":
         image = image.colourspace("srgb")  # grey, 16-bit, CMYK...: 8-bit sRGB, alpha kept
     if image.bands == 3:
@@ -106,7 +138,6 @@ def _vips_tiny(src: Source, loader_name: str, timeout: float) -> tuple[int, int,
     elif image.bands > 4:
         image = image.extract_band(0, n=4)
     image = image.cast("uchar")
-    stop_at(image, time.monotonic() + timeout)
     return image.width, image.height, bytes(image.write_to_memory())
 
 

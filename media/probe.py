@@ -6,7 +6,9 @@ Order matters, and every step is bounded:
    opened only by its own loader (never libvips' or Pillow's content sniffing);
 2. the header is read and the declared pixels checked against the limit before
    any pixel is decoded (decompression bombs stop here);
-3. a strict decode reads every byte of image data, killed past a time limit;
+3. a strict decode reads every byte of image data, killed past a time limit; what it
+   decodes is box-shrunk into the placeholder's preview (media.placeholders), so the
+   upload decodes the image once, not once more for its placeholder;
 4. EXIF is read for taken-at and camera only; GPS is never read out.
 
 libvips decodes with ``fail_on=warning`` (it otherwise fills truncated data
@@ -28,7 +30,7 @@ import io
 import mmap
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyvips
@@ -36,10 +38,11 @@ import pyvips
 from cluster.config import LimitsSection
 from cluster.pool import background
 
-from .decode import MAX_PAGES, STRICT, check_budget, register_heif, stop_at
+from .decode import MAX_PAGES, STRICT, check_budget, check_shrink, killed_after, register_heif, stop_at
 from .errors import ImageRejected
 from .formats import FORMATS
 from .jpeg import JpegStructureError, count_scans
+from .placeholders import preview
 
 __all__ = ["ImageRejected", "MAX_PAGES", "ProbeResult", "probe", "strict_check", "check_gif_structure", "read_exif"]
 
@@ -53,6 +56,9 @@ class ProbeResult:
     taken_at: str | None = None
     camera: str | None = None
     exposure: str | None = None  # "1/125 s · f/2.8 · ISO 100 · 35 mm": what the photo page shows
+    #: a small in-memory image the check's decode made on its way (media.placeholders.preview),
+    #: so the placeholder needs no second decode; None for Pillow's formats and animations
+    preview: pyvips.Image | None = field(default=None, compare=False, repr=False)
 
 
 Source = str | Path | bytes
@@ -65,14 +71,15 @@ def probe(src: Source, fmt: str, limits: LimitsSection) -> ProbeResult:
     known = FORMATS.get(fmt)
     if known is None or not known.original:
         raise ImageRejected(415, "unsupported_format", f"format {fmt!r} is not accepted")
+    small = None
     if known.library == "vips":
-        width, height, pages, orientation = _probe_vips(path, fmt, limits)
+        width, height, pages, orientation, small = _probe_vips(path, fmt, limits)
     else:
         width, height, pages, orientation = _probe_pillow(path, fmt, limits)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     taken_at, camera, exposure = read_exif(path, fmt)
-    return ProbeResult(fmt, width, height, pages, taken_at, camera, exposure)
+    return ProbeResult(fmt, width, height, pages, taken_at, camera, exposure, small)
 
 
 def strict_check(data: bytes, fmt: str, limits: LimitsSection) -> None:
@@ -90,7 +97,7 @@ def _open(src: str | bytes):
     return io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")
 
 
-def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int, int, int, int]:
+def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int, int, int, int, pyvips.Image | None]:
     name = FORMATS[fmt].vips_loaders[0] + ("_buffer" if isinstance(path, bytes) else "")
     loader = getattr(pyvips.Image, name)
     try:
@@ -108,16 +115,21 @@ def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int
     opts: dict = {"access": "sequential", "fail_on": STRICT}
     if fmt == "jpeg":
         _check_jpeg_structure(path)
-        if width * height > 4_000_000:
-            opts["shrink"] = 8  # the whole entropy stream is still read and checked
-    if stacked and pages > 1:
+    if (shrink := check_shrink(fmt, width, height)) > 1:
+        opts["shrink"] = shrink  # the whole entropy stream is still read and checked
+    animated = stacked and pages > 1
+    if animated:
         opts["n"] = -1  # every frame (the whole animation fits the pixel budget)
     # the two decoders release the GIL: the cross-check runs beside the libvips decode
     cross_check = (background().submit(_pillow_cross_check, path, fmt, limits.decode_timeout)
                    if fmt in _PILLOW_CROSS_CHECK else None)
+    small = None
     try:
         image = loader(path, **opts)
-        _decode_with_deadline(image, limits.decode_timeout)
+        if animated:  # the placeholder shows the first frame: made apart (media.placeholders)
+            _decode_with_deadline(image, limits.decode_timeout)
+        else:  # every pixel goes through the decoder into the placeholder's preview
+            small = _preview_with_deadline(image, limits.decode_timeout)
     except pyvips.Error as exc:
         msg = _first_line(exc)
         if "killed" in msg or "cancel" in msg:
@@ -128,7 +140,7 @@ def _probe_vips(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int
             cross_check.result()  # re-raises its ImageRejected; bounded by its own deadline
     if fmt == "gif":
         check_gif_structure(path, limits)
-    return width, height, pages, orientation if isinstance(orientation, int) else 1
+    return width, height, pages, orientation if isinstance(orientation, int) else 1, small
 
 
 def _check_jpeg_structure(path: str | bytes) -> None:
@@ -245,6 +257,13 @@ def check_gif_structure(path: str | bytes, limits: LimitsSection) -> None:
 def _decode_with_deadline(image: pyvips.Image, seconds: float) -> None:
     stop_at(image, time.monotonic() + seconds)
     image.avg()  # forces every pixel through the decoder
+
+
+def _preview_with_deadline(image: pyvips.Image, seconds: float) -> pyvips.Image:
+    """The placeholder's preview of ``image``, in memory: making it pulls every pixel through
+    the decoder (a box shrink reads them all), as ``_decode_with_deadline`` does."""
+    with killed_after(image, seconds):
+        return preview(image).copy_memory()
 
 
 def _probe_pillow(path: str | bytes, fmt: str, limits: LimitsSection) -> tuple[int, int, int, int]:

@@ -107,6 +107,12 @@ class BlobStore(ABC):
     def list(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
         """Keys under ``prefix`` in lexicographic order, after ``start_after``."""
 
+    @abstractmethod
+    def copy(self, src: str, dst: str) -> None:
+        """Store the object at ``src`` under ``dst`` too, atomically and durably; NotFound if
+        ``src`` is absent. Each backend copies where the bytes are (a hard link, S3
+        CopyObject): the bytes never travel through this process."""
+
     def exists(self, key: str) -> bool:
         try:
             self.stat(key)

@@ -81,15 +81,19 @@ class LocalStore(BlobStore):
             raise
         return tmp
 
-    def put(self, key: str, data: Data, content_type: str = "application/octet-stream") -> ObjectInfo:
-        path = self._path(key)
-        tmp = self._write_temp(path, data)
+    @staticmethod
+    def _commit(tmp: str | Path, path: Path) -> None:
+        """Rename a finished temporary file over ``path``, durably (the folder synced too)."""
         try:
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
             raise
         _fsync_dir(path.parent)
+
+    def put(self, key: str, data: Data, content_type: str = "application/octet-stream") -> ObjectInfo:
+        path = self._path(key)
+        self._commit(self._write_temp(path, data), path)
         return self.stat(key)
 
     def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
@@ -103,6 +107,25 @@ class LocalStore(BlobStore):
             os.unlink(tmp)
         _fsync_dir(path.parent)
         return self.stat(key)
+
+    def copy(self, src: str, dst: str) -> None:
+        # objects are never written in place (put replaces the file), so two keys may share
+        # one file: a hard link under a temporary name, renamed over ``dst`` as put does
+        source, path = self._path(src), self._path(dst)
+        if not source.is_file():
+            raise NotFound(src)
+        for attempt in range(3):  # a delete may remove the folder, empty, between mkdir and link
+            tmp = path.parent / f"{TMP_PREFIX}{os.urandom(6).hex()}"
+            try:
+                self._make_dirs(path.parent)
+                os.link(source, tmp)
+                break
+            except FileNotFoundError:
+                if not source.is_file():
+                    raise NotFound(src) from None
+                if attempt == 2:
+                    raise
+        self._commit(tmp, path)
 
     def get(self, key: str) -> bytes:
         try:

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import urllib3
 
-from cluster.config import Config
+from cluster.config import NodeConfig, PurgeSection
 from .purgelog import PurgeEntry, PurgeLog, check_paths
 
 MAX_PUSH_THREADS = 16
@@ -52,10 +52,14 @@ class Purger:
         self.pool = pool or urllib3.PoolManager(maxsize=4, retries=False)
 
     @classmethod
-    def from_config(cls, cfg: Config, store, origin: str) -> "Purger":
-        p = cfg.purge
-        return cls(PurgeLog(store, p.settle), [(n.name, n.url) for n in cfg.ypws.nodes], cfg.cluster.admin_token,
-                   origin=origin, timeout=p.push_timeout, cdn_purge_url=p.cdn_purge_url, public_url=cfg.public_url)
+    def from_sections(cls, purge: PurgeSection, nodes: Sequence[NodeConfig], token: str, public_url: str,
+                    store, origin: str) -> "Purger":
+        """The one way every caller (ypfs, the magickd admin commands) builds its Purger: the purge
+        log in ``store``, a push to each of ``nodes`` (``ypws.nodes``) with ``token``
+        (``cluster.admin_token``), and ``public_url`` for the CDN purge URL's ``{url}``.
+        ``origin`` names the caller in the log entries."""
+        return cls(PurgeLog(store, purge.settle), [(n.name, n.url) for n in nodes], token, origin=origin,
+                   timeout=purge.push_timeout, cdn_purge_url=purge.cdn_purge_url, public_url=public_url)
 
     def log(self, paths: Sequence[str], reason: str = "") -> PurgeEntry:
         """Commit the purge (StorageError: not committed; change nothing then).

@@ -2,8 +2,9 @@
 
 - The bucket is created on first use (once per process; a concurrent creator is fine).
 - Large objects stream up as multipart uploads of ``part_size`` (minio does the
-  split); S3 makes the object visible only once the upload completes, so a
-  reader never sees part of an object.
+  split), one part at a time so the deadline bounds each; S3 makes the object
+  visible only once the upload completes, so a reader never sees part of an
+  object, and a failed upload is aborted.
 - Transient failures (connection errors, timeouts, 5xx, SlowDown) are retried with
   exponential back-off; seekable bodies are rewound for the retry.
 - Every operation, retries included, ends within ``deadline`` seconds (and within the
@@ -25,6 +26,7 @@ from typing import BinaryIO, Callable, Iterator, TypeVar
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import CopySource
 from minio.helpers import check_bucket_name
 from minio.error import MinioException, S3Error, ServerError
 
@@ -68,12 +70,17 @@ class _ObjectStream(io.RawIOBase):
         super().close()
 
 
+#: what the abort of a failed multipart upload may take past the operation's deadline
+ABORT_SECONDS = 1.0
+
+
 class _DeadlinePool(urllib3.PoolManager):
     """A PoolManager whose calls, inside an operation, get timeouts cut to the operation's time left.
 
     minio makes its HTTP calls through ``urlopen`` with no timeout of its own, so this
-    is the one place where each call (multipart parts included) can be bounded.
-    Calls from minio's own part-upload threads keep the configured timeouts.
+    is the one place where each call (multipart parts included: ``put`` sends them from
+    the calling thread) can be bounded. A multipart upload that failed is aborted even
+    past the deadline, within ``ABORT_SECONDS``, so its parts do not stay stored.
     """
 
     def __init__(self, connect: float, read: float, **kw):
@@ -94,6 +101,8 @@ class _DeadlinePool(urllib3.PoolManager):
         when = getattr(self._local, "until", None)
         if when is not None:
             left = when - time.monotonic()
+            if method == "DELETE" and "uploadId=" in url:
+                left = max(left, ABORT_SECONDS)  # the clean-up of a failed multipart upload, past the deadline
             if left <= 0:
                 raise urllib3.exceptions.TimeoutError("the storage operation's deadline has passed")
             kw["timeout"] = urllib3.Timeout(connect=min(self._connect, left), read=min(self._read, left))
@@ -204,7 +213,10 @@ class S3Store(BlobStore):
         part_size = self.cfg.part_size if length < 0 or length > self.cfg.part_size else 0
         result = self._call(
             f"put {key}",
-            lambda: self.client.put_object(bucket, key, stream, length, content_type=content_type, part_size=part_size),
+            # one part at a time, from this thread: the deadline bounds each (minio's parallel
+            # part threads would not know it)
+            lambda: self.client.put_object(bucket, key, stream, length, content_type=content_type, part_size=part_size,
+                                           num_parallel_uploads=1),
             rewind=stream,
         )
         if length < 0:  # streamed with no length: only the store knows the size
@@ -212,6 +224,13 @@ class S3Store(BlobStore):
         # the PUT's own answer describes the object: no HEAD after every write (one round trip less)
         return ObjectInfo(key=key, size=length, mtime=_response_time(result.http_headers),
                           etag=(result.etag or "").strip('"'))
+
+    def copy(self, src: str, dst: str) -> None:
+        check_key(src)
+        check_key(dst)
+        bucket = self._bucket()
+        # server-side (CopyObject): the metadata, content type included, goes with the bytes
+        self._call(f"copy {src}", lambda: self.client.copy_object(bucket, dst, CopySource(bucket, src)))
 
     def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
         # S3 conditional writes are not universal across SeaweedFS/MinIO/AWS versions;

@@ -17,6 +17,15 @@ ADMIN_TOKEN = "proxy-test-admin-token"
 METRICS_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # /metrics takes the service credential
 
 
+def proxy_app(cfg: Config, loop):
+    """An in-process ProxyApp over ``cfg``, unpacked as hashproxy's composition root does."""
+    from hashproxy.app import ProxyApp
+
+    return ProxyApp(cfg.hashproxy, cfg.ypws.nodes, cfg.ypfs.nodes, admin_token=cfg.cluster.admin_token,
+                    max_upload_bytes=cfg.limits.max_upload_bytes, spool_dir=cfg.data_dir / "hashproxy" / "spool",
+                    loop=loop)
+
+
 class ProxyCluster:
     """N stub ypws nodes, M stub ypfs nodes and a real `python -m hashproxy serve`, on free ports."""
 

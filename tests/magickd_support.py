@@ -50,3 +50,18 @@ def start_magickd(services, cfg, config_path, name: str | None = None):
     services.start_module(node.name, "magickd", "serve", "--node", node.name, config_path=config_path,
                           health_url=f"{node.url}/healthz")
     return node
+
+
+def render_service(cfg, store, node: str = "magickd1"):
+    """The node's ``RenderService`` in-process, from ``cfg``'s sections as ``magickd serve`` builds it."""
+    from cluster.profiles import by_name
+    from magickd.service import RenderService, node_dir
+
+    return RenderService.for_node(cfg.magickd, cfg.limits, by_name(cfg.sizes), node_dir(cfg.data_dir, node), store)
+
+
+def render_app(cfg, store, node: str = "magickd1", service=None):
+    """The node's falcon app in-process (over ``service``, else ``render_service``)."""
+    from magickd.app import create_app
+
+    return create_app(service or render_service(cfg, store, node), node, cfg.cluster.admin_token)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import from_dict, load_dict
+from cluster.profiles import by_name
 from magickd import pipeline
 from magickd.errors import RenderFailure
 from magickd.options import Limits, RenderOptions, parse_targets
@@ -24,7 +25,7 @@ from .helpers import CORPUS, CORPUS2
 
 CORPORA = [CORPUS, CORPUS2]
 CFG = from_dict(load_dict())
-OPTIONS = RenderOptions(parse_targets(CFG, None, None), Limits.from_config(CFG.limits, CFG.magickd))
+OPTIONS = RenderOptions(parse_targets(by_name(CFG.sizes), None, None), Limits.from_config(CFG.limits, CFG.magickd))
 
 
 def corpus_files() -> list[Path]:

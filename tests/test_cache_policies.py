@@ -24,7 +24,7 @@ from ypws.policies import (ADAPTSIZE_C, NTHMISS_C, NTHMISS_MEMORY, POLICIES, LRU
 from ypws.simulate import compare, object_sizes, replay, zipf_trace
 
 from .helpers import CORPUS, Services, cluster_tree, seed_photo, service_auth
-from .ypws_support import access_lines, metric, seed_rendition, start_ypws, wait_for
+from .ypws_support import access_lines, counted, metric, seed_rendition, start_ypws, wait_for
 
 DEFAULT = load_dict()["ypws"]["cache_policy"]
 needs_traces = pytest.mark.skipif(not traces.available(), reason=f"shared traces not found at {traces.TRACES_DIR}")
@@ -182,13 +182,13 @@ def replay_both(tmp_path, policy: str, requests_: list[tuple[str, int]], maxsize
             hits_idx.append(n)
             queued.append(key)
             if segmented:
-                index.report(queued, {"hits": 1})
+                index.report(queued)
                 queued = []
         elif size <= index.max_entry:
-            index.report(queued, {})
+            index.report(queued)
             queued = []
             index.insert(key, size)
-    index.report(queued, {})
+    index.report(queued)
     return hits_ref, hits_idx, ref, index
 
 
@@ -250,11 +250,10 @@ def test_the_default_policy_replays_a_real_trace_in_the_index_as_in_memory(tmp_p
     index.close()
 
 
-def test_index_counters_and_hits_travel_in_one_report(tmp_path):
+def test_a_hit_report_promotes_the_keys_it_names(tmp_path):
     index = open_index(tmp_path / "i.sqlite3", 10_000, "s3fifo")
     index.insert("a", 100)
-    index.report(["a", "a", "missing"], {"hits": 3})
-    assert index.counters() == {"hits": 3.0}
+    assert index.report(["a", "a", "missing"]) == []
     with sqlite3.connect(tmp_path / "i.sqlite3") as db:
         assert db.execute("SELECT freq FROM entries WHERE key = 'a'").fetchone() == (2,)
 
@@ -263,7 +262,7 @@ def test_switching_policy_on_a_warm_cache_keeps_entries_within_bounds(tmp_path):
     old = open_index(tmp_path / "i.sqlite3", 40_000, "s4lru")
     for i in range(30):
         old.insert(f"k{i}", 900)
-        old.report([f"k{i}"] * (i % 4), {})
+        old.report([f"k{i}"] * (i % 4))
     kept = set(old.keys())
     old.close()
     new = open_index(tmp_path / "i.sqlite3", 20_000, DEFAULT)
@@ -319,7 +318,7 @@ def test_disk_cache_admission_matches_the_policy_and_leaves_no_file(tmp_path, po
     files = {p.name for p in (tmp_path / "c" / "entries").rglob("*") if p.is_file()}
     assert files == {cache.path_for(k).rsplit("/", 1)[1] for k in cache.index.keys()}
     assert sorted(cache.index.keys()) == sorted(ref)
-    assert cache.totals()["not_admitted"] == len(outcomes) - sum(outcomes)
+    assert counted(cache, "not_admitted") == len(outcomes) - sum(outcomes)
 
 
 def _entry_size(key: str, body: bytes, meta: dict) -> int:
@@ -394,7 +393,7 @@ def test_default_policy_in_a_real_node_shared_by_workers_and_warm_after_restart(
         assert {r.headers["X-Cache"] for r in first} == {"MISS"}
         second = [requests.get(u, headers={"Connection": "close"}, timeout=30) for u in urls]
         assert all(a.content == b.content for a, b in zip(first, second))
-        index = cache_dir(cfg, "ypws1") / "index.sqlite3"
+        index = cache_dir(cfg.ypws, cfg.data_dir, "ypws1") / "index.sqlite3"
 
         def figures():
             text = requests.get(f"{base}/metrics", headers=service_auth(cfg), timeout=10).text

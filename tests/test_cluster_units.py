@@ -46,7 +46,7 @@ def multi_host_config(tmp_path: Path) -> Path:
     tree["magickd"]["nodes"] = [{"name": "render1", "host": "10.9.0.3", "port": 8201},
                                 {"name": "render2", "host": "10.9.0.3", "port": 8202}]
     tree["ypws"]["nodes"] = [{"name": "cache1", "host": "10.9.0.4", "port": 8301}]
-    tree["supervise"].update(restart_delay=0.25, burst=7, interval=90.0, stop_timeout=20.0)
+    tree["supervise"].update(restart_delay=0.25, burst=7, interval=90.0, stop_timeout=40.0)
     path = tmp_path / "cluster.toml"
     path.write_text(dump_toml(tree))
     return path
@@ -55,7 +55,8 @@ def multi_host_config(tmp_path: Path) -> Path:
 def test_one_unit_per_node_of_this_host_with_the_supervision_settings(tmp_path):
     config = multi_host_config(tmp_path)
     out = tmp_path / "units"
-    r = units_cmd("--config", str(config), "--out", str(out), "--host", "10.9.0.3", "--user", "photos")
+    r = units_cmd("--config", str(config), "--out", str(out), "--host", "10.9.0.3", "--user", "photos",
+                  "--systemd", "254")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["yupoo-render1.service", "yupoo-render2.service"]
     assert r.stdout.split() == [str(out / "yupoo-render1.service"), str(out / "yupoo-render2.service")]
@@ -66,7 +67,13 @@ def test_one_unit_per_node_of_this_host_with_the_supervision_settings(tmp_path):
     svc = unit["Service"]
     assert shlex.split(svc["ExecStart"]) == [sys.executable, "-m", "magickd", "serve", "--node", "render2"]
     assert svc["Environment"] == f"YUPOO_CONFIG={config}"
-    assert (svc["Restart"], svc["RestartSec"], svc["KillMode"], svc["TimeoutStopSec"]) == ("always", "0.25", "mixed", "20")
+    assert (svc["Restart"], svc["RestartSec"], svc["KillMode"], svc["TimeoutStopSec"]) == ("always", "0.25", "mixed", "40")
+    # the delay doubles from 0.25 s to restart_delay_max (30 s), as under `cluster run`: 7 steps (0.25 x 2^7 >= 30)
+    assert (svc["RestartSteps"], svc["RestartMaxDelaySec"]) == ("7", "30")
+    older = tmp_path / "older"
+    r = units_cmd("--config", str(config), "--out", str(older), "--host", "10.9.0.3", "--systemd", "252")
+    assert r.returncode == 0 and "no doubling" in r.stderr, r.stderr
+    assert "RestartSteps" not in parse(older / "yupoo-render2.service")["Service"]  # 252 would call it unknown
     assert svc["User"] == "photos" and svc["WorkingDirectory"] == str(REPO)
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     # secrets are never written into a unit

@@ -20,17 +20,14 @@ from cluster.config import from_dict
 from cluster.profiles import profile_version
 from hashproxy import responses
 from hashproxy.urls import BadTarget, classify
-from magickd.app import create_app as magickd_app
-from magickd.service import RenderService
 from storage.local import LocalStore
 from ypfs.app import create_app as ypfs_app
 from ypws.accesslog import AccessLog
 from ypws.app import create_app as ypws_app
-from ypws.app import open_cache
-from ypws.signing import sign_url
 
 from .helpers import CORPUS, cluster_tree, seed_photo
-from .ypws_support import seed_rendition
+from .magickd_support import render_app
+from .ypws_support import node_cache, seed_rendition, sign_for
 
 ENCODED_SLASHES = [
     "/photos/alice%2F1000_0123456789/small.jpg",
@@ -54,7 +51,7 @@ def store(cfg):
 
 @pytest.fixture
 def ypws(cfg, store):
-    return testing.TestClient(ypws_app(cfg, "ypws1", store, open_cache(cfg, "ypws1")))
+    return testing.TestClient(ypws_app(cfg, "ypws1", store, node_cache(cfg, "ypws1")))
 
 
 def test_access_log_never_records_exp_or_sig(tmp_path):
@@ -125,7 +122,7 @@ def test_every_response_is_nosniff_and_html_cannot_be_framed(ypws, store, cfg):
         assert r.headers["X-Content-Type-Options"] == "nosniff"
         assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
     for client, path in ((ypws, "/nowhere"), (testing.TestClient(ypfs_app(cfg, store, "ypfs1")), "/api/nothing"),
-                         (testing.TestClient(magickd_app(RenderService.for_node(cfg, "magickd1", store), "magickd1")),
+                         (testing.TestClient(render_app(cfg, store)),
                           "/render")):
         r = client.simulate_get(path)
         assert r.status_code in (404, 405) and r.headers["X-Content-Type-Options"] == "nosniff", path
@@ -138,6 +135,6 @@ def test_signed_private_urls_still_work_with_the_checks_in_place(ypws, store, cf
     seed_rendition(store, cfg, rec, "small")
     path = f"{rec.ref.url_path}/small.jpg"
     assert ypws.simulate_get(path).status_code == 404
-    query = sign_url(cfg, path, 3600).partition("?")[2]
+    query = sign_for(cfg, path, 3600).partition("?")[2]
     r = ypws.simulate_get(path, query_string=query, extras={"RAW_URI": f"{path}?{query}"})
     assert r.status_code == 200 and r.headers["X-Content-Type-Options"] == "nosniff"

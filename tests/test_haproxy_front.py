@@ -22,7 +22,7 @@ from PIL import Image
 
 from cluster import procs
 from cluster.config import ConfigError, NodeConfig
-from hashproxy.haproxy import READY_PATH, ROUTE_KEY_HEADER, render
+from hashproxy.haproxy import READY_PATH, ROUTE_KEY_HEADER, render as render_sections
 from storage.keys import IMAGE_ROUTE_REGEX, image_route_key
 
 from .helpers import CORPUS, REPO, cluster_tree, deep_update, write_config
@@ -31,6 +31,11 @@ from .ypws_support import access_lines, raw_http, wait_for
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 SECRETS = {"admin_token": "adm-SECRET-token-1234567890", "url_key": "url-SECRET-key-0987654321"}
 S3_SECRET = "s3-SECRET-key-abcdefabcdef"
+
+
+def render(cfg, check_path: str = READY_PATH) -> str:
+    """`python -m hashproxy haproxy-config`'s output for ``cfg`` (the sections it takes, unpacked)."""
+    return render_sections(cfg.hashproxy, cfg.ypws.nodes, cfg.ypfs.nodes, check_path)
 
 
 def need_haproxy() -> None:

@@ -20,6 +20,7 @@ import requests
 from PIL import Image
 
 from cluster.config import ConfigError, from_dict, load_dict
+from cluster.profiles import by_name
 from magickd import pipeline
 from magickd.options import Limits, RenderOptions, parse_targets
 from magickd.verify import check_rendition
@@ -39,7 +40,7 @@ _GPS_IFD, _MAKE, _MODEL = 0x8825, 0x010F, 0x0110
 
 
 def render(data: bytes, cfg=CFG) -> dict[tuple[str, str], bytes]:
-    options = RenderOptions(parse_targets(cfg, None, list(cfg.sizes[0].formats)), Limits.from_config(cfg.limits, cfg.magickd))
+    options = RenderOptions(parse_targets(by_name(cfg.sizes), None, list(cfg.sizes[0].formats)), Limits.from_config(cfg.limits, cfg.magickd))
     return {(o.target.name, o.target.fmt): o.data for o in pipeline.render(data, options)}
 
 

@@ -9,39 +9,14 @@ from __future__ import annotations
 import io
 import re
 
-import pytest
-from falcon import testing
 from PIL import Image
 
-from cluster.config import from_dict, load_dict
 from storage.keys import timeline_key, timeline_prefix
-from storage.local import LocalStore
-from storage.records import UserRecord
-from ypfs.app import create_app as ypfs_app
 from ypfs.gc import sweep
-from ypws.app import create_app as ypws_app
-from ypws.diskcache import DiskCache
 
-IDS = iter(range(10**18 + 1, 10**18 + 10**6))
+from .ypws_support import site_fixture
 
-
-@pytest.fixture
-def site(tmp_path):
-    tree = load_dict()
-    tree["cluster"].update(data_dir=str(tmp_path / "var"), admin_token="admin", url_key="key")
-    tree["ypfs"]["render_after_upload"] = False
-    cfg = from_dict(tree)
-    store = LocalStore(tmp_path / "store")
-    tokens = {}
-    for name in ("ann", "ben"):
-        rec = UserRecord(name)
-        tokens[name] = rec.new_token()
-        rec.save(store)
-    # ids in time order, as the id generator makes them (a far-future clock is not needed: the
-    # listing starts at "now", and these ids sit just after the epoch)
-    up = testing.TestClient(ypfs_app(cfg, store, "ypfs1", next_id=lambda: str(next(IDS))))
-    web = testing.TestClient(ypws_app(cfg, "ypws1", store, DiskCache(tmp_path / "cache", 16 << 20)))
-    return cfg, store, tokens, up, web
+site = site_fixture("ann", "ben")
 
 
 def upload(up, token: str, n: int, **fields) -> dict:
@@ -68,7 +43,7 @@ def shown(html: str) -> list[str]:
 
 
 def test_home_lists_every_users_newest_public_photos_and_links_them(site):
-    cfg, store, tokens, up, web = site
+    store, tokens, up, web = site.store, site.tokens, site.up, site.web
     ann = [upload(up, tokens["ann"], i, title=f"ann {i}") for i in range(3)]
     hidden = upload(up, tokens["ben"], 10, private="1")
     ben = upload(up, tokens["ben"], 11, title="ben <b>")
@@ -82,7 +57,7 @@ def test_home_lists_every_users_newest_public_photos_and_links_them(site):
 
 
 def test_home_pages_through_older_photos_one_listing_a_page(site):
-    cfg, store, tokens, up, web = site
+    tokens, up, web = site.tokens, site.up, site.web
     ids = [upload(up, tokens["ann"], i)["id"] for i in range(105)]
     first = web.simulate_get("/")
     assert shown(first.text) == list(reversed(ids))[:100]
@@ -93,7 +68,7 @@ def test_home_pages_through_older_photos_one_listing_a_page(site):
 
 
 def test_privacy_changes_and_deletes_keep_the_timeline_true(site):
-    cfg, store, tokens, up, web = site
+    store, tokens, up, web = site.store, site.tokens, site.up, site.web
     a, b = upload(up, tokens["ann"], 1), upload(up, tokens["ann"], 2)
     auth = {"Authorization": f"Bearer {tokens['ann']}"}
     assert up.simulate_patch(f"/api/photos/ann/{a['id']}", json={"private": True}, headers=auth).status_code == 200
@@ -106,7 +81,7 @@ def test_privacy_changes_and_deletes_keep_the_timeline_true(site):
 
 
 def test_gc_removes_timeline_entries_of_photos_gone_or_private(site):
-    cfg, store, tokens, up, web = site
+    store, tokens, up = site.store, site.tokens, site.up
     keep = upload(up, tokens["ann"], 1)
     store.put(timeline_key("1000000000000999999", "ann"), b"")  # a crash left it: no record
     report = sweep(store, grace=0, now=10**10)

@@ -27,12 +27,11 @@ import httptools
 import pytest
 
 from cluster.config import from_dict
-from hashproxy.app import ProxyApp
 from hashproxy.protocol import ProxyProtocol
 from ypws.accesslog import AccessLog
 from ypws.worker import HttpProtocol
 
-from .hashproxy_support import ProxyCluster
+from .hashproxy_support import ProxyCluster, proxy_app
 from .fake_transport import FakeTransport
 from .http1_support import echo, responses as parse_responses
 from .helpers import cluster_tree
@@ -170,7 +169,7 @@ def proxy(tmp_path):
     tree["ypws"]["nodes"] = [{"name": "ypws1", "host": "127.0.0.1", "port": port}]
     tree["ypfs"]["nodes"] = [{"name": "ypfs1", "host": "127.0.0.1", "port": port, "node_id": 1}]
     tree["hashproxy"]["client_timeout"] = 2.0
-    app = ProxyApp(from_dict(tree), loop=loop)
+    app = proxy_app(from_dict(tree), loop)
 
     def run(*parts: bytes, done=None, proto: ProxyProtocol | None = None) -> tuple[FakeTransport, ProxyProtocol]:
         if proto is None:

@@ -56,6 +56,23 @@ def test_cached_original_keys_share_one_prefix():
     assert not other.cached_original_key("jpg").startswith(REF.cached_original_key())
 
 
+def test_key_and_path_layout_is_fixed():
+    """Stored objects and published URLs outlive the code: their exact shapes are part of the contract."""
+    ref = PhotoRef("alice", "123", "0123456789")
+    assert ref.original_key == "originals/alice/123_0123456789"
+    assert ref.record_key == "photos/alice/123.json"
+    assert ref.rendition_key("small", "abcdef01", "webp") == "renditions/alice/123_0123456789/small.abcdef01.webp"
+    assert ref.size_url_path("small", "jpeg") == "/photos/alice/123_0123456789/small.jpg"
+
+
+def test_photo_segment_round_trip():
+    assert keys.parse_photo_segment(REF.url_path.rsplit("/", 1)[1]) == (REF.photo_id, REF.secret)
+    assert keys.parse_photo_segment("42_0123456789") == ("42", "0123456789")
+    for bad in ("42-0123456789", "042_0123456789", "42_012345678", "42_0123456789_"):
+        with pytest.raises(InvalidName):
+            keys.parse_photo_segment(bad)
+
+
 def test_purge_log_key_round_trip():
     key = keys.purge_log_key(1_732_200_000_123, "a1b2")
     assert keys.purge_log_time(key) == 1_732_200_000_123
@@ -98,6 +115,9 @@ def test_malformed_keys_are_refused(parse, key):
     lambda: keys.dedupe_key("alice", "zz" * 32),
     lambda: keys.timeline_key("42", "Alice"),
     lambda: PhotoRef("alice", "42", "abcdef012"),
+    lambda: PhotoRef("alice", "0123", "0123456789"),
+    lambda: PhotoRef("alice", "1", "xyz"),
+    lambda: PhotoRef("al/ice", "1", "0123456789"),
     lambda: REF.rendition_key("small", "0123abcd", "exe"),
     lambda: REF.rendition_key("../x", "0123abcd", "jpeg"),
     lambda: REF.size_prefix("Small"),
@@ -107,6 +127,12 @@ def test_malformed_keys_are_refused(parse, key):
 def test_keys_are_built_only_from_valid_names(build):
     with pytest.raises(InvalidName):
         build()
+
+
+@pytest.mark.parametrize("name", ["", "..", "a/b", "A", "-x", "a" * 33, "a\x00", "a b", "é", "../x"])
+def test_invalid_user_names(name):
+    with pytest.raises(InvalidName):
+        keys.valid_user(name)
 
 
 # -- public URL paths: build -> parse --------------------------------------------------------

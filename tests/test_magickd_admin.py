@@ -11,10 +11,10 @@ import threading
 import pytest
 
 from cluster import procs
-from cluster.profiles import profile_version
+from cluster.profiles import by_name, profile_version
 from storage.purge import Purger
 from magickd.client import RenderClient
-from magickd.rerender import Rerenderer, RerenderJob
+from magickd.rerender import Rerenderer, RerenderJob, checkpoint_dir
 from storage import StorageUnavailable, open_store
 from storage.purgelog import PurgeLog
 
@@ -192,12 +192,17 @@ def test_rerender_resumes_where_it_stopped_and_reports_failures(cluster):
     hostile = seed_photo(store, "alice", FORMATS / "hopper.jpg")
     store.put(hostile.ref.original_key, (CORPUS / "hostile" / "truncated_jpeg.jpg").read_bytes())
     job = RerenderJob(size="thumb", user="alice", concurrency=1, force=True, purge=False)
-    first = Rerenderer(cfg, store, InterruptingClient(RenderClient(cfg.magickd, cfg.cluster.admin_token), 3), None, progress=False)
+    sizes, checkpoints = by_name(cfg.sizes), checkpoint_dir(cfg.data_dir)
+
+    def client() -> RenderClient:
+        return RenderClient(cfg.magickd, cfg.cluster.admin_token)
+
+    first = Rerenderer(sizes, checkpoints, store, InterruptingClient(client(), 3), None, progress=False)
     summary = first.run(job, restart=True)
     assert summary.interrupted and summary.rendered == 2
 
     unlogged = Purger(PurgeLog(Unwritable(store)), [("ypws1", f"http://127.0.0.1:{procs.free_port()}")], "t")
-    second = Rerenderer(cfg, store, RenderClient(cfg.magickd, cfg.cluster.admin_token), unlogged, progress=False)
+    second = Rerenderer(sizes, checkpoints, store, client(), unlogged, progress=False)
     summary = second.run(job)
     assert not summary.interrupted
     assert summary.seen == len(recs) + 1 - 2  # resumed after the two done photos
@@ -206,6 +211,6 @@ def test_rerender_resumes_where_it_stopped_and_reports_failures(cluster):
     assert len(summary.purge_failures) == summary.rendered  # not logged: reported, not fatal
     assert all("purge not logged" in why for why in summary.purge_failures.values())
 
-    third = Rerenderer(cfg, store, RenderClient(cfg.magickd, cfg.cluster.admin_token), None, progress=False).run(job)
+    third = Rerenderer(sizes, checkpoints, store, client(), None, progress=False).run(job)
     assert third.seen == 0 and list(third.failures) == [hostile.ref.record_key]  # done; failures kept
     store.delete(hostile.ref.record_key)

@@ -11,7 +11,7 @@ import pyvips
 from PIL import Image, ImageCms, ImageStat
 
 from cluster.config import load
-from cluster.profiles import box_for
+from cluster.profiles import box_for, by_name
 from magickd import pipeline, vips_setup
 from magickd.errors import RenderFailure, RenderTimeout, TooLarge, UnsupportedFormat
 from magickd.options import Limits, RenderOptions, parse_targets
@@ -31,7 +31,7 @@ IPHONE = FORMATS / "iphone_hdr_NO.jpg"  # 3264x2448, GPS in EXIF
 
 def render(path, sizes=None, formats=None, limits=LIMITS, cfg=CFG):
     data = path.read_bytes() if hasattr(path, "read_bytes") else path
-    outs = pipeline.render(data, RenderOptions(parse_targets(cfg, sizes, formats), limits))
+    outs = pipeline.render(data, RenderOptions(parse_targets(by_name(cfg.sizes), sizes, formats), limits))
     return {(o.target.name, o.target.fmt): o for o in outs}
 
 
@@ -368,10 +368,10 @@ def test_render_timeout_is_an_error_and_the_next_render_works():
 
 def test_unknown_size_or_unoffered_format_is_a_bad_request():
     with pytest.raises(RenderFailure) as info:
-        parse_targets(CFG, ["huge"], None)
+        parse_targets(by_name(CFG.sizes), ["huge"], None)
     assert info.value.status == 400
     with pytest.raises(RenderFailure) as info:
-        parse_targets(CFG, ["small"], ["gif"])
+        parse_targets(by_name(CFG.sizes), ["small"], ["gif"])
     assert info.value.status == 400
 
 

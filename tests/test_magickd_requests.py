@@ -12,11 +12,10 @@ from __future__ import annotations
 import pytest
 from falcon import testing
 
-from magickd.app import create_app
-from magickd.service import RenderService
 from storage.local import LocalStore
 
 from .helpers import CORPUS, seed_photo
+from .magickd_support import render_app
 from .ypws_support import app_config
 
 AUTH = {"Authorization": "Bearer test-admin-token"}
@@ -26,7 +25,7 @@ AUTH = {"Authorization": "Bearer test-admin-token"}
 def magickd(tmp_path):
     cfg = app_config(tmp_path)
     store = LocalStore(cfg.local_root)
-    return testing.TestClient(create_app(RenderService.for_node(cfg, "magickd1", store), "magickd1")), store
+    return testing.TestClient(render_app(cfg, store)), store
 
 
 def test_bad_requests_are_clean_json_errors(magickd):

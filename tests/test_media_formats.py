@@ -16,7 +16,7 @@ import pyvips
 from PIL import Image
 
 from cluster.config import from_dict, load_dict
-from cluster.profiles import OUTPUT_FORMATS
+from cluster.profiles import OUTPUT_FORMATS, by_name
 from magickd import pipeline
 from magickd.errors import TooLarge
 from magickd.options import Limits, RenderOptions, parse_targets
@@ -45,7 +45,7 @@ def render(data: bytes, max_pixels: int | None = None, sizes=("thumb",)):
     limits = Limits.from_config(CFG.limits, CFG.magickd)
     if max_pixels is not None:
         limits = dataclasses.replace(limits, max_pixels=max_pixels)
-    return pipeline.render(data, RenderOptions(parse_targets(CFG, list(sizes), None), limits))
+    return pipeline.render(data, RenderOptions(parse_targets(by_name(CFG.sizes), list(sizes), None), limits))
 
 
 def test_every_accepted_format_has_a_sample():

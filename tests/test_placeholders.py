@@ -20,26 +20,21 @@ import time
 
 import fast_thumbhash
 import pytest
-from falcon import testing
 from PIL import Image, ImageStat
 
 from cluster.config import from_dict, load_dict
-from media.placeholders import placeholder_for, rgba_to_thumbhash
+from media.placeholders import placeholder_for, placeholder_from, rgba_to_thumbhash
 from storage import open_store
 from storage.keys import timeline_key
-from storage.local import LocalStore
 from storage.records import PhotoRecord, UserRecord
-from ypfs.app import create_app as ypfs_app
 from ypfs.backfill import backfill
 from ypfs.manage import PhotoChanges, apply_changes
-from ypws.app import create_app as ypws_app
-from ypws.diskcache import DiskCache
 
 from .helpers import REPO, cluster_tree, seed_photo, write_config
+from .ypws_support import site_fixture
 
 THUMBHASH_RE = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 COLOR_RE = re.compile(r"^#[0-9a-f]{6}$")
-IDS = iter(range(10**18 + 1, 10**18 + 10**6))
 
 
 def decoded(thumbhash: str) -> Image.Image:
@@ -175,7 +170,7 @@ def test_every_accepted_file_of_both_corpora_gets_a_placeholder_the_right_way_up
     from .helpers import CORPUS, CORPUS2
 
     limits = from_dict(load_dict()).limits
-    seen, missing, wrong_way = 0, [], []
+    seen, missing, wrong_way, from_check, differs = 0, [], [], 0, []
     for corpus in (CORPUS, CORPUS2):
         for line in (corpus / "MANIFEST.tsv").read_text().splitlines()[1:]:
             path = corpus / line.split("\t", 1)[0]
@@ -195,7 +190,25 @@ def test_every_accepted_file_of_both_corpora_gets_a_placeholder_the_right_way_up
             back = decoded(ph.thumbhash)
             if abs(info.width / info.height - 1) > 0.25 and (info.width > info.height) != (back.width > back.height):
                 wrong_way.append(path.name)
+            if info.preview is not None:  # what an upload stores: made from the check's own decode
+                from_check += 1
+                if placeholder_from(info.preview, fmt) != ph:
+                    differs.append(path.name)
     assert seen > 100 and not missing and not wrong_way, (seen, missing, wrong_way)
+    # the upload check's decode made the preview for most accepted files, and the placeholder
+    # from it is the very one a separate decode (the backfill's) makes
+    assert from_check > seen // 2 and not differs, (from_check, seen, differs)
+
+
+def test_a_placeholder_past_its_time_budget_is_none_not_a_wait(tmp_path):
+    """The backfill's decode is bounded too: a 2 ms budget on a 24 MP JPEG gives no placeholder
+    (logged), well before the decode would have ended."""
+    import pyvips
+
+    path = tmp_path / "big.jpg"
+    pyvips.Image.gaussnoise(6000, 4000, sigma=40, mean=120).cast("uchar").write_to_file(str(path), Q=92)
+    assert placeholder_for(path, "jpeg", 10) is not None
+    assert placeholder_for(path, "jpeg", 0.002) is None
 
 
 def test_an_image_that_cannot_be_read_has_no_placeholder():
@@ -205,19 +218,7 @@ def test_an_image_that_cannot_be_read_has_no_placeholder():
 
 # -- upload answer, photo API, listing, backfill -------------------------------------------------------
 
-@pytest.fixture
-def site(tmp_path):
-    tree = load_dict()
-    tree["cluster"].update(data_dir=str(tmp_path / "var"), admin_token="admin", url_key="key")
-    tree["ypfs"]["render_after_upload"] = False
-    cfg = from_dict(tree)
-    store = LocalStore(tmp_path / "store")
-    rec = UserRecord("alice")
-    token = rec.new_token()
-    rec.save(store)
-    up = testing.TestClient(ypfs_app(cfg, store, "ypfs1", next_id=lambda: str(next(IDS))))
-    web = testing.TestClient(ypws_app(cfg, "ypws1", store, DiskCache(tmp_path / "cache", 16 << 20)))
-    return cfg, store, token, up, web
+site = site_fixture("alice")
 
 
 def upload(up, token: str, data: bytes) -> dict:
@@ -237,7 +238,7 @@ def jpeg_bytes(im: Image.Image) -> bytes:
 
 
 def test_upload_answer_photo_api_and_listing_carry_the_placeholder(site):
-    cfg, store, token, up, web = site
+    store, token, up = site.store, site.tokens["alice"], site.up
     data = jpeg_bytes(scene())
     answer = upload(up, token, data)
     assert THUMBHASH_RE.match(answer["thumbhash"]) and COLOR_RE.match(answer["color"])
@@ -253,10 +254,10 @@ def test_upload_answer_photo_api_and_listing_carry_the_placeholder(site):
 
 
 def test_pages_dress_images_with_the_placeholder_and_older_photos_without(site, tmp_path):
-    cfg, store, token, up, web = site
+    store, token, up, web = site.store, site.tokens["alice"], site.up, site.web
     new = upload(up, token, jpeg_bytes(scene()))
     (tmp_path / "old.jpg").write_bytes(jpeg_bytes(quarters()))
-    old = seed_photo(store, "alice", tmp_path / "old.jpg", photo_id=str(next(IDS)))
+    old = seed_photo(store, "alice", tmp_path / "old.jpg", photo_id=site.next_id())
     store.put(timeline_key(old.id, "alice"), b"")  # on the home page too, as ypfs would have put it
     for path in ("/", "/u/alice"):
         r = web.simulate_get(path)
@@ -275,11 +276,11 @@ def test_pages_dress_images_with_the_placeholder_and_older_photos_without(site, 
 
 
 def test_older_records_read_null_until_the_backfill_fills_them(site, tmp_path):
-    cfg, store, token, up, web = site
+    cfg, store, token, up = site.cfg, site.store, site.tokens["alice"], site.up
     (tmp_path / "old.jpg").write_bytes(jpeg_bytes(scene()))
-    old = seed_photo(store, "alice", tmp_path / "old.jpg", photo_id=str(next(IDS)), title="before")
+    old = seed_photo(store, "alice", tmp_path / "old.jpg", photo_id=site.next_id(), title="before")
     (tmp_path / "gone.png").write_bytes(save(quarters(), tmp_path / "gone.png", "PNG"))
-    broken = seed_photo(store, "alice", tmp_path / "gone.png", photo_id=str(next(IDS)))
+    broken = seed_photo(store, "alice", tmp_path / "gone.png", photo_id=site.next_id())
     store.delete(broken.ref.original_key)
     fresh = upload(up, token, jpeg_bytes(quarters()))
     got = up.simulate_get(f"/api/photos/alice/{old.id}").json
@@ -299,11 +300,11 @@ def test_older_records_read_null_until_the_backfill_fills_them(site, tmp_path):
 
 
 def test_backfill_keeps_an_edit_made_while_it_ran_and_skips_a_photo_moved_meanwhile(site, tmp_path):
-    cfg, store, token, up, web = site
+    cfg, store = site.cfg, site.store
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes(scene()))
     (tmp_path / "b.jpg").write_bytes(jpeg_bytes(quarters()))
-    renamed = seed_photo(store, "alice", tmp_path / "a.jpg", photo_id=str(next(IDS)), title="old title")
-    hidden = seed_photo(store, "alice", tmp_path / "b.jpg", photo_id=str(next(IDS)))
+    renamed = seed_photo(store, "alice", tmp_path / "a.jpg", photo_id=site.next_id(), title="old title")
+    hidden = seed_photo(store, "alice", tmp_path / "b.jpg", photo_id=site.next_id())
 
     def owner_edits(key: str) -> None:  # the owner's PATCHes land while the backfill is on that photo
         if renamed.id in key:

@@ -22,6 +22,7 @@ import requests
 from cluster import procs
 from cluster.config import from_dict, load_dict
 from cluster.locks import try_flock
+from cluster.profiles import by_name
 from storage.local import LocalStore
 from storage.keys import purge_log_floor, purge_log_key, purge_log_time
 from storage.purgelog import PurgeLog, check_path
@@ -110,7 +111,10 @@ class Node:
         self.cfg = from_dict(tree)
         self.store = store or LocalStore(tmp_path / "store")
         self.cache = DiskCache(tmp_path / "cache", 64 << 20)
-        self.service = ImageService(self.cfg, "ypws1", self.store, self.cache)
+        cfg = self.cfg
+        self.service = ImageService(cfg.ypws, by_name(cfg.sizes), node_name="ypws1", url_key=cfg.cluster.url_key,
+                                    public_url=cfg.public_url, render_budget=cfg.magickd.client_timeout,
+                                    store=self.store, cache=self.cache)
         self.clock = clock or Clock()
         self.log = PurgeLog(self.store, settle=10.0, clock=self.clock)
 

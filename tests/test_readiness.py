@@ -27,8 +27,6 @@ from cluster.seaweed import start_seaweed
 from hashproxy.balancer import HashBalancer, NodeSet
 from hashproxy.health import HealthBoard
 from hashproxy.loads import SharedCounters
-from magickd.app import create_app as magickd_app
-from magickd.service import RenderService
 from storage import open_store
 from storage.local import LocalStore
 from storage.readiness import StorageProbe
@@ -36,10 +34,11 @@ from storage.s3 import S3Store
 from storage.records import UserRecord
 from ypfs.app import create_app as ypfs_app
 from ypws.app import create_app as ypws_app
-from ypws.app import open_cache
 
 from .hashproxy_support import ProxyCluster, image_urls
 from .helpers import CORPUS, cluster_tree, restart_seaweed, seed_photo, service_auth, write_config
+from .magickd_support import render_app, render_service
+from .ypws_support import node_cache
 
 PHOTO = CORPUS / "formats" / "hopper.jpg"
 
@@ -122,8 +121,9 @@ def test_ypfs_is_ready_with_its_store(tmp_path):
 
 def test_magickd_readyz_storage_and_a_full_queue(tmp_path):
     cfg = write_config(tmp_path, cluster_tree(tmp_path, overrides={"magickd": {"workers": 1, "queue_size": 1}}))[0]
-    service = RenderService.for_node(cfg, "magickd1", open_store(cfg.storage, cfg.local_root))
-    client = falcon.testing.TestClient(magickd_app(service, "magickd1"))
+    store = open_store(cfg.storage, cfg.local_root)
+    service = render_service(cfg, store)
+    client = falcon.testing.TestClient(render_app(cfg, store, service=service))
     assert client.simulate_get("/readyz").json["status"] == "ready"
     with ExitStack() as held:  # every ticket taken: a request now would get a 429
         for _ in range(2):
@@ -134,8 +134,7 @@ def test_magickd_readyz_storage_and_a_full_queue(tmp_path):
     assert client.simulate_get("/readyz").status_code == 200
 
     down = dead_s3_config(tmp_path / "down")
-    service = RenderService.for_node(down, "magickd1", open_store(down.storage, down.local_root))
-    client = falcon.testing.TestClient(magickd_app(service, "magickd1"))
+    client = falcon.testing.TestClient(render_app(down, open_store(down.storage, down.local_root)))
     assert client.simulate_get("/healthz").status_code == 200
     r = client.simulate_get("/readyz")
     assert r.status_code == 503 and r.json["reasons"][0].startswith("storage unreachable")
@@ -151,12 +150,12 @@ def test_ypws_ready_and_storage_failures_on_misses_pages_and_galleries(tmp_path)
     cfg = write_config(tmp_path, cluster_tree(tmp_path))[0]
     store = open_store(cfg.storage, cfg.local_root)
     rec = seed_photo(store, "alice", PHOTO)
-    app = ypws_app(cfg, "ypws1", store, open_cache(cfg, "ypws1"))
+    app = ypws_app(cfg, "ypws1", store, node_cache(cfg, "ypws1"))
     client = falcon.testing.TestClient(app)
     assert client.simulate_get("/readyz").json == {"status": "ready", "service": "ypws", "node": "ypws1"}
 
     down = dead_s3_config(tmp_path / "down")
-    app = ypws_app(down, "ypws1", open_store(down.storage, down.local_root), open_cache(down, "ypws1"))
+    app = ypws_app(down, "ypws1", open_store(down.storage, down.local_root), node_cache(down, "ypws1"))
     client = falcon.testing.TestClient(app)
     assert client.simulate_get("/healthz").status_code == 200
     r = client.simulate_get("/readyz")

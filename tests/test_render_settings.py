@@ -25,7 +25,7 @@ from PIL import Image
 
 from cluster import procs
 from cluster.config import from_dict, load_dict
-from cluster.profiles import eager_sizes
+from cluster.profiles import by_name, eager_sizes
 from magickd import pipeline
 from magickd.options import Limits, RenderOptions, parse_targets
 from storage import open_store
@@ -78,7 +78,7 @@ def test_encode_honours_progressive_per_size():
     base = from_dict(load_dict())
     sizes = tuple(dataclasses.replace(p, progressive=p.name != "small") for p in base.sizes)
     cfg = base.replace(sizes=sizes)
-    options = RenderOptions(parse_targets(cfg, ["small", "medium"], None), Limits.from_config(cfg.limits, cfg.magickd))
+    options = RenderOptions(parse_targets(by_name(cfg.sizes), ["small", "medium"], None), Limits.from_config(cfg.limits, cfg.magickd))
     outs = {o.target.name: o.data for o in pipeline.render(PHOTO.read_bytes(), options)}
     assert frame_type(outs["medium"]) == "SOF2"
     assert frame_type(outs["small"]) in ("SOF0", "SOF1")
@@ -91,7 +91,7 @@ def test_encode_honours_progressive_per_size():
 
 def test_the_default_profiles_encode_as_configured():
     cfg = from_dict(load_dict())
-    options = RenderOptions(parse_targets(cfg, None, None), Limits.from_config(cfg.limits, cfg.magickd))
+    options = RenderOptions(parse_targets(by_name(cfg.sizes), None, None), Limits.from_config(cfg.limits, cfg.magickd))
     outs = pipeline.render(PHOTO.read_bytes(), options)
     for out in outs:
         assert (frame_type(out.data) == "SOF2") == out.target.profile.progressive, out.target.name
@@ -203,13 +203,13 @@ def test_verify_and_rerender_leave_an_unviewed_on_demand_size_alone(tmp_path):
     rec = seed_photo(store, "ann", PHOTO)
     eager = [p.name for p in cfg.sizes if p.eager]
     assert "xlarge" not in eager  # the default: rendered on its first view
-    options = RenderOptions(parse_targets(cfg, eager, None), Limits.from_config(cfg.limits, cfg.magickd))
+    options = RenderOptions(parse_targets(by_name(cfg.sizes), eager, None), Limits.from_config(cfg.limits, cfg.magickd))
     for out in pipeline.render(PHOTO.read_bytes(), options):
         store.put(rec.ref.rendition_key(out.target.name, out.target.version, out.target.fmt), out.data)
-    verifier = Verifier(cfg, store, None)
+    verifier = Verifier(by_name(cfg.sizes), store, None)
     assert verifier.photo(rec.ref.record_key, repair=False).problems == []
     store.delete(rec.ref.rendition_key("small", cfg.size("small").version, "jpeg"))
     assert [(p.size, p.kind) for p in verifier.photo(rec.ref.record_key, repair=False).problems] == [("small", "missing")]
-    result = Rerenderer(cfg, store, None, None, progress=False).photo(RerenderJob("xlarge"), cfg.size("xlarge"),
-                                                                      rec.ref.record_key)
+    rerenderer = Rerenderer(by_name(cfg.sizes), tmp_path / "rerender", store, None, None, progress=False)
+    result = rerenderer.photo(RerenderJob("xlarge"), cfg.size("xlarge"), rec.ref.record_key)
     assert result.skipped and not result.rendered and not result.failure

@@ -19,16 +19,15 @@ import pytest
 from falcon import testing
 
 from cluster.config import from_dict
-from hashproxy.app import ProxyApp
-from magickd.app import create_app as magickd_app
 from magickd.client import RenderClient, RenderError
-from magickd.service import RenderService
 from storage.local import LocalStore
 from ypfs.app import create_app as ypfs_app
 from ypws.app import create_app as ypws_app
-from ypws.app import open_cache
 
+from .hashproxy_support import proxy_app
 from .helpers import CORPUS, cluster_tree, seed_photo
+from .magickd_support import render_app
+from .ypws_support import node_cache
 
 TOKEN = "edge-service-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -50,7 +49,7 @@ def store(cfg):
 
 @pytest.fixture
 def magickd(cfg, store):
-    return testing.TestClient(magickd_app(RenderService.for_node(cfg, "magickd1", store), "magickd1"))
+    return testing.TestClient(render_app(cfg, store))
 
 
 def _refusals(client, method: str, path: str, **kw) -> None:
@@ -101,7 +100,7 @@ def test_a_wrong_secret_and_a_missing_photo_get_the_same_answer(magickd, store):
 
 def test_render_client_sends_the_credential(cfg, store):
     """Every caller (ypfs after upload, ypws on a miss, rerender, verify) goes through RenderClient."""
-    app = magickd_app(RenderService.for_node(cfg, "magickd1", store), "magickd1")
+    app = render_app(cfg, store)
 
     class Quiet(WSGIRequestHandler):
         def log_message(self, *args):
@@ -134,7 +133,7 @@ def test_metrics_need_the_credential_and_healthz_stays_public(component, cfg, st
     elif component == "ypfs":
         client = testing.TestClient(ypfs_app(cfg, store, "ypfs1"))
     else:
-        client = testing.TestClient(ypws_app(cfg, "ypws1", store, open_cache(cfg, "ypws1")))
+        client = testing.TestClient(ypws_app(cfg, "ypws1", store, node_cache(cfg, "ypws1")))
     paths = ["/metrics", "/metrics/"] if component == "ypws" else ["/metrics"]
     for path in paths:
         _refusals(client, "GET", path)
@@ -150,7 +149,7 @@ def test_metrics_need_the_credential_and_healthz_stays_public(component, cfg, st
 def test_hashproxy_metrics_need_the_credential_with_or_without_a_slash(cfg):
     loop = asyncio.new_event_loop()
     try:
-        app = ProxyApp(cfg, loop=loop)
+        app = proxy_app(cfg, loop)
         proto = type("P", (), {"client_ip": b"127.0.0.1"})()
         for path in (b"/metrics", b"/metrics/", b"//metrics", b"/metrics//"):
             answers = set()

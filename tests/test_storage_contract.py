@@ -60,6 +60,21 @@ def test_large_object_multipart(store):
     assert store.get("big/object") == payload
 
 
+def test_copy_replaces_the_destination_and_stands_alone(store):
+    payload = os.urandom(6 * 1024 * 1024 + 7)  # a multipart original on S3
+    store.put("c/src.jpg", io.BytesIO(payload), "image/jpeg")
+    store.put("c/dst/old.jpg", b"replaced")
+    store.copy("c/src.jpg", "c/dst/old.jpg")
+    store.copy("c/src.jpg", "c/fresh/new.jpg")
+    assert store.get("c/dst/old.jpg") == payload and store.get("c/fresh/new.jpg") == payload
+    store.delete("c/src.jpg")  # the copies stand alone
+    assert store.get("c/fresh/new.jpg") == payload and not store.exists("c/src.jpg")
+    assert list(store.list("c/")) == ["c/dst/old.jpg", "c/fresh/new.jpg"]  # no temporary left listed
+    with pytest.raises(NotFound):
+        store.copy("c/missing.jpg", "c/never.jpg")
+    assert not store.exists("c/never.jpg")
+
+
 def test_get_range(store):
     store.put("r/x", bytes(range(256)))
     assert store.get_range("r/x", 10, 5) == bytes(range(10, 15))

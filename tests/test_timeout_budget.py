@@ -3,7 +3,9 @@ and the limits that bound a storage failure (the S3 deadline, the render call's 
 
 from __future__ import annotations
 
+import io
 import socket
+import threading
 import time
 
 import pytest
@@ -66,6 +68,20 @@ def test_each_limit_must_sit_inside_the_next(sections, key, figures):
     assert figures in str(err.value)
 
 
+@pytest.mark.parametrize("sections, figures", [
+    ({"supervise": {"stop_timeout": 15.0}}, "magickd (magickd.render_timeout + 5 = 25s)"),
+    ({"supervise": {"stop_timeout": 10.0}}, "ypfs and ypws (10s)"),
+    ({"hashproxy": {"graceful_timeout": 40.0}}, "hashproxy (hashproxy.graceful_timeout + 2 = 42s)"),
+])
+def test_the_stop_timeout_outlasts_every_graceful_stop(sections, figures):
+    """A node stopped by the supervisor (or systemd's TimeoutStopSec) gets its whole graceful stop:
+    15 s, the old default, would SIGKILL magickd renders still allowed 20 s."""
+    with pytest.raises(ConfigError) as err:
+        config(**sections)
+    assert str(err.value).startswith("supervise.stop_timeout: "), str(err.value)
+    assert figures in str(err.value)
+
+
 def test_a_short_retry_sum_counts_instead_of_a_long_deadline():
     cfg = config(storage={"s3": {"deadline": 100.0, "retries": 2, "connect_timeout": 1.0, "read_timeout": 2.0,
                                  "retry_backoff": 0.5}})
@@ -113,6 +129,72 @@ def test_s3_deadline_bounds_every_retry_against_a_hung_endpoint(silent_server):
         with pytest.raises(StorageUnavailable, match="deadline has passed"):
             store.get("photos/alice/1.json")
         assert time.monotonic() - t0 < 0.1
+    store.close()
+
+
+@pytest.fixture
+def hung_part_server():
+    """An S3 endpoint that starts a multipart upload and then never answers an uploaded part."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    release, seen = threading.Event(), []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _answer(self, status: int, body: bytes = b"") -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_HEAD(self) -> None:  # the bucket exists
+            seen.append("HEAD")
+            self._answer(200)
+
+        def do_POST(self) -> None:  # CreateMultipartUpload (CompleteMultipartUpload never comes)
+            seen.append("POST " + self.path.split("?", 1)[1])
+            self._answer(200, b"<InitiateMultipartUploadResult><Bucket>hung</Bucket><Key>k</Key>"
+                              b"<UploadId>u1</UploadId></InitiateMultipartUploadResult>")
+
+        def do_PUT(self) -> None:  # UploadPart: the body is read, then no answer
+            seen.append("PUT part")
+            self.rfile.read(int(self.headers["Content-Length"]))
+            release.wait(30)
+
+        def do_DELETE(self) -> None:  # AbortMultipartUpload
+            seen.append("DELETE")
+            self._answer(204)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_s3_deadline_bounds_a_multipart_upload_part_by_part(hung_part_server):
+    """A large original goes up in parts; a part the endpoint never answers ends the put within
+    the operation's deadline (every part is sent from the calling thread, where the deadline is
+    known), not after the read timeout of each part in minio's own upload threads."""
+    port, seen = hung_part_server
+    store = S3Store(s3_settings(endpoint=f"127.0.0.1:{port}", access_key="a", secret_key="b", bucket="hung",
+                                part_size=5 * 1024 * 1024, retries=1, connect_timeout=2.0, read_timeout=6.0,
+                                deadline=1.5))
+    t0 = time.monotonic()
+    with pytest.raises(StorageUnavailable):
+        store.put("originals/alice/1_0123456789", io.BytesIO(b"x" * (11 * 1024 * 1024)))
+    took = time.monotonic() - t0
+    assert seen.count("PUT part") == 1, seen  # one part at a time
+    assert seen[-1] == "DELETE", seen  # the failed upload aborted, though past the deadline
+    assert took < 4.0, took  # without: 6 s of read timeout per hung part
     store.close()
 
 

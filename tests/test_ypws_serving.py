@@ -25,10 +25,10 @@ import requests
 
 from cluster.profiles import box_for, profile_version
 from storage import open_store
-from ypws.signing import sign_url
 
 from .helpers import CORPUS, Services, check_connection_cap, cluster_tree, deep_update, seed_photo
-from .ypws_support import access_lines, assert_original_without_location, decode, metric, raw_http, seed_rendition, start_ypws, wait_for
+from .ypws_support import (access_lines, assert_original_without_location, decode, metric, raw_http, seed_rendition, sign_for,
+                           start_ypws, wait_for)
 
 pytestmark = pytest.mark.slow
 PUBLIC = "http://photos.example"
@@ -126,7 +126,7 @@ def test_hits_on_the_event_loop_keep_the_rules(world):
     assert bad.status_code == 416 and bad.json()["error"] == "bad_range"
     rec = world.photos["private"]
     path = f"{rec.ref.url_path}/small.jpg"
-    signed = sign_url(world.cfg, path, ttl=600)
+    signed = sign_for(world.cfg, path, ttl=600)
     for cache in ("MISS", "HIT"):
         r = requests.get(world.url + signed, timeout=60)
         assert r.status_code == 200 and r.headers["X-Cache"] == cache and decode(r.content).format == "JPEG"

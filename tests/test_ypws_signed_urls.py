@@ -15,7 +15,7 @@ from ypws.__main__ import main as ypws_main
 from ypws.signing import SignatureError, sign_url, verify
 
 from .helpers import cluster_tree
-from .ypws_support import AppWorld, app_config, decode
+from .ypws_support import AppWorld, decode, sign_for
 
 PUBLIC = "http://photos.example"
 
@@ -26,10 +26,9 @@ def world(tmp_path_factory):
                     ypws={"signed_url_max_ttl": 3600})
 
 
-def test_signed_urls(tmp_path):
-    cfg = app_config(tmp_path, cluster={"url_key": "url-key"}, ypws={"signed_url_max_ttl": 3600})
+def test_signed_urls():
     path = "/photos/alice/123456789_0123456789/small.jpg"
-    signed = sign_url(cfg, "http://example.test" + path + "?v=1", ttl=10**9, now=lambda: 1000)
+    signed = sign_url("url-key", 3600, "http://example.test" + path + "?v=1", ttl=10**9, now=lambda: 1000)
     assert signed.startswith(path + "?exp=4600&sig=")  # ttl capped at signed_url_max_ttl
     sig = signed.rsplit("=", 1)[1]
     assert verify("url-key", 3600, path, "4600", sig, now=1000) == 4600
@@ -39,8 +38,7 @@ def test_signed_urls(tmp_path):
             verify("url-key", 3600, path, exp, s, now=now)
         assert exc.value.code == code
     with pytest.raises(SignatureError):  # a valid HMAC over an expiry beyond the cap
-        longer = app_config(tmp_path / "long", cluster={"url_key": "url-key"}, ypws={"signed_url_max_ttl": 10**6})
-        far = sign_url(longer, path, ttl=10**6, now=lambda: 1000)
+        far = sign_url("url-key", 10**6, path, ttl=10**6, now=lambda: 1000)
         exp, sig = far.split("exp=")[1].split("&sig=")
         verify("url-key", 3600, path, exp, sig, now=1000)
 
@@ -49,7 +47,7 @@ def test_private_photos_only_through_signed_urls(world, tmp_path, capsys):
     rec = world.photos["private"]
     path = f"{rec.ref.url_path}/small.jpg"
     assert world.node.get(path).status_code == 404
-    signed = sign_url(world.cfg, path, ttl=600)
+    signed = sign_for(world.cfg, path, ttl=600)
     for _ in range(2):  # miss, then hit
         r = world.node.get(signed)
         assert r.status_code == 200 and decode(r.content).format == "JPEG"
@@ -57,10 +55,10 @@ def test_private_photos_only_through_signed_urls(world, tmp_path, capsys):
     assert world.node.get(path).status_code == 404  # cached, still private
     tampered = signed[:-1] + ("0" if signed[-1] != "0" else "1")
     assert world.node.get(tampered).json["error"] == "bad_signature"
-    expired = sign_url(world.cfg, path, ttl=60, now=lambda: time.time() - 3600)
+    expired = sign_for(world.cfg, path, ttl=60, now=lambda: time.time() - 3600)
     r = world.node.get(expired)
     assert r.status_code == 403 and r.json["error"] == "url_expired"
-    other = sign_url(world.cfg, f"{rec.ref.url_path}/thumb.jpg", ttl=600).split("?")[1]
+    other = sign_for(world.cfg, f"{rec.ref.url_path}/thumb.jpg", ttl=600).split("?")[1]
     assert world.node.get(f"{path}?{other}").status_code == 403  # signature of another path
     # the command line signs with the config's key
     tree = cluster_tree(world.tmp, overrides={"cluster": {"public_url": PUBLIC, "admin_token": "test-admin-token",

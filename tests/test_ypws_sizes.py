@@ -12,7 +12,7 @@ import xxhash
 
 from cluster.profiles import box_for, profile_version
 
-from .ypws_support import AppNode, AppWorld, assert_original_without_location, decode, image_path
+from .ypws_support import AppNode, AppWorld, assert_original_without_location, counted, decode, image_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unknown REQUEST_METHOD")  # PURGE, under wsgiref's validator
 SMALL_CACHE = 400_000  # too small for the landscape original: it is streamed from storage
@@ -82,13 +82,13 @@ def test_on_demand_render_of_a_deleted_rendition(world):
     world.store.delete(key)
     purged = world.node.get(path.split("?")[0], {"Authorization": "Bearer test-admin-token"}, method="PURGE")
     assert purged.status_code == 200 and purged.json["purged"] == 1
-    before = world.node.cache.totals().get("renders", 0)
+    before = counted(world.node.cache, "renders")
     r = world.node.get(path)
     assert r.status_code == 200 and r.headers["X-Cache"] == "MISS"
     box = box_for(profile, rec.width, rec.height)
     assert decode(r.content).size == (box.out_w, box.out_h)
     assert world.store.exists(key)  # rendered, stored, then cached
-    assert world.node.cache.totals()["renders"] == before + 1
+    assert counted(world.node.cache, "renders") == before + 1
 
 
 def test_a_missing_size_without_a_render_pool_is_503_with_retry_after(world, tmp_path):

@@ -112,8 +112,10 @@ class AppYpfs:
         self.store = open_store(self.cfg.storage, self.cfg.local_root)
         notifier = RenderNotifier(RenderClient(self.cfg.magickd, self.cfg.cluster.admin_token), self.cfg.ypfs.render_retries,
                                   eager_sizes(self.cfg.sizes))
-        self.client = testing.TestClient(create_app(self.cfg, self.store, "ypfs1", notifier=notifier,
-                                                    purger=Purger.from_config(self.cfg, self.store, "ypfs1")))
+        cfg = self.cfg
+        purger = Purger.from_sections(cfg.purge, cfg.ypws.nodes, cfg.cluster.admin_token, cfg.public_url, self.store,
+                                      "ypfs1")
+        self.client = testing.TestClient(create_app(cfg, self.store, "ypfs1", notifier=notifier, purger=purger))
         self.tokens: dict[str, str] = {}
         self._lock = threading.Lock()
 

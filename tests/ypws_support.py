@@ -8,7 +8,9 @@ import random
 import socket
 import time
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
+import pytest
 from PIL import Image
 
 from cluster.config import Config
@@ -40,6 +42,20 @@ def seed_rendition(store, cfg: Config, rec: PhotoRecord, size: str, fmt: str = "
     return data
 
 
+def sign_for(cfg: Config, path: str, ttl: int | None = None, now=time.time) -> str:
+    """``ypws.signing.sign_url`` with the key and TTL cap of ``cfg``, as ``python -m ypws sign`` signs."""
+    from ypws.signing import sign_url
+
+    return sign_url(cfg.cluster.url_key, cfg.ypws.signed_url_max_ttl, path, ttl, now)
+
+
+def node_cache(cfg: Config, node: str = "ypws1"):
+    """The node's disk cache where ``python -m ypws serve`` keeps it (``ypws.app.cache_dir``)."""
+    from ypws.app import cache_dir, open_cache
+
+    return open_cache(cfg.ypws, cache_dir(cfg.ypws, cfg.data_dir, node), node)
+
+
 def wait_for(predicate, timeout: float = 10.0, step: float = 0.1):
     """Poll ``predicate`` until it returns something truthy (bounded in time); return that."""
     deadline = time.monotonic() + timeout
@@ -68,6 +84,14 @@ def metric(text: str, name: str) -> float | None:
         if line.startswith(name + "{") or line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def counted(cache, name: str) -> float:
+    """An in-process cache's counter as a scrape shows it (``ypws_{name}_total``), after a flush."""
+    from cluster.web import metrics_body
+
+    cache.flush()
+    return metric(metrics_body(registry=cache.stats.registry)[0].decode(), f"ypws_{name}_total") or 0.0
 
 
 def raw_http(port: int, request: bytes, timeout: float = 5.0) -> bytes:
@@ -130,13 +154,14 @@ class AppNode:
                  render: bool = True):
         from falcon import testing
 
-        from magickd.service import RenderService
         from ypws.app import create_app
+
+        from .magickd_support import render_service
         from ypws.diskcache import DiskCache
 
         self.cfg, self.store, self.node = cfg, store, node
         self.cache = DiskCache(tmp / "cache" / node, cache_bytes or cfg.ypws.cache_bytes, cfg.ypws.cache_policy)
-        self.renderer = InProcessRenderer(RenderService.for_node(cfg, "magickd1", store)) if render else None
+        self.renderer = InProcessRenderer(render_service(cfg, store)) if render else None
         self.client = testing.TestClient(create_app(cfg, node, store, self.cache, renderer=self.renderer))
 
     def get(self, path: str, headers: dict | None = None, method: str = "GET"):
@@ -202,3 +227,53 @@ class AppWorld:
 
     def path(self, key: str, size: str, ext: str = "jpg", v: bool = True) -> str:
         return image_path(self.cfg, self.photos[key], size, ext, v)
+
+
+class Site(NamedTuple):
+    """ypfs's and ypws's real apps in-process over one local store, as on one box."""
+
+    cfg: Config
+    store: Any                  # LocalStore
+    tokens: dict[str, str]      # user name -> upload token
+    up: Any                     # falcon TestClient over ypfs's app
+    web: Any                    # falcon TestClient over ypws's app
+    next_id: Callable[[], str]  # photo ids in time order, for uploads and seeded photos alike
+
+
+def site_fixture(*users: str):
+    """A ``site`` fixture (one per test): a fresh ``Site`` whose ``users`` exist with upload tokens.
+    Nothing is rendered after upload (there is no magickd); the pages need no renditions."""
+
+    @pytest.fixture
+    def site(tmp_path) -> Site:
+        from falcon import testing
+
+        from cluster.config import from_dict, load_dict
+        from storage.local import LocalStore
+        from storage.records import UserRecord
+        from ypfs.app import create_app as ypfs_app
+        from ypws.app import create_app as ypws_app
+        from ypws.diskcache import DiskCache
+
+        tree = load_dict()
+        tree["cluster"].update(data_dir=str(tmp_path / "var"), admin_token="admin", url_key="key")
+        tree["ypfs"]["render_after_upload"] = False
+        cfg = from_dict(tree)
+        store = LocalStore(tmp_path / "store")
+        tokens = {}
+        for name in users:
+            rec = UserRecord(name)
+            tokens[name] = rec.new_token()
+            rec.save(store)
+        # ids in time order, as the id generator makes them (a far-future clock is not needed: the
+        # listing starts at "now", and these ids sit just after the epoch)
+        ids = iter(range(10**18 + 1, 10**18 + 10**6))
+
+        def next_id() -> str:
+            return str(next(ids))
+
+        up = testing.TestClient(ypfs_app(cfg, store, "ypfs1", next_id=next_id))
+        web = testing.TestClient(ypws_app(cfg, "ypws1", store, DiskCache(tmp_path / "cache", 16 << 20)))
+        return Site(cfg, store, tokens, up, web, next_id)
+
+    return site

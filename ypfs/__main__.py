@@ -47,7 +47,9 @@ def serve(args: argparse.Namespace) -> int:
                                   eager_sizes(cfg.sizes),
                                   on_outcome=lambda o: metrics.RENDER_REQUESTS.labels(outcome=o).inc())
         store = open_store(cfg.storage, cfg.local_root)
-        return create_app(cfg, store, node.name, notifier=notifier, purger=Purger.from_config(cfg, store, node.name))
+        purger = Purger.from_sections(cfg.purge, cfg.ypws.nodes, cfg.cluster.admin_token, cfg.public_url, store,
+                                      node.name)
+        return create_app(cfg, store, node.name, notifier=notifier, purger=purger)
 
     run(load_app, node.bind, cfg.ypfs.workers, timeout=cfg.ypfs.timeout, name=f"ypfs-{node.name}")
     return 0
@@ -116,7 +118,8 @@ def photo(args: argparse.Namespace) -> int:
     except (InvalidName, NotFound):
         print(f"no photo {args.user}/{args.id}", file=sys.stderr)
         return 1
-    purger = Purger.from_config(cfg, store, "ypfs-takedown")
+    purger = Purger.from_sections(cfg.purge, cfg.ypws.nodes, cfg.cluster.admin_token, cfg.public_url, store,
+                                  "ypfs-takedown")
     entry = purger.log([rec.ref.purge_path()], "takedown")  # first: committed before anything changes
     removed = delete_photo(store, rec)
     report = purger.push(entry)

@@ -276,8 +276,8 @@ class UserPhotosResource:
 class OpenApiResource:
     """``GET /api/openapi.json``: the API's OpenAPI 3 document (ypfs/openapi.py). Public."""
 
-    def __init__(self, cfg: Config):
-        self.doc = openapi.document(cfg)
+    def __init__(self, public_url: str, limits: LimitsSection):
+        self.doc = openapi.document(public_url, limits)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.doc
@@ -362,6 +362,9 @@ def lazy_id_generator(epoch_ms: int, node_id: int, slot_dir: Path) -> Callable[[
 
 def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[], str] | None = None,
                notifier: RenderNotifier | None = None, purger: Purger | None = None) -> falcon.App:
+    """The WSGI app of one ypfs node. A composition root: it takes the whole Config and hands
+    each resource only the section and values it reads; ``purger`` is built by the caller
+    (``Purger.from_sections``); None: this node has no cache purge configured."""
     node_cfg = cfg.node("ypfs", node)
     work_dir = cfg.data_dir / "ypfs" / node
     next_id = next_id or lazy_id_generator(cfg.ids.epoch_ms, node_cfg.node_id, work_dir / "slots")
@@ -380,7 +383,7 @@ def create_app(cfg: Config, store: BlobStore, node: str, *, next_id: Callable[[]
                                             Ingestor(cfg.limits, store, next_id), auth, work_dir / "spool", after_store))
     app.add_route("/api/photos/{user}/{photo_id}", PhotoResource(store, auth, purger, view, cfg.limits.max_title_chars))
     app.add_route("/api/users/{user}/photos", UserPhotosResource(store, auth, view))
-    app.add_route("/api/openapi.json", OpenApiResource(cfg))
+    app.add_route("/api/openapi.json", OpenApiResource(cfg.public_url, cfg.limits))
     app.add_sink(PurgeSink(cfg.cluster.admin_token, purger), IMAGE_PATH_PREFIX)
     app.add_route("/healthz", HealthResource(node, store))
     app.add_route("/readyz", ReadyResource(node, StorageProbe(store)))

@@ -33,8 +33,8 @@ from storage.records import PhotoRecord, original_url, rendition_url
 
 from cluster.pool import background
 from media.formats import SUPPORTED
-from media.placeholders import placeholder_for
-from media.probe import ImageRejected, probe
+from media.placeholders import Placeholder, placeholder_for, placeholder_from
+from media.probe import ImageRejected, ProbeResult, probe
 from media.sniff import headless_heif, sniff
 from .spool import Spool
 
@@ -82,12 +82,7 @@ class Ingestor:
         if existing is not None:
             self._take_back(ref, stored)
             return existing, False
-        # the placeholder's tiny decode runs while the original's PUT may still be going;
-        # only an accepted image gets this far, so a hostile one never reaches it. It is
-        # best effort: at most half the request's time left, so the record still gets written
-        left = deadline.remaining()
-        budget = self.limits.decode_timeout if left is None else min(self.limits.decode_timeout, left / 2)
-        placeholder = placeholder_for(spool.source, fmt, budget) if budget > 0.05 else None
+        placeholder = self._placeholder(spool, fmt, info)
         stored.result()  # StorageError if the original could not be stored
         rec = PhotoRecord(
             id=ref.photo_id, owner=user, secret=ref.secret, format=fmt, width=info.width, height=info.height,
@@ -108,6 +103,17 @@ class Ingestor:
         if timeline is not None:
             timeline.result()
         return rec, True
+
+    def _placeholder(self, spool: Spool, fmt: str, info: ProbeResult) -> Placeholder | None:
+        """From the check's own decode where it made a preview; else (Pillow's formats, the
+        first frame of an animation) a tiny decode of its own, while the original's PUT may
+        still be going. Only an accepted image gets this far, so a hostile one never reaches
+        it. Best effort: at most half the request's time left, so the record still gets written."""
+        if info.preview is not None:
+            return placeholder_from(info.preview, fmt)
+        left = deadline.remaining()
+        budget = self.limits.decode_timeout if left is None else min(self.limits.decode_timeout, left / 2)
+        return placeholder_for(spool.source, fmt, budget) if budget > 0.05 else None
 
     def _take_back(self, ref: PhotoRef, stored: Future) -> None:
         """Delete an original that will have no record (waits for its PUT to end).

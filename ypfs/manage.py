@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from storage import BlobStore, NotFound
 from storage.ids import new_secret
-from storage.keys import (CONTENT_TYPES, FORMAT_BY_EXT, InvalidName, PhotoRef, dedupe_key, parse_rendition_key,
+from storage.keys import (FORMAT_BY_EXT, InvalidName, PhotoRef, dedupe_key, parse_rendition_key,
                           timeline_key)
 from storage.records import PhotoRecord
 
@@ -82,7 +82,7 @@ def apply_changes(store: BlobStore, rec: PhotoRecord, changes: PhotoChanges,
         return rec
     if new.private and not rec.private:
         new = dataclasses.replace(new, secret=make_secret())
-        old_keys = _copy_objects(store, rec.ref, new.ref, CONTENT_TYPES.get(rec.format, "application/octet-stream"))
+        old_keys = _copy_objects(store, rec.ref, new.ref)
         new.save(store)
         for key in [timeline_key(rec.id, rec.owner), *old_keys]:
             store.delete(key)
@@ -93,26 +93,22 @@ def apply_changes(store: BlobStore, rec: PhotoRecord, changes: PhotoChanges,
     return new
 
 
-def _copy_objects(store: BlobStore, old: PhotoRef, new: PhotoRef, original_type: str) -> list[str]:
-    """Copy the original and every rendition to ``new``'s keys; the old keys, to delete later."""
-    pairs = [(old.original_key, new.original_key, original_type)]
+def _copy_objects(store: BlobStore, old: PhotoRef, new: PhotoRef) -> list[str]:
+    """Copy the original and every rendition to ``new``'s keys, where the store keeps them (a
+    hard link, S3 CopyObject); the old keys, to delete later."""
+    pairs = [(old.original_key, new.original_key)]
     for key in store.list(old.rendition_prefix):
         try:
             r = parse_rendition_key(key)
         except InvalidName:
             continue  # not a rendition of ours: left for `ypfs gc` (its photo's secret changed)
-        fmt = FORMAT_BY_EXT[r.ext]
-        pairs.append((key, new.rendition_key(r.size, r.version, fmt), CONTENT_TYPES[fmt]))
+        pairs.append((key, new.rendition_key(r.size, r.version, FORMAT_BY_EXT[r.ext])))
     copied = []
-    for src, dst, content_type in pairs:
+    for src, dst in pairs:
         try:
-            stream = store.open(src)
+            store.copy(src, dst)
         except NotFound:
             continue  # a rendition not made yet (or an original already gone): nothing to move
-        try:
-            store.put(dst, stream, content_type)
-        finally:
-            stream.close()
         copied.append(src)
     return copied
 

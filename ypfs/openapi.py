@@ -8,7 +8,7 @@ config, so the document states the limits this cluster enforces.
 
 from __future__ import annotations
 
-from cluster.config import Config
+from cluster.config import LimitsSection
 from storage.keys import PHOTO_ID_RE, USER_RE
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -27,7 +27,8 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def document(cfg: Config) -> dict:
+def document(public_url: str, limits: LimitsSection) -> dict:
+    """The document for the cluster at ``public_url`` (its one server), stating ``limits``."""
     user = {"name": "user", "in": "path", "required": True,
             "schema": {"type": "string", "pattern": USER_RE.pattern, "maxLength": 32}}
     photo_id = {"name": "photo_id", "in": "path", "required": True,
@@ -50,7 +51,7 @@ def document(cfg: Config) -> dict:
         "info": {"title": "yupoo-cluster upload and photo API", "version": "1",
                  "description": "Uploads and the owner's actions on photos. Images themselves are served by "
                                 "the cache nodes at /photos/{user}/{id}_{secret}/{size}.{ext}."},
-        "servers": [{"url": cfg.public_url}],
+        "servers": [{"url": public_url}],
         "components": {
             "securitySchemes": {"token": {"type": "http", "scheme": "bearer",
                                           "description": "A user's upload token ({user}.{random}), "
@@ -66,7 +67,7 @@ def document(cfg: Config) -> dict:
                         "id": {"type": "string", "pattern": PHOTO_ID_RE.pattern},
                         "owner": {"type": "string", "pattern": USER_RE.pattern},
                         "secret": {"type": "string", "pattern": "^[0-9a-f]{10}$"},
-                        "title": {"type": "string", "maxLength": cfg.limits.max_title_chars},
+                        "title": {"type": "string", "maxLength": limits.max_title_chars},
                         "width": {"type": "integer", "minimum": 1}, "height": {"type": "integer", "minimum": 1},
                         "format": {"type": "string"}, "bytes": {"type": "integer", "minimum": 1},
                         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
@@ -95,8 +96,8 @@ def document(cfg: Config) -> dict:
                 "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                     "type": "object", "required": ["photo"],
                     "properties": {"photo": {"type": "string", "format": "binary",
-                                             "description": f"the image, at most {cfg.limits.max_upload_bytes} bytes"},
-                                   "title": {"type": "string", "maxLength": cfg.limits.max_title_chars},
+                                             "description": f"the image, at most {limits.max_upload_bytes} bytes"},
+                                   "title": {"type": "string", "maxLength": limits.max_title_chars},
                                    "private": {"type": "string", "enum": ["1", "0", "true", "false"]}}}}}},
                 "responses": {"201": _json(photo, "Stored (durably: the answer comes after the write)"),
                               "200": _json(photo, "The same user uploaded the same bytes before: that photo"),
@@ -116,7 +117,7 @@ def document(cfg: Config) -> dict:
                     "security": [{"token": []}],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "minProperties": 1, "additionalProperties": False,
-                        "properties": {"title": {"type": "string", "maxLength": cfg.limits.max_title_chars},
+                        "properties": {"title": {"type": "string", "maxLength": limits.max_title_chars},
                                        "private": {"type": "boolean"}, "original_public": {"type": "boolean"}}}}}},
                     "responses": {"200": _json(photo, "The photo as changed (with 'cache' when caches were purged)"),
                                   **_errors(400, 401, 403, 404, 413, 415, 503)},

@@ -2,7 +2,7 @@
 
     python -m ypws serve --node NAME          run one image web server / cache node (gunicorn)
     python -m ypws sign URLPATH [--ttl S]     print a signed URL for a (private) photo's image
-    python -m ypws cache --node NAME          print a node's cache figures (bytes, entries, counters)
+    python -m ypws cache --node NAME          print a node's cache figures (bytes, entries; counters: /metrics)
 """
 
 from __future__ import annotations
@@ -19,12 +19,16 @@ from cluster.config import ConfigError, load
 def serve(args: argparse.Namespace) -> int:
     cfg = load(args.config)
     node = cfg.node("ypws", args.node)
-    from cluster.web import serve as run
+    from cluster.web import prepare_metrics_dir, serve as run
 
-    from .app import BOOT_ENV, get_app, open_cache
+    # before prometheus_client is imported: every worker writes its metrics there (ypws.metrics)
+    prepare_metrics_dir(str(cfg.data_dir / "metrics" / f"ypws-{node.name}"))
+
+    from .app import BOOT_ENV, cache_dir, get_app, open_cache
 
     os.environ[BOOT_ENV] = secrets.token_hex(8)  # this run: the workers' caches are trusted once it applied the purge log
-    cache = open_cache(cfg, node.name)  # once, in the master, before any worker forks
+    # once, in the master, before any worker forks
+    cache = open_cache(cfg.ypws, cache_dir(cfg.ypws, cfg.data_dir, node.name), node.name)
     report = cache.recover()
     cache.close()
     print(f"ypws {node.name}: cache {cache.root} recovered {report}", file=sys.stderr, flush=True)
@@ -39,15 +43,16 @@ def sign(args: argparse.Namespace) -> int:
     from .signing import sign_url
 
     cfg = load(args.config)
-    print(cfg.public_url + sign_url(cfg, args.path, args.ttl))
+    print(cfg.public_url + sign_url(cfg.cluster.url_key, cfg.ypws.signed_url_max_ttl, args.path, args.ttl))
     return 0
 
 
 def cache(args: argparse.Namespace) -> int:
-    from .app import open_cache
+    from .app import cache_dir, open_cache
 
     cfg = load(args.config)
-    c = open_cache(cfg, cfg.node("ypws", args.node).name)
+    name = cfg.node("ypws", args.node).name
+    c = open_cache(cfg.ypws, cache_dir(cfg.ypws, cfg.data_dir, name), name)
     print(json.dumps(c.totals(), indent=2, sort_keys=True))
     c.close()
     return 0

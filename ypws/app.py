@@ -33,8 +33,9 @@ from typing import Any, Callable, Iterable
 import falcon
 import falcon.routing
 
-from cluster.config import Config
-from cluster.web import RequestDeadline, fail, json_errors, readiness, require_service_token, storage_failed
+from cluster.config import Config, YpwsSection
+from cluster.profiles import by_name
+from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness, require_service_token, storage_failed
 from storage import BlobStore, NotFound, StorageError
 from storage.keys import (InvalidName, PhotoRef, parse_photo_segment, parse_timeline_key, record_key, valid_photo_id,
                           valid_user)
@@ -46,7 +47,7 @@ from .accesslog import AccessLog
 from .diskcache import DiskCache
 from .images import ImageRequest, ImageService, Reply
 from .listing import newest_record_keys, newest_timeline_keys
-from .metrics import exposition
+from .metrics import CacheGauges
 from .purgeapply import PurgeApplier, SyncGate
 from .urls import BadPath, NoSuchImage, check_path, parse_image_path
 
@@ -191,7 +192,9 @@ class ReadyResource:
 
 
 class MetricsResource:
-    """/metrics (and /metrics/: trailing slashes are stripped) take the cluster's service credential."""
+    """/metrics (and /metrics/: trailing slashes are stripped) take the cluster's service credential.
+
+    This worker's counts are pushed first, so the scrape sees them up to date (``ypws.metrics``)."""
 
     def __init__(self, cache: DiskCache, node: str, token: str):
         self.cache = cache
@@ -200,7 +203,9 @@ class MetricsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         require_service_token(req, self.token)
-        body, content_type = exposition(self.cache.totals(), self.node)
+        self.cache.flush()
+        body, content_type = metrics_body(CacheGauges(self.cache.totals(), self.node),
+                                          registry=self.cache.stats.registry)
         resp.data = body
         resp.content_type = content_type
         resp.set_header("Cache-Control", "no-store")
@@ -314,10 +319,12 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, *, re
                service: ImageService | None = None) -> falcon.App:
     """The WSGI app of one ypws node; every dependency is passed in (tests inject their own).
 
-    ``renderer``: what renders a missing size (``RenderClient`` in production, see ``get_app``;
-    tests pass the in-process magickd service); None answers such a miss 503. ``service``: an
-    ``ImageService`` built already (``get_app`` shares it with the worker's hit path)."""
-    service = service or ImageService(cfg, node, store, cache, renderer)
+    A composition root: it takes the whole Config and hands each resource (and the
+    ``ImageService``) only the section and values it reads. ``renderer``: what renders a
+    missing size (``RenderClient`` in production, see ``get_app``; tests pass the in-process
+    magickd service); None answers such a miss 503. ``service``: an ``ImageService`` built
+    already (``get_app`` shares it with the worker's hit path)."""
+    service = service or _image_service(cfg, node, store, cache, renderer)
     app = json_errors(falcon.App(router=Router(), middleware=[RejectBadPaths(),
                                                               RequestDeadline(cfg.ypws.request_deadline)]))
     app.add_error_handler(sqlite3.Error, cache_index_unavailable)
@@ -325,7 +332,7 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, *, re
     app.add_route("/photos/{user}/{segment}/{name}", ImageResource(service, cfg.cluster.admin_token))
     app.add_route("/photos/{user}/{segment}", PhotoResource(service, cfg.cluster.admin_token))
     app.add_route("/photos", PurgeAllResource(service, cfg.cluster.admin_token))
-    sizes = {profile.name: profile for profile in cfg.sizes}
+    sizes = by_name(cfg.sizes)
     app.add_route("/", HomeResource(sizes, cfg.ids.epoch_ms, store))
     app.add_route("/u/{user}", GalleryResource(sizes, cfg.ids.epoch_ms, store))
     app.add_route("/p/{user}/{photo_id}", PhotoPageResource(sizes, store))
@@ -334,6 +341,13 @@ def create_app(cfg: Config, node: str, store: BlobStore, cache: DiskCache, *, re
     app.add_route("/readyz", ReadyResource(service))
     app.add_route("/metrics", MetricsResource(cache, node, cfg.cluster.admin_token))
     return app
+
+
+def _image_service(cfg: Config, node: str, store: BlobStore, cache: DiskCache, renderer) -> ImageService:
+    """The composition roots' one way to unpack the Config into an ``ImageService``."""
+    return ImageService(cfg.ypws, by_name(cfg.sizes), node_name=node, url_key=cfg.cluster.url_key,
+                        public_url=cfg.public_url, render_budget=cfg.magickd.client_timeout,
+                        store=store, cache=cache, renderer=renderer)
 
 
 @dataclass
@@ -349,25 +363,28 @@ class NodeApp:
         return self.wsgi(environ, start_response)
 
 
-def cache_dir(cfg: Config, node: str) -> Path:
-    """This node's cache folder: ``{cache_dir or data_dir/cache}/{node}``."""
-    base = Path(cfg.ypws.cache_dir).resolve() if cfg.ypws.cache_dir else cfg.data_dir / "cache"
+def cache_dir(settings: YpwsSection, data_dir: Path, node: str) -> Path:
+    """This node's cache folder: ``{ypws.cache_dir or data_dir/cache}/{node}``."""
+    base = Path(settings.cache_dir).resolve() if settings.cache_dir else data_dir / "cache"
     return base / node
 
 
-def open_cache(cfg: Config, node: str) -> DiskCache:
-    return DiskCache(cache_dir(cfg, node), cfg.ypws.cache_bytes, cfg.ypws.cache_policy,
-                     retry_after=cfg.ypws.cache_retry_seconds)
+def open_cache(settings: YpwsSection, folder: Path, node: str) -> DiskCache:
+    """Node ``node``'s disk cache in ``folder`` (``cache_dir``), sized and run as ``settings`` say."""
+    return DiskCache(folder, settings.cache_bytes, settings.cache_policy, retry_after=settings.cache_retry_seconds,
+                     node=node)
 
 
 def get_app(cfg: Config, node: str) -> NodeApp:
-    """The real app for gunicorn: built in each worker, after fork."""
+    """The real app for gunicorn: built in each worker, after fork. A composition root (as
+    ``create_app``): the one place besides it that unpacks the whole Config for a node."""
     from magickd.client import RenderClient
     from storage import open_store
 
-    store, cache = open_store(cfg.storage, cfg.local_root), open_cache(cfg, node)
+    store = open_store(cfg.storage, cfg.local_root)
+    cache = open_cache(cfg.ypws, cache_dir(cfg.ypws, cfg.data_dir, node), node)
     cache.connect()
-    service = ImageService(cfg, node, store, cache, RenderClient(cfg.magickd, cfg.cluster.admin_token))
+    service = _image_service(cfg, node, store, cache, RenderClient(cfg.magickd, cfg.cluster.admin_token))
     boot = os.environ.get(BOOT_ENV) or f"ppid-{os.getppid()}"  # `ypws serve` sets one per run
     p = cfg.purge
     service.gate = SyncGate(cache.root, boot, p.poll_interval)

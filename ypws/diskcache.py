@@ -2,7 +2,7 @@
 
 Layout under the cache folder::
 
-    index.sqlite3        keys, sizes, eviction state, counters (ypws.index)
+    index.sqlite3        keys, sizes, eviction state (ypws.index)
     entries/ab/cdef...   one file per entry, named by the xxh3-128 of its key
     tmp/                 entries being written (renamed into entries/ when whole)
     locks/NN             flock stripes: one fill per key at a time, node-wide
@@ -77,7 +77,7 @@ import xxhash
 from cachetools import LRUCache
 
 from .index import open_index
-from .stats import Stats
+from .metrics import NodeMetrics
 
 log = logging.getLogger("ypws.cache")
 
@@ -238,12 +238,14 @@ class DiskCache:
 
     def __init__(self, root: str | os.PathLike, max_bytes: int, policy: str = "s4lru", *,
                  memo_bytes: int = 32 << 20, flush_interval: float = 0.5, flush_batch: int = 4096,
-                 retry_after: float = 5.0, clock: Callable[[], float] = time.monotonic):
+                 retry_after: float = 5.0, clock: Callable[[], float] = time.monotonic, node: str = ""):
+        """``node``: the ``node`` label of the cache's metrics (default: the folder's name, which
+        is the node's name under ``ypws.cache_dir``)."""
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.policy = policy
         self.index = open_index(self.root / "index.sqlite3", max_bytes, policy)
-        self.stats = Stats()
+        self.stats = NodeMetrics(node or self.root.name)  # counted here, pushed by flush()
         self.flush_interval = flush_interval
         self.flush_batch = flush_batch
         self.retry_after = retry_after
@@ -586,24 +588,24 @@ class DiskCache:
             self.flush()
 
     def flush(self) -> None:
-        """Send queued hits and counter deltas to the index (one transaction).
+        """Send queued hits to the index (one transaction) and this process's counts to prometheus.
 
         If the index cannot be written (disk full or failing), the hits are dropped (the
-        eviction order lags a little) and the counter deltas are kept for the next flush.
+        eviction order lags a little); the counts never need the index.
         """
         with self._hits_lock:
             hits, self._hits = self._hits, []
             self._last_flush = self.clock()
-        deltas = self.stats.drain()
-        if not hits and not deltas:
-            return
         try:
-            evicted = self.index.report(hits, deltas)
-        except sqlite3.Error as exc:
-            self.stats.restore(deltas)
-            self._failed("writing the cache index", exc)
-            return
-        self._unlink(evicted)
+            if hits:
+                try:
+                    evicted = self.index.report(hits)
+                except sqlite3.Error as exc:
+                    self._failed("writing the cache index", exc)
+                    return
+                self._unlink(evicted)
+        finally:
+            self.stats.push()
 
     # -- lifecycle -----------------------------------------------------------------------
     def recover(self) -> dict[str, int]:
@@ -644,19 +646,15 @@ class DiskCache:
             self._failed("opening the cache index", exc)
 
     def totals(self) -> dict[str, float]:
-        """Node-wide figures: bytes and entries held, plus every counter (after flushing ours;
-        what this process could not flush is added from memory), and whether it is degraded.
-        An index that cannot be read leaves this process's own figures only."""
-        self.flush()
+        """Node-wide figures from the shared index: bytes and entries held, the size bound, and
+        whether the cache is degraded (the counters are prometheus metrics: ``ypws.metrics``).
+        An index that cannot be read gives 0 bytes and entries."""
         try:
             size, entries = self.index.totals()
-            counters = self.index.counters()
         except sqlite3.Error as exc:
             self._failed("reading the cache index", exc, count=False)
-            size, entries, counters = 0, 0, {}
-        for name, value in self.stats.peek().items():
-            counters[name] = counters.get(name, 0.0) + value
-        return {"bytes": size, "entries": entries, "max_bytes": self.max_bytes, **counters,
+            size, entries = 0, 0
+        return {"bytes": size, "entries": entries, "max_bytes": self.max_bytes,
                 "degraded": 1.0 if self.degraded() else 0.0}
 
     def close(self) -> None:

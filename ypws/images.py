@@ -18,8 +18,8 @@ from functools import lru_cache
 from typing import BinaryIO, Callable
 
 from cluster import deadline
-from cluster.config import Config
-from cluster.profiles import profile_version
+from cluster.config import YpwsSection
+from cluster.profiles import Sizes, profile_version
 from media.geoscrub import PatchedReader, apply_patches, location_patches, strip_location
 from storage import BlobStore, NotFound, StorageError
 from storage.keys import CONTENT_TYPES, EXTENSIONS, ImagePath, InvalidName, PhotoRef, parse_rendition_key
@@ -143,26 +143,33 @@ def _rendition_ext(key: str) -> str | None:
 
 
 class ImageService:
-    def __init__(self, cfg: Config, node_name: str, store: BlobStore, cache: DiskCache, renderer=None,
+    def __init__(self, settings: YpwsSection, sizes: Sizes, *, node_name: str, url_key: str, public_url: str,
+                 render_budget: float, store: BlobStore, cache: DiskCache, renderer=None,
                  clock: Callable[[], float] = time.time):
-        y = cfg.ypws
+        """One node's image answers, from its own section and only the few cluster values it needs.
+
+        ``url_key`` (``cluster.url_key``) checks signed URLs; ``public_url`` is the site hotlink
+        protection always allows; ``render_budget`` (``magickd.client_timeout``) bounds the render
+        of a missing size; ``renderer`` renders one (None: such a miss is a 503).
+        """
+        y = settings
         self.node = node_name
         self.store = store
         self.cache = cache
         self.renderer = renderer
         self.clock = clock
-        self.render_budget = cfg.magickd.client_timeout
+        self.render_budget = render_budget
         self.storage_probe = StorageProbe(store)
         self.gate = None  # ypws.purgeapply.SyncGate: no cache hit before the purge log is applied
-        self.url_key = cfg.cluster.url_key
+        self.url_key = url_key
         self.max_ttl = y.signed_url_max_ttl
         self.max_age = y.max_age
         self.client_timeout = y.client_timeout  # read by the worker's connection sweep
         self.max_connections = y.max_connections  # read by the worker as connections arrive
-        self.hotlink = HotlinkPolicy.from_config(cfg.ypws, cfg.public_url)
+        self.hotlink = HotlinkPolicy.from_config(y, public_url)
         self.hotlink_placeholder = y.hotlink_action == "placeholder"
-        self.profiles = {p.name: p for p in cfg.sizes}
-        self.versions = {p.name: profile_version(p) for p in cfg.sizes}
+        self.profiles = dict(sizes)
+        self.versions = {name: profile_version(p) for name, p in sizes.items()}
         self.cc_versioned = f"public, max-age={y.max_age}, immutable"
         self.cc_unversioned = f"public, max-age={y.unversioned_max_age}"
         self.cc_original = f"public, max-age={y.original_max_age}"

@@ -1,4 +1,4 @@
-"""The cache index every worker of a node shares: keys, sizes, eviction state, counters.
+"""The cache index every worker of a node shares: keys, sizes, eviction state.
 
 SQLite in WAL mode: readers never block, writers take turns with a busy timeout,
 and the file survives restarts, so the cache comes back warm. The eviction state
@@ -43,7 +43,6 @@ CREATE TABLE IF NOT EXISTS entries (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_by_age ON entries (seg, tick);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ghost (key TEXT PRIMARY KEY, tick INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ghost_by_age ON ghost (tick);
 CREATE TABLE IF NOT EXISTS rejected (key TEXT PRIMARY KEY, misses INTEGER NOT NULL, tick INTEGER NOT NULL) WITHOUT ROWID;
@@ -64,7 +63,7 @@ def open_index(path: str | os.PathLike, max_bytes: int, policy: str, busy_timeou
 
 
 class Index:
-    """What every policy's index shares: the connection, transactions, counters, lookups, removal.
+    """What every policy's index shares: the connection, transactions, lookups, removal.
 
     A policy subclass sets ``segments`` (how many queues it keeps byte totals for) and
     implements ``insert``, ``_hits_batched``, ``_balance`` and ``max_entry``.
@@ -231,32 +230,11 @@ class Index:
             row = self._db().execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM entries").fetchone()
         return row[0], row[1]
 
-    # -- counters ----------------------------------------------------------------------
-    def add_counters(self, deltas: dict[str, float], db: sqlite3.Connection | None = None) -> None:
-        if not deltas:
-            return
-        if db is None:
-            self._write(self.add_counters, deltas)
-            return
-        db.executemany(
-            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-            list(deltas.items()),
-        )
-
-    def report(self, hit_keys: list[str], deltas: dict[str, float]) -> list[str]:
-        """One transaction for a worker's batch: its hits (promotions) and counter deltas."""
-        if not hit_keys and not deltas:
+    def report(self, hit_keys: list[str]) -> list[str]:
+        """One transaction for a worker's batch of hits (promotions); return the keys evicted."""
+        if not hit_keys:
             return []
-
-        def run(db: sqlite3.Connection) -> list[str]:
-            self.add_counters(deltas, db)
-            return self._hits_batched(db, hit_keys) if hit_keys else []
-
-        return self._write(run)
-
-    def counters(self) -> dict[str, float]:
-        with self._lock:
-            return dict(self._db().execute("SELECT name, value FROM counters").fetchall())
+        return self._write(self._hits_batched, hit_keys)
 
 
 class SegmentedIndex(Index):

@@ -13,14 +13,10 @@ import json
 import re
 from html import escape
 
-from typing import Mapping
-
-from cluster.profiles import SizeProfile, box_for
+from cluster.profiles import SizeProfile, Sizes, box_for
 from storage.records import PhotoRecord, original_url, rendition_url
 
 #: sizes offered in a gallery thumbnail's srcset, and on the photo page
-#: the configured size profiles by name, in config order (the pages need nothing else of the config)
-Sizes = Mapping[str, SizeProfile]
 GALLERY_SIZES = ("thumb", "small", "medium")
 PHOTO_SIZES = ("medium", "large", "xlarge")
 

@@ -14,8 +14,6 @@ import time
 from typing import Callable
 from urllib.parse import urlsplit
 
-from cluster.config import Config
-
 #: clock skew tolerated between the signer and the node checking the expiry
 SKEW = 60
 
@@ -31,16 +29,18 @@ def signature(key: str, path: str, exp: int) -> str:
     return hmac.new(key.encode(), f"{path}\n{exp}".encode(), hashlib.sha256).hexdigest()
 
 
-def sign_url(cfg: Config, path: str, ttl: int | None = None, now: Callable[[], float] = time.time) -> str:
-    """``path?exp=..&sig=..`` valid for ``ttl`` seconds (capped at ``ypws.signed_url_max_ttl``).
+def sign_url(key: str, max_ttl: int, path: str, ttl: int | None = None,
+             now: Callable[[], float] = time.time) -> str:
+    """``path?exp=..&sig=..`` valid for ``ttl`` seconds (capped at ``max_ttl``), signed with ``key``.
 
-    ``path`` may be a full URL or carry a query; only its path is signed and returned.
+    ``key`` and ``max_ttl`` are ``cluster.url_key`` and ``ypws.signed_url_max_ttl``: the same two
+    values ``verify`` checks against, so a URL signed here passes there. ``path`` may be a full
+    URL or carry a query; only its path is signed and returned.
     """
     path = urlsplit(path).path
-    max_ttl = cfg.ypws.signed_url_max_ttl
     ttl = max_ttl if ttl is None else max(1, min(int(ttl), max_ttl))
     exp = int(now()) + ttl
-    return f"{path}?exp={exp}&sig={signature(cfg.cluster.url_key, path, exp)}"
+    return f"{path}?exp={exp}&sig={signature(key, path, exp)}"
 
 
 def verify(key: str, max_ttl: int, path: str, exp: str | None, sig: str | None, now: float) -> int:
