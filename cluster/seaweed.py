@@ -40,7 +40,10 @@ class Seaweed:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.s3_port}"
 
-    def stop(self, timeout: float = 3.0) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``. `weed server` (4.48) never exits on SIGTERM by
+        itself (its master keeps running once the rest stopped), so a longer grace only waits; what
+        it wrote is in the kernel's page cache by then and survives the kill."""
         procs.stop(self.proc, timeout)
 
 
@@ -68,6 +71,12 @@ def start_seaweed(workdir: Path, s3_port: int | None = None, timeout: float = 60
         "-master.volumeSizeLimitMB=64", "-volume.max=0", "-master.telemetry=false",
         "-debug=false", f"-debug.port={ports[8]}", "-s3.iam=false",
         f"-s3.port.iceberg={ports[9]}", f"-s3.port.lance={procs.free_port()}",
+        # on SIGTERM a volume server stops its heartbeats, then by default waits 10 s so the master
+        # can steer writes to the other servers; this one-box server has none: stop at once
+        "-volume.preStopSeconds=0",
+        # one master: leader at once, without a raft election (the volume server that heartbeats
+        # before there is a leader is otherwise only retried 5 s later, and the first write waits)
+        "-master.peers=none",
     ]
     proc = procs.start(argv, log=workdir / "weed.log")
     try:
@@ -119,13 +128,16 @@ def master_argv(at: WeedAddress, mdir: Path, *, bind: str = "", replication: str
 
 
 def volume_argv(at: WeedAddress, data_dir: Path, master: WeedAddress, *, bind: str = "",
-                data_center: str = "dc1", rack: str = "rack1", max_volumes: int = 0) -> list[str]:
+                data_center: str = "dc1", rack: str = "rack1", max_volumes: int = 0,
+                pre_stop_seconds: int | None = None) -> list[str]:
     """`weed volume`: stores the volumes; replicas of a volume go to servers the replication code picks
-    by -dataCenter / -rack (001: another server, same rack)."""
+    by -dataCenter / -rack (001: another server, same rack). On SIGTERM it stops its heartbeats and
+    waits ``pre_stop_seconds`` (None: SeaweedFS's default, 10 s) before it stops serving."""
     return [
         weed_binary(), "volume", f"-ip={at.ip}", f"-ip.bind={bind or at.ip}", f"-port={at.port}",
         f"-port.grpc={at.grpc_port}", f"-dir={data_dir}", f"-mserver={master.peer}",
         f"-dataCenter={data_center}", f"-rack={rack}", f"-max={max_volumes}",
+        *([f"-preStopSeconds={pre_stop_seconds}"] if pre_stop_seconds is not None else []),
     ]
 
 

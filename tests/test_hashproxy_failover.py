@@ -53,11 +53,17 @@ def test_node_killed_mid_load_fails_over_then_rejoins(tmp_path, services):
     threads = [threading.Thread(target=load, args=(k * 37,)) for k in range(4)]
     for t in threads:
         t.start()
+    def wait_for_results(n: int) -> None:  # the load phases are counted in answers, bounded in time
+        deadline = time.monotonic() + 30
+        while len(results) < n and not failures:
+            assert time.monotonic() < deadline and any(t.is_alive() for t in threads), (len(results), n)
+            time.sleep(0.02)
+
     try:
-        time.sleep(1.0)
+        wait_for_results(60)
         pc.services.stop("ypws2")          # killed while requests are in flight
         mark = len(results)
-        time.sleep(2.0)
+        wait_for_results(mark + 40 + 150)  # the in-flight ones drain (40), then 150 without ypws2
     finally:
         stop.set()
         for t in threads:
@@ -72,6 +78,10 @@ def test_node_killed_mid_load_fails_over_then_rejoins(tmp_path, services):
 
     # it comes back: after health checks and its ramp-up, its URLs return to it (and only its)
     assert metric(pc.base, "hashproxy_node_url_share", 'node="ypws2"') == 0.0
+    deadline = time.monotonic() + 20  # out on every worker before it returns (shared count of workers seeing it up)
+    while metric(pc.base, "hashproxy_node_up", 'node="ypws2",role="ypws"') > 0:
+        assert time.monotonic() < deadline, "a proxy worker still sees the killed ypws2 up"
+        time.sleep(0.05)
     pc.start_node("ypws2")
     deadline = time.monotonic() + 20
     s = requests.Session()
@@ -82,7 +92,11 @@ def test_node_killed_mid_load_fails_over_then_rejoins(tmp_path, services):
         assert all(seen[u] in (owner[u], second[u]) for u in urls)
         time.sleep(0.3)
     assert seen == owner
-    assert metric(pc.base, "hashproxy_node_url_share", 'node="ypws2"') > 0.25
+    # the worker answering /metrics may be another than the one that served `seen`, a health check behind
+    deadline = time.monotonic() + 10
+    while (share := metric(pc.base, "hashproxy_node_url_share", 'node="ypws2"')) <= 0.25:
+        assert time.monotonic() < deadline, share
+        time.sleep(0.1)
 
 
 def test_a_node_that_drops_connections_at_once_never_stalls_a_request(tmp_path, services):

@@ -276,8 +276,11 @@ def test_the_gate_trusts_the_cache_only_after_a_pass_in_this_boot(tmp_path):
 # -- the real cluster -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def world(request, tmp_path):
+@pytest.fixture(scope="module", params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def cluster(request, tmp_path_factory):
+    """One cluster per backend for the module's cluster tests: each has its own user and photos and
+    leaves every node running (``world`` restarts any a failed test left down)."""
+    tmp_path = tmp_path_factory.mktemp(f"purge-{request.param}")
     seaweed = request.getfixturevalue("seaweed") if request.param == "s3" else None
     tree = cluster_tree(tmp_path, backend=request.param, seaweed=seaweed, ypws_nodes=2,
                         overrides={"ypws": {"workers": 2}, "magickd": {"workers": 1}, "hashproxy": {"workers": 1}})
@@ -301,6 +304,19 @@ def world(request, tmp_path):
         yield cfg, path, services, f"http://127.0.0.1:{tree2['hashproxy']['port']}"
     finally:
         services.stop_all()
+
+
+@pytest.fixture
+def world(cluster):
+    """The module's cluster with every cache node running and ready."""
+    cfg, path, services, _ = cluster
+    for n in cfg.ypws.nodes:
+        proc = services.procs.get(n.name)
+        if proc is None or proc.poll() is not None:
+            services.procs.pop(n.name, None)
+            services.start_module(n.name, "ypws", "serve", "--node", n.name, config_path=path,
+                                  health_url=f"{n.url}/readyz")
+    return cluster
 
 
 def _token(path, user):

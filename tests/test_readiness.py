@@ -301,7 +301,8 @@ def test_storage_down_and_back_under_a_running_cluster(tmp_path, services):
 
 def _storage_down_and_back(tmp_path, services, weed) -> None:
     tree = cluster_tree(tmp_path, backend="s3", seaweed=weed, ypws_nodes=2, overrides={
-        "ypfs": {"workers": 1}, "ypws": {"workers": 1}, "magickd": {"workers": 1},
+        # two ypfs workers: the upload and the delete against the hung store wait side by side
+        "ypfs": {"workers": 2}, "ypws": {"workers": 1}, "magickd": {"workers": 1},
         "hashproxy": {"workers": 1, "health_interval": 0.3, "health_timeout": 3.0, "fail_threshold": 3,
                       "rampup_seconds": 0.0},
         "storage": {"s3": {"deadline": 3.0}},  # a hung store costs each call 3 s here, not 8
@@ -333,15 +334,17 @@ def _storage_down_and_back(tmp_path, services, weed) -> None:
     api = f"{base}/api/photos/nina/{photo['id']}"
     os.kill(weed.proc.pid, signal.SIGSTOP)
     try:
-        for what, call in {
+        hung_calls = {
             "upload": lambda: requests.post(f"{base}/upload", files={"photo": ("p.jpg", PHOTO.read_bytes())},
                                             headers=auth, timeout=60),
             "delete": lambda: requests.delete(api, headers=auth, timeout=60),
             "ypws miss": lambda: requests.get(photo["urls"]["large"], timeout=60),
             "magickd render": lambda: requests.post(f"{cfg.magickd.nodes[0].url}/render", json={
                 "user": "nina", "photo": photo["id"], "secret": photo["secret"], "sizes": ["large"]}, headers=service_auth(cfg), timeout=60),
-        }.items():
-            r = _answers_within(call, 15.0)
+        }
+        with ThreadPoolExecutor(4) as pool:  # side by side, as clients would: each waits out the hung store once
+            hung = dict(zip(hung_calls, pool.map(lambda f: _answers_within(f, 15.0), hung_calls.values())))
+        for what, r in hung.items():
             assert r.status_code == 503 and r.headers.get("Retry-After"), (what, r.status_code, r.text[:300])
         hung_hit = requests.get(photo["urls"]["small"], timeout=10)
         assert hung_hit.status_code == 200 and hung_hit.content == hit.content

@@ -26,12 +26,17 @@ from .ypws_support import decode
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: every image the window shows (lazy ones below it are not fetched yet) has arrived: what the
+#: screenshots wait for, instead of "networkidle" (a fixed 500 ms of quiet after each load)
+SHOWN_IMAGES_LOADED = ("() => [...document.images].every(i => (i.complete && i.naturalWidth > 0) "
+                       "|| (i.loading === 'lazy' && i.getBoundingClientRect().top >= innerHeight))")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
+    """One Chromium for the module; each test opens its own page (a fresh context: no shared storage)."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip("Debian's chromium is not installed (tests/sysdeps.sh installs it when run as root)")
     try:
@@ -169,8 +174,8 @@ def test_upload_through_the_page_then_see_the_thumbnail_in_the_gallery(tmp_path,
         page.set_viewport_size({"width": width, "height": height})
         for name, url in (("home", "/"), ("upload", "/upload"), ("gallery", "/u/alice"),
                           ("photo", f"/p/alice/{canon_id}")):
-            page.goto(cfg.public_url + url)
-            page.wait_for_load_state("networkidle")
+            page.goto(cfg.public_url + url)  # waits for the load event
+            page.wait_for_function(SHOWN_IMAGES_LOADED)
             page.screenshot(path=str(shots / f"{name}-{width}x{height}.png"), full_page=True)
             assert page.evaluate("() => document.documentElement.scrollWidth") <= width  # nothing wider
     page.close()
