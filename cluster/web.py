@@ -21,7 +21,6 @@ import hmac
 import logging
 import os
 import re
-import signal
 import sys
 from typing import Any, Callable
 
@@ -30,7 +29,7 @@ import falcon
 from . import deadline
 from .budget import GRACEFUL_SECONDS
 from .errors import BackendError, BackendMissing
-from .lifeline import die_with_parent
+from .lifeline import die_with_parent, hold_stops_across_forks
 
 log = logging.getLogger("cluster.web")
 
@@ -145,9 +144,6 @@ def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int 
     own_post_fork = extra.pop("post_fork", None)
 
     def post_fork(server, worker) -> None:
-        # until the worker installs its own handlers it has the master's, which would swallow
-        # a SIGTERM sent while it boots (the worker then lives on until the stop's SIGKILL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         # a master killed by SIGKILL takes its workers along: an orphan would hold the port
         # (a restarted master could not bind it) and go on serving until it notices
         die_with_parent(worker.ppid)
@@ -178,6 +174,7 @@ def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int 
         def load(self):
             return load_app()
 
+    hold_stops_across_forks()  # a stop sent while a worker boots ends it at once (cluster.lifeline)
     _App().run()
 
 

@@ -20,7 +20,7 @@ import time
 from typing import Callable, Sequence
 
 from cluster.config import HashproxySection
-from cluster.lifeline import die_with_parent
+from cluster.lifeline import die_with_parent, hold_stops_across_forks
 from cluster.web import prepare_metrics_dir
 
 from .loads import SharedCounters
@@ -83,6 +83,7 @@ class Supervisor:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
+        hold_stops_across_forks()  # a stop sent while a worker starts ends it at once (cluster.lifeline)
         log.info("hashproxy on http://%s:%d (bound to %s): %d workers, nodes %s, image balance %s",
                  s.host, s.port, s.bind_host, s.workers, ", ".join(self.rows), s.image_balance)
         for index in range(s.workers):
@@ -117,8 +118,6 @@ class Supervisor:
             code = 1
             try:
                 die_with_parent(master)  # a master killed by SIGKILL must not leave workers serving
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(sig, signal.SIG_DFL)
                 code = self.worker_main(self.sock, self.shared, index)
             except BaseException:
                 log.exception("worker %d crashed", index)

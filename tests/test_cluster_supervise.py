@@ -13,6 +13,7 @@ import dataclasses
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -167,6 +168,32 @@ def test_a_forked_worker_dies_with_its_master():
         wait_until(lambda: not alive(worker), 2)
     finally:
         procs.stop(master)
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_a_stop_sent_right_after_the_fork_ends_the_worker_at_once(held):
+    """A master's handler only notes a stop for its own loop; a worker that inherited it used to
+    swallow a SIGTERM sent before it set its own, and served on until the SIGKILL. With the stop
+    signals held across the fork, the young worker dies of it at once. (held=False: the same
+    master without the hold, to show the test sees the difference.)"""
+    code = ("import os, signal, time\n"
+            "from cluster.lifeline import hold_stops_across_forks\n"
+            "signal.signal(signal.SIGTERM, lambda *a: None)  # a master's handler: note the stop, go on\n"
+            f"if {held}: hold_stops_across_forks()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    time.sleep(3); os._exit(0)  # a worker still booting: no handlers of its own yet\n"
+            "os.kill(pid, signal.SIGTERM)\n"
+            "started = time.monotonic()\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, round(time.monotonic() - started, 2))\n")
+    r = subprocess.run(py(code), env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    killed, took = r.stdout.split()
+    if held:
+        assert killed == "True" and float(took) < 1.5, r.stdout
+    else:
+        assert killed == "False" and float(took) >= 2.5, r.stdout  # swallowed: it lived out its sleep
 
 
 def _worker_pids(master: int) -> list[int]:
