@@ -7,11 +7,11 @@ from pathlib import Path
 from cluster.config import StorageSection
 
 from .base import (
-    AlreadyExists, BlobStore, NotFound, ObjectInfo, StorageAuthError, StorageError, StorageUnavailable,
+    AlreadyExists, BlobStore, Conflict, NotFound, ObjectInfo, StorageAuthError, StorageError, StorageUnavailable,
 )
 
 __all__ = [
-    "AlreadyExists", "BlobStore", "NotFound", "ObjectInfo", "StorageAuthError", "StorageError",
+    "AlreadyExists", "BlobStore", "Conflict", "NotFound", "ObjectInfo", "StorageAuthError", "StorageError",
     "StorageUnavailable", "open_store",
 ]
 

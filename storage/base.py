@@ -3,7 +3,9 @@
 One small contract (tests/test_storage_contract.py runs the same suite against
 every backend): whole-object puts that are atomic (a reader sees the old object,
 no object, or the whole new one, never a part), reads of whole objects, ranges
-and streams, stat, delete, sorted listing by prefix, and create-if-absent.
+and streams, stat, delete, sorted listing by prefix, create-if-absent, copy, and
+compare-and-swap (``get_versioned`` then ``replace``) for documents that several
+writers edit (a photo's record: its owner, the placeholder backfill, a delete).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ class NotFound(StorageError, BackendMissing, KeyError):
 
 class AlreadyExists(StorageError):
     """put_if_absent found the key taken."""
+
+
+class Conflict(StorageError):
+    """replace found the object changed (or gone) since it was read: read it again, redo the
+    change. Uncaught, it is a 503 with Retry-After like any storage failure."""
 
 
 class StorageUnavailable(StorageError):
@@ -106,6 +113,15 @@ class BlobStore(ABC):
     @abstractmethod
     def list(self, prefix: str = "", start_after: str = "") -> Iterator[str]:
         """Keys under ``prefix`` in lexicographic order, after ``start_after``."""
+
+    @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The whole object and its version tag (the etag ``replace`` compares); NotFound if absent."""
+
+    @abstractmethod
+    def replace(self, key: str, data: bytes, etag: str, content_type: str = "application/octet-stream") -> ObjectInfo:
+        """Like put, but only over the very version ``get_versioned`` returned as ``etag``:
+        Conflict if the object was written or deleted since (nothing is written then)."""
 
     @abstractmethod
     def copy(self, src: str, dst: str) -> None:

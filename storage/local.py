@@ -12,18 +12,39 @@ user, and its group, can read the store.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import stat as stat_mode
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .base import AlreadyExists, BlobStore, Data, NotFound, ObjectInfo, as_stream, check_key, check_prefix
+from .base import (AlreadyExists, BlobStore, Conflict, Data, NotFound, ObjectInfo, as_stream, check_key,
+                   check_prefix)
 
 TMP_PREFIX = ".tmp-"
 COPY_CHUNK = 1024 * 1024
 FILE_MODE = 0o640
 DIR_MODE = 0o750
+
+
+def _etag(st: os.stat_result) -> str:
+    """A file's version: every put writes a new file, so its mtime (ns) and size change."""
+    return f"{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Renames into ``folder`` take turns, so ``replace`` compares and renames with no write in
+    between: an flock on the folder itself, held by its fd (freed if the process dies)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -82,10 +103,19 @@ class LocalStore(BlobStore):
         return tmp
 
     @staticmethod
-    def _commit(tmp: str | Path, path: Path) -> None:
-        """Rename a finished temporary file over ``path``, durably (the folder synced too)."""
+    def _commit(tmp: str | Path, path: Path, etag: str | None = None) -> None:
+        """Rename a finished temporary file over ``path``, durably (the folder synced too); with
+        ``etag``, only over that version of it (Conflict otherwise, and nothing renamed)."""
         try:
-            os.replace(tmp, path)
+            with _folder_lock(path.parent):
+                if etag is not None:
+                    try:
+                        current = _etag(os.stat(path))
+                    except FileNotFoundError:
+                        raise Conflict(f"{path.name}: deleted since it was read") from None
+                    if current != etag:
+                        raise Conflict(f"{path.name}: changed since it was read")
+                os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
             raise
@@ -127,6 +157,25 @@ class LocalStore(BlobStore):
                     raise
         self._commit(tmp, path)
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        try:
+            with open(self._path(key), "rb") as fh:
+                st = os.fstat(fh.fileno())  # the very file read: a put meanwhile renames a new one in
+                if not stat_mode.S_ISREG(st.st_mode):
+                    raise NotFound(key)
+                return fh.read(), _etag(st)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(key) from None
+
+    def replace(self, key: str, data: bytes, etag: str, content_type: str = "application/octet-stream") -> ObjectInfo:
+        path = self._path(key)
+        try:
+            self._commit(self._write_temp(path, data), path, etag)
+        except Conflict:
+            self._remove_empty_parents(path.parent)  # a deleted object's folder, made again for the temp file
+            raise
+        return self.stat(key)
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
@@ -154,7 +203,7 @@ class LocalStore(BlobStore):
             raise NotFound(key) from None
         if not os.path.isfile(self._path(key)):
             raise NotFound(key)
-        return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime, etag=f"{st.st_mtime_ns:x}-{st.st_size:x}")
+        return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime, etag=_etag(st))
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -50,27 +50,47 @@ class PhotoRecord:
     original_public: bool = True  # the owner lets anyone fetch the original
     thumbhash: str | None = None  # base64 ThumbHash (media/placeholders.py); None: not made yet (older records)
     color: str | None = None      # dominant colour "#rrggbb", the box's background until the image loads
+    #: the stored version this record was read as (not stored in it): ``save`` writes only over
+    #: that version, so an edit made meanwhile (the owner's, the backfill's, a delete) is never
+    #: overwritten; "" for a record not read from the store (a new photo)
+    etag: str = field(default="", compare=False, repr=False)
 
     @property
     def ref(self) -> PhotoRef:
         return PhotoRef(self.owner, self.id, self.secret)
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        doc = dataclasses.asdict(self)
+        del doc["etag"]
+        return json.dumps(doc, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> "PhotoRecord":
+    def from_json(cls, data: bytes, etag: str = "") -> "PhotoRecord":
         raw = json.loads(data)
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        names = {f.name for f in dataclasses.fields(cls)} - {"etag"}
+        return cls(**{k: v for k, v in raw.items() if k in names}, etag=etag)
 
-    def save(self, store: BlobStore) -> None:
-        store.put(self.ref.record_key, self.to_json(), "application/json")
+    def save(self, store: BlobStore) -> "PhotoRecord":
+        """Write the record: a new one as is, one read from the store only over the version read
+        (storage.Conflict if it changed or went meanwhile: read it again, redo the change).
+        The record as stored, with its new version."""
+        key, doc = self.ref.record_key, self.to_json()
+        if self.etag:
+            info = store.replace(key, doc, self.etag, "application/json")
+        else:
+            info = store.put(key, doc, "application/json")
+        return dataclasses.replace(self, etag=info.etag)
 
     @classmethod
     def load(cls, store: BlobStore, user: str, photo_id: str) -> "PhotoRecord":
-        """The record; storage.NotFound if there is none."""
-        return cls.from_json(store.get(record_key(user, photo_id)))
+        """The record, with the version it was read as; storage.NotFound if there is none."""
+        return cls.read(store, record_key(user, photo_id))
+
+    @classmethod
+    def read(cls, store: BlobStore, key: str) -> "PhotoRecord":
+        """The record stored under ``key`` (a record key), with its version; NotFound if none."""
+        data, etag = store.get_versioned(key)
+        return cls.from_json(data, etag)
 
 
 def hash_token(token: str) -> str:

@@ -34,13 +34,15 @@ from cluster.config import S3StoreConfig
 
 from cluster import deadline as request_deadline
 from .base import (
-    AlreadyExists, BlobStore, Data, NotFound, ObjectInfo, StorageAuthError, StorageError,
+    AlreadyExists, BlobStore, Conflict, Data, NotFound, ObjectInfo, StorageAuthError, StorageError,
     StorageUnavailable, as_stream, check_key, check_prefix,
 )
 
 T = TypeVar("T")
 
 AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+#: a conditional write whose condition failed: the object changed (409: a concurrent write won)
+CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 NOT_FOUND_CODES = {"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"}
 LIST_PAGE = 1000  # keys per listing request, as S3 pages them
 TRANSIENT_CODES = {"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed"}
@@ -225,6 +227,26 @@ class S3Store(BlobStore):
         return ObjectInfo(key=key, size=length, mtime=_response_time(result.http_headers),
                           etag=(result.etag or "").strip('"'))
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        check_key(key)
+        bucket = self._bucket()
+
+        def fetch() -> tuple[bytes, str]:
+            resp = self.client.get_object(bucket, key)
+            try:
+                return resp.read(), (resp.headers.get("ETag") or "").strip('"')
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call(f"get {key}", fetch)
+
+    def replace(self, key: str, data: bytes, etag: str, content_type: str = "application/octet-stream") -> ObjectInfo:
+        # a retried PUT whose first try landed but whose answer was lost reports Conflict (its own
+        # write changed the etag): the caller's re-read then shows the change made
+        return self._put_if(key, data, content_type, {"If-Match": f'"{etag}"'},
+                            lambda code: Conflict(f"{key}: changed or deleted since it was read ({code})"))
+
     def copy(self, src: str, dst: str) -> None:
         check_key(src)
         check_key(dst)
@@ -233,11 +255,34 @@ class S3Store(BlobStore):
         self._call(f"copy {src}", lambda: self.client.copy_object(bucket, dst, CopySource(bucket, src)))
 
     def put_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
-        # S3 conditional writes are not universal across SeaweedFS/MinIO/AWS versions;
-        # check-then-put leaves a small race window, documented in the README.
+        # the conditional PUT closes the race of two creators where the store supports it;
+        # the look first answers at once everywhere
         if self.exists(key):
             raise AlreadyExists(key)
-        return self.put(key, data, content_type)
+        return self._put_if(key, data, content_type, {"If-None-Match": "*"}, lambda code: AlreadyExists(key))
+
+    def _put_if(self, key: str, data: bytes, content_type: str, condition: dict[str, str],
+                failed: Callable[[str], StorageError]) -> ObjectInfo:
+        """A conditional PUT (``If-Match``/``If-None-Match``: AWS, MinIO, SeaweedFS 3.97+). minio's
+        put_object has no such option, so this goes through its one-request PutObject with the
+        header added (``_put_object`` of the pinned minio; signed as every other request). The
+        error ``failed(code)`` makes is raised when the condition does not hold."""
+        check_key(key)
+        bucket = self._bucket()
+        body = bytes(data)
+        headers = {"Content-Type": content_type, **condition}
+
+        def put() -> ObjectInfo:
+            try:
+                result = self.client._put_object(bucket, key, body, headers=headers)
+            except S3Error as exc:
+                if exc.code in CONFLICT_CODES or ("If-Match" in condition and exc.code in NOT_FOUND_CODES):
+                    raise failed(exc.code) from None
+                raise
+            return ObjectInfo(key=key, size=len(body), mtime=_response_time(result.http_headers),
+                              etag=(result.etag or "").strip('"'))
+
+        return self._call(f"put {key} ({', '.join(condition)})", put)
 
     def _fetch(self, key: str, **window: int) -> bytes:
         """The object (or ``offset``/``length`` of it), read whole inside the retry loop,

@@ -28,7 +28,7 @@ from storage import open_store
 from storage.keys import timeline_key
 from storage.records import PhotoRecord, UserRecord
 from ypfs.backfill import backfill
-from ypfs.manage import PhotoChanges, apply_changes
+from ypfs.manage import PhotoChanges, apply_changes, delete_photo
 
 from .helpers import REPO, cluster_tree, seed_photo, write_config
 from .ypws_support import site_fixture
@@ -320,6 +320,43 @@ def test_backfill_keeps_an_edit_made_while_it_ran_and_skips_a_photo_moved_meanwh
     assert b.private and b.secret != hidden.secret and b.thumbhash is None  # never put back to the old secret
     assert store.exists(b.ref.original_key)
     assert backfill(cfg.limits, store, "alice").filled == 1  # the next run fills it
+
+
+class EditBeforeReplace:
+    """The store, with one owner's edit landing between the backfill's re-read and its write
+    (the window the compare-and-swap closes)."""
+
+    def __init__(self, store, edit):
+        self.store, self.edit, self.done = store, edit, False
+
+    def replace(self, *args, **kwargs):
+        if not self.done:
+            self.done = True
+            self.edit()
+        return self.store.replace(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_backfill_never_overwrites_an_edit_or_a_delete_that_lands_just_before_its_write(site, tmp_path):
+    cfg, store = site.cfg, site.store
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(scene()))
+    photo = seed_photo(store, "alice", tmp_path / "a.jpg", photo_id=site.next_id(), title="old title")
+
+    def owner_edits() -> None:
+        apply_changes(store, PhotoRecord.load(store, "alice", photo.id), PhotoChanges(title="new title"))
+
+    report = backfill(cfg.limits, EditBeforeReplace(store, owner_edits), "alice")
+    assert (report.filled, report.changed_meanwhile) == (0, 1)
+    assert PhotoRecord.load(store, "alice", photo.id).title == "new title"  # the edit stands
+    assert backfill(cfg.limits, store, "alice").filled == 1  # and the next run fills it
+    assert PhotoRecord.load(store, "alice", photo.id).title == "new title"
+
+    (tmp_path / "b.jpg").write_bytes(jpeg_bytes(quarters()))
+    gone = seed_photo(store, "alice", tmp_path / "b.jpg", photo_id=site.next_id())
+    report = backfill(cfg.limits, EditBeforeReplace(store, lambda: delete_photo(store, gone)), "alice")
+    assert report.changed_meanwhile == 1 and not store.exists(gone.ref.record_key)  # not brought back
 
 
 def test_backfill_command(tmp_path):

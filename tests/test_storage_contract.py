@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from storage import AlreadyExists, NotFound, StorageAuthError, StorageError, StorageUnavailable
+from storage import AlreadyExists, Conflict, NotFound, StorageAuthError, StorageError, StorageUnavailable
 from storage.local import LocalStore
 from storage.s3 import S3Store
 
@@ -73,6 +73,27 @@ def test_copy_replaces_the_destination_and_stands_alone(store):
     with pytest.raises(NotFound):
         store.copy("c/missing.jpg", "c/never.jpg")
     assert not store.exists("c/never.jpg")
+
+
+def test_replace_writes_only_over_the_version_read(store):
+    store.put("cas/rec.json", b'{"title": "one"}', "application/json")
+    data, etag = store.get_versioned("cas/rec.json")
+    assert data == b'{"title": "one"}' and etag
+    info = store.replace("cas/rec.json", b'{"title": "two"}', etag, "application/json")
+    assert store.get_versioned("cas/rec.json") == (b'{"title": "two"}', info.etag) and info.etag != etag
+    with pytest.raises(Conflict):  # a second writer that read "one" must not overwrite "two"
+        store.replace("cas/rec.json", b'{"title": "stale"}', etag, "application/json")
+    assert store.get("cas/rec.json") == b'{"title": "two"}'
+    store.put("cas/rec.json", b'{"title": "2"}')  # another writer's plain put is a new version too
+    with pytest.raises(Conflict):
+        store.replace("cas/rec.json", b'{"title": "three"}', info.etag)
+    _, etag = store.get_versioned("cas/rec.json")
+    store.delete("cas/rec.json")
+    with pytest.raises(Conflict):  # a deleted object is not brought back
+        store.replace("cas/rec.json", b'{"title": "undead"}', etag)
+    assert not store.exists("cas/rec.json") and list(store.list("cas/")) == []
+    with pytest.raises(NotFound):
+        store.get_versioned("cas/rec.json")
 
 
 def test_get_range(store):

@@ -9,8 +9,11 @@ is logged and the answer says it was applied on 0 nodes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+
+import pytest
 
 
 from storage.keys import dedupe_key, record_key, timeline_key
@@ -85,6 +88,32 @@ def test_the_owner_edits_title_and_visibility_and_nobody_else_may(ypfs):
     assert c.simulate_patch(url, json={"title": "x"}, headers=ypfs.auth("stranger")).status_code == 404
     r = c.simulate_patch(url, json={"title": "Harbour at dusk"}, headers=ypfs.auth("editor"))
     assert r.status_code == 200 and "cache" not in r.json  # a title is not cached with the images
+
+
+@pytest.mark.parametrize("change", [{"title": "mine"}, {"title": "mine", "private": True}])
+def test_an_edit_that_another_edit_overtook_is_a_409_and_stores_nothing(ypfs, monkeypatch, change):
+    """Two edits of one photo at once (two tabs, the placeholder backfill): the second to write
+    finds the record changed since it read it and stores nothing, instead of silently undoing the
+    first. Made private, its copies at the new secret are orphans `ypfs gc` removes."""
+    c = ypfs.client
+    photo = ypfs.upload("racer", jpeg_variant("formats/DSCN0010.jpg", 20 + len(change))).json["id"]
+    url = f"/api/photos/racer/{photo}"
+    replace = ypfs.store.replace
+
+    def overtaken(*args, **kwargs):  # the other edit lands between this one's read and its write
+        rec = PhotoRecord.load(ypfs.store, "racer", photo)
+        ypfs.store.put(rec.ref.record_key, dataclasses.replace(rec, title="theirs").to_json())
+        monkeypatch.setattr(ypfs.store, "replace", replace)
+        return replace(*args, **kwargs)
+
+    monkeypatch.setattr(ypfs.store, "replace", overtaken)
+    r = c.simulate_patch(url, json=change, headers=ypfs.auth("racer"))
+    assert r.status_code == 409 and r.json["error"] == "changed_meanwhile", r.text
+    rec = PhotoRecord.load(ypfs.store, "racer", photo)
+    assert (rec.title, rec.private) == ("theirs", False)  # the other edit stands; nothing of this one
+    assert ypfs.store.exists(rec.ref.original_key)  # the original still where the record says (old secret)
+    r = c.simulate_patch(url, json=change, headers=ypfs.auth("racer"))  # read again and retried: it goes
+    assert r.status_code == 200 and r.json["title"] == "mine"
 
 
 def test_the_owner_deletes_a_photo_and_every_object_of_it_goes(ypfs):

@@ -32,7 +32,7 @@ from cachetools import TTLCache
 from cluster import deadline
 from cluster.config import Config, LimitsSection
 from cluster.web import RequestDeadline, fail, json_errors, metrics_body, readiness, require_service_token
-from storage import BlobStore, NotFound, StorageError
+from storage import BlobStore, Conflict, NotFound, StorageError
 from storage.ids import IdGenerator, claim_slot
 from storage.keys import IMAGE_PATH_PREFIX, InvalidName, parse_record_key, photo_prefix, valid_photo_id, valid_user
 from storage.purge import Purger
@@ -225,6 +225,9 @@ class PhotoResource:
         entry = self._log_purge(rec, "privacy change") if changes.touches_cache else None
         try:
             rec = apply_changes(self.store, rec, changes)
+        except Conflict:
+            raise fail(409, "changed_meanwhile", "the photo changed while this edit was made (another edit, or a "
+                       "delete); nothing of this edit was stored: read it again and retry") from None
         except StorageError as exc:
             raise fail(503, "storage_unavailable", f"the change was not stored: {exc}", {"Retry-After": "5"}) from None
         resp.media = {**self.view(rec), **({"cache": self._push(entry)} if changes.touches_cache else {})}

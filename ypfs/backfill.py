@@ -8,13 +8,11 @@ or a run cut short and started again, does only what is left.
 ypfs is the records' one writer, and an owner may edit a photo (PATCH) while
 this runs. So the placeholder is computed first (the slow part), then the
 record is read again and written back with only the two fields set on that
-fresh copy, and only if it still names the same secret and still has no
-placeholder. An edit committed before that re-read is kept; a photo made
-private meanwhile (a new secret, its objects moved) is skipped and counted,
-to be filled by the next run. The store has no compare-and-swap, so an edit
-landing in the milliseconds between the re-read and the write can still be
-overwritten by the older copy (last writer wins, as between two PATCHes): run
-the backfill once after the upgrade, at a quiet hour, not as a background job.
+fresh copy, only if it still names the same secret and still has no
+placeholder, and only over the very version just read (a compare-and-swap,
+storage ``replace``): an edit or a delete landing between the re-read and the
+write wins, and the photo is counted as changed meanwhile, to be filled by the
+next run, as is a photo made private meanwhile (a new secret, its objects moved).
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from typing import Callable, Iterator
 
 from cluster.config import LimitsSection
 from media.placeholders import placeholder_for
-from storage import BlobStore, NotFound
+from storage import BlobStore, Conflict, NotFound
 from storage.keys import InvalidName, parse_record_key, parse_user_key, photo_prefix, user_prefix
 from storage.records import PhotoRecord
 
@@ -55,7 +53,7 @@ def backfill(limits: LimitsSection, store: BlobStore, user: str | None = None,
         for key in store.list(photo_prefix(name)):
             try:
                 parse_record_key(key)
-                rec = PhotoRecord.from_json(store.get(key))
+                rec = PhotoRecord.read(store, key)
             except (InvalidName, NotFound, ValueError):
                 continue
             on_photo(key)
@@ -78,13 +76,16 @@ def backfill(limits: LimitsSection, store: BlobStore, user: str | None = None,
             elif placeholder is None:
                 report.failed.append(f"{rec.owner}/{rec.id}: its {rec.format} original could not be decoded")
             else:
-                dataclasses.replace(fresh, thumbhash=placeholder.thumbhash, color=placeholder.color).save(store)
-                report.filled += 1
+                try:  # only over the version just read: an edit or a delete meanwhile wins
+                    dataclasses.replace(fresh, thumbhash=placeholder.thumbhash, color=placeholder.color).save(store)
+                    report.filled += 1
+                except Conflict:
+                    report.changed_meanwhile += 1
     return report
 
 
 def _reread(store: BlobStore, key: str) -> PhotoRecord | None:
     try:
-        return PhotoRecord.from_json(store.get(key))
+        return PhotoRecord.read(store, key)
     except NotFound:
         return None

@@ -74,8 +74,9 @@ class PhotoChanges:
 
 def apply_changes(store: BlobStore, rec: PhotoRecord, changes: PhotoChanges,
                   make_secret: Callable[[], str] = new_secret) -> PhotoRecord:
-    """The record with ``changes`` applied, written back (one PUT: all or nothing); a photo
-    made private moves to a new secret."""
+    """The record with ``changes`` applied, written back (one PUT: all or nothing) over the very
+    version ``rec`` was read as (storage.Conflict if another edit or a delete came first); a
+    photo made private moves to a new secret."""
     updates = {k: v for k, v in dataclasses.asdict(changes).items() if v is not None}
     new = dataclasses.replace(rec, **updates)
     if new == rec:
@@ -83,11 +84,11 @@ def apply_changes(store: BlobStore, rec: PhotoRecord, changes: PhotoChanges,
     if new.private and not rec.private:
         new = dataclasses.replace(new, secret=make_secret())
         old_keys = _copy_objects(store, rec.ref, new.ref)
-        new.save(store)
+        new = new.save(store)  # Conflict: the copies are orphans `ypfs gc` removes; the old keys stay
         for key in [timeline_key(rec.id, rec.owner), *old_keys]:
             store.delete(key)
         return new
-    new.save(store)
+    new = new.save(store)
     if rec.private and not new.private:
         store.put(timeline_key(rec.id, rec.owner), b"")
     return new

@@ -17,7 +17,8 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 def _errors(*codes: int) -> dict:
     why = {400: "The request is malformed (the body says what was wrong)", 401: "No or a wrong token",
            403: "Not the photo's owner", 404: "No such photo or user (a private photo looks missing to others)",
-           405: "Method not allowed", 413: "Body too large", 415: "Unsupported media type",
+           405: "Method not allowed", 409: "The photo changed meanwhile (another edit, or a delete): read it again",
+           413: "Body too large", 415: "Unsupported media type",
            422: "The image cannot be decoded or breaks a limit",
            429: "Too many requests", 503: "Storage or a node is unavailable: retry after Retry-After"}
     return {str(c): {"description": why[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
@@ -120,7 +121,7 @@ def document(public_url: str, limits: LimitsSection) -> dict:
                         "properties": {"title": {"type": "string", "maxLength": limits.max_title_chars},
                                        "private": {"type": "boolean"}, "original_public": {"type": "boolean"}}}}}},
                     "responses": {"200": _json(photo, "The photo as changed (with 'cache' when caches were purged)"),
-                                  **_errors(400, 401, 403, 404, 413, 415, 503)},
+                                  **_errors(400, 401, 403, 404, 409, 413, 415, 503)},
                 },
                 "delete": {
                     "summary": "The owner deletes the photo: record, original, every rendition, cached copies",
