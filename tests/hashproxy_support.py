@@ -26,6 +26,15 @@ def proxy_app(cfg: Config, loop):
                     loop=loop)
 
 
+def close_proxy_app(app, server, loop) -> None:
+    """Tear down what an in-process ProxyApp test opened: its upstream pools, its server, its loop."""
+    for pool in app.pools.values():
+        pool.close_all()
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+    loop.close()
+
+
 class ProxyCluster:
     """N stub ypws nodes, M stub ypfs nodes and a real `python -m hashproxy serve`, on free ports."""
 

@@ -31,7 +31,7 @@ from hashproxy.protocol import ProxyProtocol
 from ypws.accesslog import AccessLog
 from ypws.worker import HttpProtocol
 
-from .hashproxy_support import ProxyCluster, proxy_app
+from .hashproxy_support import ProxyCluster, close_proxy_app, proxy_app
 from .fake_transport import FakeTransport
 from .http1_support import echo, responses as parse_responses
 from .helpers import cluster_tree
@@ -187,11 +187,7 @@ def proxy(tmp_path):
     try:
         yield run, seen
     finally:
-        for pool in app.pools.values():
-            pool.close_all()
-        server.close()
-        loop.run_until_complete(server.wait_closed())
-        loop.close()
+        close_proxy_app(app, server, loop)
 
 
 UPGRADE_MESSAGE = "protocol upgrades (WebSocket, h2c) are not supported"

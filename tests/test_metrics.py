@@ -22,7 +22,7 @@ from cluster import procs
 from storage import open_store
 
 from .fake_transport import FakeTransport
-from .hashproxy_support import METRICS_AUTH, ProxyCluster, image_urls, proxy_app
+from .hashproxy_support import METRICS_AUTH, ProxyCluster, close_proxy_app, image_urls, proxy_app
 from .http1_support import responses as parse_responses
 from .helpers import CORPUS, cluster_tree, seed_photo
 from .ypws_support import access_lines, app_config, image_path, metric, seed_rendition, start_ypws, wait_for
@@ -188,11 +188,7 @@ def test_hashproxy_counts_reach_prometheus_in_batches_not_per_request(tmp_path):
         assert b'hashproxy_upstream_requests_total{node="ypws1",role="ypws"} 25.0' in scrape
         assert b'hashproxy_upstream_in_flight{node="ypws1",role="ypws"} 0.0' in scrape
     finally:
-        for pool in app.pools.values():
-            pool.close_all()
-        server.close()
-        loop.run_until_complete(server.wait_closed())
-        loop.close()
+        close_proxy_app(app, server, loop)
 
 
 # -- hashproxy, a real two-worker proxy ---------------------------------------------------------------
