@@ -13,6 +13,7 @@ import hmac
 import json
 import secrets
 import time
+from typing import TypeVar
 from dataclasses import dataclass, field
 
 from cluster.profiles import SizeProfile
@@ -60,26 +61,17 @@ class PhotoRecord:
         return PhotoRef(self.owner, self.id, self.secret)
 
     def to_json(self) -> bytes:
-        doc = dataclasses.asdict(self)
-        del doc["etag"]
-        return json.dumps(doc, sort_keys=True).encode()
+        return _document(self)
 
     @classmethod
     def from_json(cls, data: bytes, etag: str = "") -> "PhotoRecord":
-        raw = json.loads(data)
-        names = {f.name for f in dataclasses.fields(cls)} - {"etag"}
-        return cls(**{k: v for k, v in raw.items() if k in names}, etag=etag)
+        return _from_document(cls, data, etag)
 
     def save(self, store: BlobStore) -> "PhotoRecord":
         """Write the record: a new one as is, one read from the store only over the version read
         (storage.Conflict if it changed or went meanwhile: read it again, redo the change).
         The record as stored, with its new version."""
-        key, doc = self.ref.record_key, self.to_json()
-        if self.etag:
-            info = store.replace(key, doc, self.etag, "application/json")
-        else:
-            info = store.put(key, doc, "application/json")
-        return dataclasses.replace(self, etag=info.etag)
+        return _save(store, self.ref.record_key, self)
 
     @classmethod
     def load(cls, store: BlobStore, user: str, photo_id: str) -> "PhotoRecord":
@@ -91,6 +83,27 @@ class PhotoRecord:
         """The record stored under ``key`` (a record key), with its version; NotFound if none."""
         data, etag = store.get_versioned(key)
         return cls.from_json(data, etag)
+
+
+R = TypeVar("R")  # a record class: PhotoRecord or UserRecord
+
+
+def _document(rec: "PhotoRecord | UserRecord") -> bytes:
+    doc = dataclasses.asdict(rec)
+    del doc["etag"]  # the version it was read as is the store's, not part of the document
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def _from_document(cls: type[R], data: bytes, etag: str) -> R:
+    raw = json.loads(data)
+    names = {f.name for f in dataclasses.fields(cls)} - {"etag"}
+    return cls(**{k: v for k, v in raw.items() if k in names}, etag=etag)
+
+
+def _save(store: BlobStore, key: str, rec: R) -> R:
+    doc = rec.to_json()
+    info = store.replace(key, doc, rec.etag, "application/json") if rec.etag else store.put(key, doc, "application/json")
+    return dataclasses.replace(rec, etag=info.etag)
 
 
 def hash_token(token: str) -> str:
@@ -110,6 +123,7 @@ class UserRecord:
     created_at: float = field(default_factory=time.time)
     token_hashes: list[str] = field(default_factory=list)
     allow_originals: bool = True
+    etag: str = field(default="", compare=False, repr=False)  # as PhotoRecord.etag: the version read
 
     def new_token(self) -> str:
         token = f"{self.name}.{secrets.token_urlsafe(32)}"
@@ -121,17 +135,17 @@ class UserRecord:
         return any(hmac.compare_digest(digest, h) for h in self.token_hashes)
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return _document(self)
 
     @classmethod
-    def from_json(cls, data: bytes) -> "UserRecord":
-        raw = json.loads(data)
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+    def from_json(cls, data: bytes, etag: str = "") -> "UserRecord":
+        return _from_document(cls, data, etag)
 
     @classmethod
     def load(cls, store: BlobStore, name: str) -> "UserRecord":
-        return cls.from_json(store.get(user_key(valid_user(name))))
+        """The user, with the version it was read as; storage.NotFound if there is none."""
+        return cls.from_json(*store.get_versioned(user_key(valid_user(name))))
 
-    def save(self, store: BlobStore) -> None:
-        store.put(user_key(self.name), self.to_json(), "application/json")
+    def save(self, store: BlobStore) -> "UserRecord":
+        """As PhotoRecord.save: only over the version read (storage.Conflict if it changed)."""
+        return _save(store, user_key(self.name), self)

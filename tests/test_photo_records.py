@@ -34,3 +34,26 @@ def test_photo_record_round_trip_ignores_unknown_fields():
                       sha256="0" * 64, uploaded_at=1.0)
     raw = rec.to_json().replace(b"{", b'{"future_field": 1, ', 1)
     assert PhotoRecord.from_json(raw) == rec
+
+
+def test_a_record_is_written_only_over_the_version_it_was_read_as(tmp_path):
+    """Two writers read one record; the second to write gets Conflict instead of undoing the first
+    (an admin's two `user token` commands, an owner's edit and the placeholder backfill)."""
+    import pytest
+
+    from storage import Conflict
+    from storage.local import LocalStore
+
+    store = LocalStore(tmp_path)
+    UserRecord("alice").save(store)  # new: written as is
+    first, second = UserRecord.load(store, "alice"), UserRecord.load(store, "alice")
+    kept = first.new_token()
+    first = first.save(store)
+    second.new_token()
+    with pytest.raises(Conflict):
+        second.save(store)
+    stored = UserRecord.load(store, "alice")
+    assert stored.check_token(kept) and len(stored.token_hashes) == 1
+    assert "etag" not in stored.to_json().decode()  # the version is the store's, not the document's
+    third = stored.new_token()
+    assert stored.save(store).etag != first.etag and UserRecord.load(store, "alice").check_token(third)

@@ -14,11 +14,12 @@ import hashlib
 import json
 
 import pytest
+import urllib3
 
 
 from storage.keys import dedupe_key, record_key, timeline_key
 from storage.purgelog import PurgeLog
-from storage.records import PhotoRecord
+from storage.records import PhotoRecord, UserRecord
 from ypfs.__main__ import main as ypfs_main
 
 from .ypfs_support import app_ypfs_fixture, jpeg_variant
@@ -167,3 +168,27 @@ def test_an_operator_takes_a_photo_down_from_the_command_line(ypfs, capsys):
     assert not ypfs.store.exists(rec.ref.record_key) and not ypfs.store.exists(rec.ref.original_key)
     assert ypfs_main(cli) == 1
     assert "no photo" in capsys.readouterr().err
+
+
+def test_the_user_commands_add_tokens_and_revoke_them_all(ypfs, capsys):
+    """`ypfs user add|token|revoke NAME`: a new token works at once (even while the user's record
+    is cached); a revoked one is gone from the record (a worker's cache forgets it within seconds)."""
+    cli = ["--config", str(ypfs.path), "user"]
+    assert ypfs_main([*cli, "add", "una"]) == 0
+    first = capsys.readouterr().out.strip()
+    assert ypfs_main([*cli, "add", "una"]) == 1 and "already exists" in capsys.readouterr().err
+
+    def upload(token: str):
+        body, content_type = urllib3.encode_multipart_formdata({"photo": ("a.jpg", b"not an image")})
+        return ypfs.client.simulate_post("/upload", body=body,
+                                         headers={"Authorization": f"Bearer {token}", "Content-Type": content_type})
+
+    assert upload(first).status_code == 415  # authenticated: refused only for what it sent
+    assert ypfs_main([*cli, "token", "una"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert upload(second).status_code == 415  # at once, though the worker has una's record cached
+    assert upload("una.forged").status_code == 401
+    assert ypfs_main([*cli, "revoke", "una"]) == 0 and "revoked" in capsys.readouterr().out
+    una = UserRecord.load(ypfs.store, "una")
+    assert not una.check_token(first) and not una.check_token(second)
+    assert ypfs_main([*cli, "token", "nobody"]) == 1 and "no user" in capsys.readouterr().err

@@ -86,20 +86,25 @@ def user(args: argparse.Namespace) -> int:
             return 1
         print(token)
         return 0
-    try:
-        rec = UserRecord.load(store, name)
-    except NotFound:
-        print(f"no user {name}", file=sys.stderr)
-        return 1
-    if args.action == "token":
-        token = rec.new_token()
-        rec.save(store)
-        print(token)
-    elif args.action == "revoke":
-        rec.token_hashes.clear()
-        rec.save(store)
-        print(f"revoked every token of {name}")
-    return 0
+    from storage import Conflict
+
+    for _ in range(5):  # read, change, write only over what was read: another command's change is kept
+        try:
+            rec = UserRecord.load(store, name)
+        except NotFound:
+            print(f"no user {name}", file=sys.stderr)
+            return 1
+        token = rec.new_token() if args.action == "token" else None
+        if args.action == "revoke":
+            rec.token_hashes.clear()
+        try:
+            rec.save(store)
+        except Conflict:
+            continue
+        print(token if token else f"revoked every token of {name}")
+        return 0
+    print(f"user {name} kept changing while this ran; nothing was changed: run it again", file=sys.stderr)
+    return 1
 
 
 def photo(args: argparse.Namespace) -> int:

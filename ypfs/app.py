@@ -58,7 +58,9 @@ class TokenAuth:
     """Bearer tokens of the form {user}.{random}; the record holds only their hashes.
 
     User records are cached per worker for a few seconds (one store read saved per
-    upload); a revoked token therefore stops working within ``ttl`` seconds.
+    upload); a revoked token therefore stops working within ``ttl`` seconds. A token the
+    cached record does not know is checked once more against the stored record, so a
+    token just made (`ypfs user token`) works at once.
     """
 
     def __init__(self, store: BlobStore, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic):
@@ -66,9 +68,9 @@ class TokenAuth:
         self._cache: TTLCache[str, UserRecord] = TTLCache(maxsize=10_000, ttl=ttl, timer=clock)
         self._lock = threading.Lock()  # a worker's threads share the cache; cachetools' are not thread-safe
 
-    def _load(self, name: str) -> UserRecord:
+    def _load(self, name: str, fresh: bool = False) -> UserRecord:
         with self._lock:
-            rec = self._cache.get(name)
+            rec = None if fresh else self._cache.get(name)
         if rec is None:
             rec = UserRecord.load(self.store, name)  # outside the lock: a store read may be slow
             with self._lock:
@@ -84,8 +86,11 @@ class TokenAuth:
             raise fail(401, "unauthorized", "an 'Authorization: Bearer <token>' header is required",
                        {"WWW-Authenticate": "Bearer"})
         token = token.strip()
+        name = token.split(".", 1)[0]
         try:
-            rec = self._load(token.split(".", 1)[0])
+            rec = self._load(name)
+            if not rec.check_token(token):
+                rec = self._load(name, fresh=True)  # a token made since the record was cached
         except (InvalidName, NotFound):
             rec = None
         if rec is None or not rec.check_token(token):
