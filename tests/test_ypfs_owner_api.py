@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 
+import falcon
 import pytest
 import urllib3
 
@@ -192,3 +193,30 @@ def test_the_user_commands_add_tokens_and_revoke_them_all(ypfs, capsys):
     una = UserRecord.load(ypfs.store, "una")
     assert not una.check_token(first) and not una.check_token(second)
     assert ypfs_main([*cli, "token", "nobody"]) == 1 and "no user" in capsys.readouterr().err
+
+
+def test_wrong_tokens_for_a_real_user_do_not_each_cost_a_store_read(tmp_path):
+    from falcon import testing
+
+    from storage.local import LocalStore
+    from ypfs.app import TokenAuth
+
+    class Counting(LocalStore):
+        reads = 0
+
+        def get_versioned(self, key):
+            Counting.reads += 1
+            return super().get_versioned(key)
+
+    store = Counting(tmp_path)
+    user = UserRecord("vic")
+    good = user.new_token()
+    user.save(store)
+    auth = TokenAuth(store)
+    req = lambda token: testing.create_req(headers={"Authorization": f"Bearer {token}"})  # noqa: E731
+    assert auth.user(req(good)).name == "vic" and Counting.reads == 1
+    for i in range(50):
+        with pytest.raises(falcon.HTTPError) as refused:
+            auth.user(req(f"vic.wrong{i}"))
+        assert refused.value.status_code == 401
+    assert Counting.reads == 2  # one fresh look for a token made meanwhile, then the cache answers

@@ -51,6 +51,7 @@ from .spool import Spool, TooLarge, receive
 MULTIPART_SLACK = 64 * 1024
 TRUE_WORDS = {"1", "true", "yes", "on"}
 MAX_EDIT_BYTES = 16 * 1024  # a PATCH body: a title and two flags
+RECHECK_SECONDS = 1.0  # a token the cached user record does not know: read it afresh this often at most
 PhotoView = Callable[[PhotoRecord], dict]  # a record -> its public JSON (ingest.photo_view bound to the config)
 
 
@@ -60,13 +61,23 @@ class TokenAuth:
     User records are cached per worker for a few seconds (one store read saved per
     upload); a revoked token therefore stops working within ``ttl`` seconds. A token the
     cached record does not know is checked once more against the stored record, so a
-    token just made (`ypfs user token`) works at once.
+    token just made (`ypfs user token`) works at once; at most once a second per user,
+    so wrong tokens sent for a real user cannot turn each request into a store read.
     """
 
     def __init__(self, store: BlobStore, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic):
         self.store = store
         self._cache: TTLCache[str, UserRecord] = TTLCache(maxsize=10_000, ttl=ttl, timer=clock)
+        self._rechecked: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=RECHECK_SECONDS, timer=clock)
         self._lock = threading.Lock()  # a worker's threads share the cache; cachetools' are not thread-safe
+
+    def _recheck(self, name: str, rec: UserRecord) -> UserRecord:
+        """The stored record, unless this user's was read afresh within RECHECK_SECONDS."""
+        with self._lock:
+            if name in self._rechecked:
+                return rec
+            self._rechecked[name] = True
+        return self._load(name, fresh=True)
 
     def _load(self, name: str, fresh: bool = False) -> UserRecord:
         with self._lock:
@@ -90,7 +101,7 @@ class TokenAuth:
         try:
             rec = self._load(name)
             if not rec.check_token(token):
-                rec = self._load(name, fresh=True)  # a token made since the record was cached
+                rec = self._recheck(name, rec)  # a token made since the record was cached
         except (InvalidName, NotFound):
             rec = None
         if rec is None or not rec.check_token(token):
