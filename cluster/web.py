@@ -152,9 +152,7 @@ def serve(load_app: Callable[[], Any], bind: str, workers: int, *, timeout: int 
 
     def child_exit(server, worker) -> None:
         if metrics_dir:
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(worker.pid)
+            mark_worker_dead(worker.pid)
 
     settings = {
         "bind": bind, "workers": workers, "timeout": timeout, "graceful_timeout": GRACEFUL_SECONDS, "proc_name": name,
@@ -188,6 +186,13 @@ def prepare_metrics_dir(path: str) -> None:
         if entry.endswith(".db"):
             os.unlink(os.path.join(path, entry))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+def mark_worker_dead(pid: int) -> None:
+    """prometheus multiprocess bookkeeping for a dead worker: its live gauges go, its counters stay."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
 
 
 def metrics_body(*collectors: Any, registry: Any = None) -> tuple[bytes, str]:

@@ -37,9 +37,15 @@ ROLES = ("ypws", "ypfs")
 SPOOL_SLACK = 1024 * 1024  # multipart framing and form fields beyond limits.max_upload_bytes
 
 
+def node_rows(ypws: Sequence[NodeConfig], ypfs: Sequence[NodeConfig]) -> list[tuple[str, str]]:
+    """(role, node name) of each row of the shared counters and the tallies: every ypws node,
+    then every ypfs node."""
+    return [(role, n.name) for role, nodes in zip(ROLES, (ypws, ypfs)) for n in nodes]
+
+
 def counter_names(ypws: Sequence[NodeConfig], ypfs: Sequence[NodeConfig]) -> list[str]:
-    """Row labels of the shared counters: every ypws node, then every ypfs node."""
-    return [f"{role}/{n.name}" for role, nodes in zip(ROLES, (ypws, ypfs)) for n in nodes]
+    """Row labels of the shared counters ("role/node")."""
+    return [f"{role}/{name}" for role, name in node_rows(ypws, ypfs)]
 
 
 class ProxyApp:
@@ -53,7 +59,7 @@ class ProxyApp:
         self.settings, self.worker = s, worker
         self.loop = loop or asyncio.get_event_loop()
         self.shared = shared or SharedCounters(1, counter_names(ypws, ypfs))
-        self.tallies = Tallies([(role, n.name) for role, nodes in zip(ROLES, (ypws, ypfs)) for n in nodes])
+        self.tallies = Tallies(node_rows(ypws, ypfs))
         self.connections: set["ProxyProtocol"] = set()
         self.active: set[ProxyCycle] = set()   # cycles waiting on a node, for the timeout sweeper
         self.nodesets: dict[str, NodeSet] = {}

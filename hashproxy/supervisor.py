@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from cluster.config import HashproxySection
 from cluster.lifeline import die_with_parent, hold_stops_across_forks
-from cluster.web import prepare_metrics_dir
+from cluster.web import mark_worker_dead, prepare_metrics_dir
 
 from .loads import SharedCounters
 
@@ -96,7 +96,7 @@ class Supervisor:
                 pid, status = 0, 0
             if pid and pid in self.workers:
                 index, started = self.workers.pop(pid)
-                _mark_dead(pid)
+                mark_worker_dead(pid)
                 log.warning("worker %d (pid %d) exited with %s; restarting", index, pid, os.waitstatus_to_exitcode(status))
                 self.quick_deaths = self.quick_deaths + 1 if time.monotonic() - started < QUICK_DEATH else 0
                 if self.quick_deaths >= MAX_QUICK_DEATHS:
@@ -146,13 +146,6 @@ class Supervisor:
             except ChildProcessError:
                 pass
         self.workers.clear()
-
-
-def _mark_dead(pid: int) -> None:
-    """prometheus bookkeeping for a dead worker (its live gauges go; its counters stay)."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(pid)
 
 
 def _kill(pid: int, sig: int) -> None:
